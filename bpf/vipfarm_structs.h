@@ -1,0 +1,36 @@
+/* Structures shared with user space. nodeagent/bpf_layout.py mirrors them field for field. */
+#ifndef VIPFARM_STRUCTS_H
+#define VIPFARM_STRUCTS_H
+
+struct vf_vip_key {
+    __u32 family;          /* VF_FAMILY_V4 or VF_FAMILY_V6 */
+    __u8  addr[16];        /* network order; IPv4 uses the first 4 bytes, the rest are zero */
+};
+
+struct vf_rule {
+    __u8  proto;           /* IPPROTO_TCP or IPPROTO_UDP */
+    __u8  affinity;        /* VF_AFF_* */
+    __u16 port_lo;         /* host order, inclusive */
+    __u16 port_hi;
+    __u16 pad;
+};
+
+struct vf_vip {
+    __u32 farm;            /* farm slot */
+    __u32 nrules;
+    struct vf_rule rules[VF_MAX_RULES];
+};
+
+struct vf_farm {
+    __u8  vmac[6];         /* the farm's virtual MAC, given in ARP replies and NAs */
+    __u16 flags;
+};
+
+/* One half of a farm's double-buffered owner table. seed and mask travel with the bitmap,
+ * so switching vf_active switches all three at once. */
+struct vf_table {
+    __u32 seed;
+    __u32 mask;            /* buckets - 1 */
+};
+
+#endif

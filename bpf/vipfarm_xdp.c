@@ -1,0 +1,283 @@
+/* vipfarm XDP farm filter.
+ *
+ * Every farm node sees every packet sent to a VIP. This program hashes the client of each
+ * VIP packet into one of the farm's buckets and lets the packet in only on the node that owns
+ * the bucket; everyone else drops it. ARP requests and neighbour solicitations for a VIP are
+ * answered with the farm's virtual MAC. Everything else passes untouched.
+ *
+ * Compile-time defines (set by nodeagent/dataplane.py):
+ *   VF_IFACE_MAC0..5 the NIC's own MAC, one byte each
+ *   VF_ANSWER_NEIGH  1: answer ARP/NS here with XDP_TX; 0: pass them up to the agent
+ *   VF_PIN_DIR       bpffs directory where the maps are pinned (absent in tests)
+ *   VF_TRACE_BUCKET  test builds: record each computed bucket in vf_trace
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_arp.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/icmpv6.h>
+
+#include "vipfarm_consts.h"
+#include "vipfarm_structs.h"
+#include "vipfarm_maps.h"
+#include "vipfarm_hash.h"
+#include "vipfarm_neigh.h"
+
+#define VF_IP_MF      0x2000
+#define VF_IP_OFFSET  0x1fff
+
+/* What the L3/L4 parse found out about a VIP packet. */
+struct vf_flow {
+    const __u32 *client;   /* source address words, in the packet */
+    int nwords;            /* 1 (IPv4) or 4 (IPv6) */
+    int fragment;          /* any fragment: hash the address only */
+    __u8 proto;            /* L4 protocol, when ports were read */
+    int has_ports;
+    __u16 sport;           /* network order */
+    __u16 dport;           /* network order */
+};
+
+/* Map access stays in this file: bcc rewrites table calls in the main source only. */
+static __always_inline void vf_count(__u32 slot, __u32 counter)
+{
+    __u32 idx = slot * VF_NCOUNTERS + counter;
+    __u64 *v = vf_stats.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline int vf_pass(__u32 counter)
+{
+    vf_count(VF_GLOBAL_SLOT, counter);
+    return XDP_PASS;
+}
+
+static __always_inline int vf_malformed(__u32 farm)
+{
+    vf_count(farm, VF_CNT_MALFORMED);
+    return XDP_DROP;
+}
+
+/* The first rule that matches protocol and destination port decides the affinity; traffic
+ * matching no rule (ICMP, other ports, fragments) uses the client address alone. */
+static __always_inline int vf_affinity(const struct vf_vip *vip, const struct vf_flow *flow)
+{
+    if (flow->fragment || !flow->has_ports)
+        return VF_AFF_CLIENTIP;
+    __u16 dport = __builtin_bswap16(flow->dport);
+#pragma unroll
+    for (int i = 0; i < VF_MAX_RULES; i++) {
+        if (i >= vip->nrules)
+            break;
+        const struct vf_rule *r = &vip->rules[i];
+        if (r->proto == flow->proto && dport >= r->port_lo && dport <= r->port_hi)
+            return r->affinity;
+    }
+    return VF_AFF_CLIENTIP;
+}
+
+/* Do we own this flow's bucket? Reads the live half of the farm's owner table. */
+static __always_inline int vf_owns(__u32 farm, const struct vf_vip *vip, const struct vf_flow *flow)
+{
+    __u32 *active = vf_active.lookup(&farm);
+    if (!active)
+        return 0;
+    __u32 half = farm * 2 + (*active & 1);
+    struct vf_table *table = vf_tables.lookup(&half);
+    if (!table)
+        return 0;
+    int by_port = vf_affinity(vip, flow) == VF_AFF_CLIENTIPPORT;
+    __u32 h = vf_client_hash(flow->client, flow->nwords, by_port, flow->sport, table->seed);
+    __u32 bucket = h & table->mask & (VF_MAX_BUCKETS - 1);
+#ifdef VF_TRACE_BUCKET
+    __u32 zero = 0;
+    __u32 *trace = vf_trace.lookup(&zero);
+    if (trace)
+        *trace = bucket + 1;
+#endif
+    __u32 word = half * VF_TABLE_WORDS + (bucket >> 6);
+    __u64 *bits = vf_owner.lookup(&word);
+    if (!bits)
+        return 0;
+    return (*bits >> (bucket & 63)) & 1;
+}
+
+static __always_inline int vf_decide(struct ethhdr *eth, __u32 farm, const struct vf_vip *vip,
+                                     const struct vf_flow *flow)
+{
+    if (vf_owns(farm, vip, flow)) {
+            /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */
+        vf_set_own_mac(eth->h_dest);
+        vf_count(farm, VF_CNT_ACCEPTED);
+        return XDP_PASS;
+    }
+    vf_count(farm, VF_CNT_DROPPED);
+    return XDP_DROP;
+}
+
+/* Read the ports of a TCP/UDP header at l4, if the header fits before `end`. 0 = truncated. */
+static __always_inline int vf_read_ports(void *l4, void *end, void *data_end, __u8 proto,
+                                         struct vf_flow *flow)
+{
+    __u32 need = proto == IPPROTO_TCP ? 20 : 8;
+    if (l4 + need > end || l4 + 4 > data_end)
+        return 0;
+    __u16 *ports = l4;
+    flow->proto = proto;
+    flow->has_ports = 1;
+    flow->sport = ports[0];
+    flow->dport = ports[1];
+    return 1;
+}
+
+static __always_inline int vf_handle_arp(void *data, void *data_end)
+{
+    struct ethhdr *eth = data;
+    struct arphdr *arp = data + sizeof(*eth);
+    struct vf_arp_body *body = (void *)(arp + 1);
+    if ((void *)(body + 1) > data_end)
+        return vf_pass(VF_CNT_PASSED);
+    if (arp->ar_hrd != __builtin_bswap16(ARPHRD_ETHER) || arp->ar_pro != __builtin_bswap16(ETH_P_IP) ||
+        arp->ar_hln != 6 || arp->ar_pln != 4 || arp->ar_op != __builtin_bswap16(ARPOP_REQUEST))
+        return vf_pass(VF_CNT_PASSED);
+    /* A gratuitous ARP (sender = target) announces, it does not ask. */
+    if (body->spa[0] == body->tpa[0] && body->spa[1] == body->tpa[1] &&
+        body->spa[2] == body->tpa[2] && body->spa[3] == body->tpa[3])
+        return vf_pass(VF_CNT_PASSED);
+    struct vf_vip_key key = { .family = VF_FAMILY_V4 };
+    __builtin_memcpy(key.addr, body->tpa, 4);
+    struct vf_vip *vip = vf_vips.lookup(&key);
+    if (!vip)
+        return vf_pass(VF_CNT_PASSED);
+    __u32 farm = vip->farm;
+    struct vf_farm *f = vf_farms.lookup(&farm);
+    if (!f)
+        return vf_pass(VF_CNT_PASSED);
+#if VF_ANSWER_NEIGH
+    vf_count(farm, VF_CNT_NEIGH_REPLIED);
+    return vf_arp_reply(eth, arp, body, f);
+#else
+    vf_count(farm, VF_CNT_NEIGH_PUNTED);
+    return XDP_PASS;
+#endif
+}
+
+static __always_inline int vf_handle_ipv4(void *data, void *data_end)
+{
+    struct ethhdr *eth = data;
+    struct iphdr *ip = data + sizeof(*eth);
+    if ((void *)(ip + 1) > data_end)
+        return vf_pass(VF_CNT_MALFORMED);
+    struct vf_vip_key key = { .family = VF_FAMILY_V4 };
+    __builtin_memcpy(key.addr, &ip->daddr, 4);
+    struct vf_vip *vip = vf_vips.lookup(&key);
+    if (!vip)
+        return vf_pass(VF_CNT_PASSED);
+    __u32 farm = vip->farm;
+
+    __u32 hlen = ip->ihl * 4;
+    __u32 tot = __builtin_bswap16(ip->tot_len) & 0xffff;
+    if (ip->version != 4 || hlen < sizeof(*ip) || tot < hlen || (void *)ip + tot > data_end)
+        return vf_malformed(farm);
+    void *end = (void *)ip + (tot & 0xffff);
+
+    struct vf_flow flow = { .client = &ip->saddr, .nwords = 1 };
+    if (ip->frag_off & __builtin_bswap16(VF_IP_MF | VF_IP_OFFSET)) {
+        flow.fragment = 1;
+    } else if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+        void *l4 = (void *)ip + (hlen & 0x3c);
+        if (!vf_read_ports(l4, end, data_end, ip->protocol, &flow))
+            return vf_malformed(farm);
+    }
+    return vf_decide(eth, farm, vip, &flow);
+}
+
+static __always_inline int vf_handle_ipv6(struct xdp_md *ctx, void *data, void *data_end)
+{
+    struct ethhdr *eth = data;
+    struct ipv6hdr *ip6 = data + sizeof(*eth);
+    if ((void *)(ip6 + 1) > data_end)
+        return vf_pass(VF_CNT_MALFORMED);
+
+    /* Neighbour solicitation for a VIP, whatever its destination (multicast or unicast). */
+    if (ip6->version == 6 && ip6->nexthdr == IPPROTO_ICMPV6) {
+        __u8 *icmp = (void *)(ip6 + 1);
+        if (icmp + 24 <= (__u8 *)data_end && icmp[0] == 135 && icmp[1] == 0 &&
+            ip6->hop_limit == 255 && __builtin_bswap16(ip6->payload_len) >= 24 &&
+            (void *)(ip6 + 1) + (__builtin_bswap16(ip6->payload_len) & 0xffff) <= data_end) {
+            struct vf_vip_key nkey = { .family = VF_FAMILY_V6 };
+            __builtin_memcpy(nkey.addr, icmp + 8, 16);
+            struct vf_vip *nvip = vf_vips.lookup(&nkey);
+            if (nvip) {
+                __u32 nfarm = nvip->farm;
+                struct vf_farm *f = vf_farms.lookup(&nfarm);
+                if (f) {
+#if VF_ANSWER_NEIGH
+                    vf_count(nfarm, VF_CNT_NEIGH_REPLIED);
+                    int rc = vf_ns_reply(ctx, eth->h_source, &ip6->saddr, icmp + 8, f);
+                    return rc < 0 ? XDP_DROP : rc;
+#else
+                    vf_count(nfarm, VF_CNT_NEIGH_PUNTED);
+                    return XDP_PASS;
+#endif
+                }
+            }
+        }
+    }
+
+    struct vf_vip_key key = { .family = VF_FAMILY_V6 };
+    __builtin_memcpy(key.addr, &ip6->daddr, 16);
+    struct vf_vip *vip = vf_vips.lookup(&key);
+    if (!vip)
+        return vf_pass(VF_CNT_PASSED);
+    __u32 farm = vip->farm;
+
+    __u32 plen = __builtin_bswap16(ip6->payload_len) & 0xffff;
+    if (ip6->version != 6 || (void *)(ip6 + 1) + plen > data_end)
+        return vf_malformed(farm);
+    void *end = (void *)(ip6 + 1) + (plen & 0xffff);
+
+    struct vf_flow flow = { .client = (const __u32 *)&ip6->saddr, .nwords = 4 };
+    __u8 nh = ip6->nexthdr;
+    __u32 off = 0;   /* bytes of extension headers walked */
+#pragma unroll
+    for (int i = 0; i < VF_MAX_EXT_HDRS; i++) {
+        if (nh != IPPROTO_HOPOPTS && nh != IPPROTO_ROUTING && nh != IPPROTO_DSTOPTS)
+            break;
+        __u8 *ext = (void *)(ip6 + 1) + off;
+        if (ext + 2 > (__u8 *)end || ext + 2 > (__u8 *)data_end)
+            return vf_malformed(farm);
+        nh = ext[0];
+        off += (ext[1] + 1) * 8;
+        if (off > VF_MAX_EXT_OFFSET)
+            break;
+    }
+    if (nh == IPPROTO_FRAGMENT) {
+        flow.fragment = 1;
+    } else if (off <= VF_MAX_EXT_OFFSET && (nh == IPPROTO_TCP || nh == IPPROTO_UDP)) {
+        void *l4 = (void *)(ip6 + 1) + (off & 0x1ff);
+        if (!vf_read_ports(l4, end, data_end, nh, &flow))
+            return vf_malformed(farm);
+    }
+    return vf_decide(eth, farm, vip, &flow);
+}
+
+int vipfarm_xdp(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+
+    if ((void *)(eth + 1) > data_end)
+        return vf_pass(VF_CNT_MALFORMED);
+    /* VLAN-tagged frames and every other ethertype are not ours. */
+    if (eth->h_proto == __builtin_bswap16(ETH_P_ARP))
+        return vf_handle_arp(data, data_end);
+    if (eth->h_proto == __builtin_bswap16(ETH_P_IP))
+        return vf_handle_ipv4(data, data_end);
+    if (eth->h_proto == __builtin_bswap16(ETH_P_IPV6))
+        return vf_handle_ipv6(ctx, data, data_end);
+    return vf_pass(VF_CNT_PASSED);
+}

@@ -1,0 +1,34 @@
+"""Python mirror of bpf/vipfarm_consts.h (tests/unit/test_bpf_layout.py keeps them equal)."""
+from __future__ import annotations
+
+import os
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+PROGRAM_SOURCE = os.path.join(BPF_DIR, "vipfarm_xdp.c")
+PROGRAM_FUNCTION = "vipfarm_xdp"
+
+MAX_FARMS = 32
+MAX_VIPS = 256
+MAX_RULES = 8
+MAX_BUCKETS = 65536
+TABLE_WORDS = MAX_BUCKETS // 64
+GLOBAL_SLOT = MAX_FARMS
+
+CNT_ACCEPTED = 0
+CNT_DROPPED = 1
+CNT_NEIGH_REPLIED = 2
+CNT_NEIGH_PUNTED = 3
+CNT_MALFORMED = 4
+CNT_PASSED = 5
+NCOUNTERS = 6
+COUNTER_NAMES = ("accepted", "dropped", "neigh_replied", "neigh_punted", "malformed", "passed")
+
+AFF_CLIENTIP = 0
+AFF_CLIENTIPPORT = 1
+FAMILY_V4 = 4
+FAMILY_V6 = 6
+MAX_EXT_HDRS = 4
+MAX_EXT_OFFSET = 256
+NA_FRAME_LEN = 86
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3

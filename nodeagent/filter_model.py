@@ -1,0 +1,159 @@
+"""The reference model of bpf/vipfarm_xdp.c: what the filter does to one frame, in pure Python.
+
+tests/bpf runs the real program with BPF_PROG_TEST_RUN on thousands of frames and checks the
+verdict, the counter, the bucket and the output bytes against decide(). The model follows the
+C step by step; when one changes, the other must, and the test says so.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from vipfarm.hashing import client_hash
+
+from . import neighbour
+from .bpf_layout import (AFF_CLIENTIP, AFF_CLIENTIPPORT, CNT_ACCEPTED, CNT_DROPPED,
+                         CNT_MALFORMED, CNT_NEIGH_PUNTED, CNT_NEIGH_REPLIED, CNT_PASSED,
+                         FAMILY_V4, FAMILY_V6, GLOBAL_SLOT, MAX_EXT_HDRS, MAX_EXT_OFFSET,
+                         XDP_DROP, XDP_PASS, XDP_TX)
+from .plan import FilterPlan
+
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
+_EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: int                # XDP_PASS / XDP_DROP / XDP_TX
+    slot: int                   # counter slot (farm slot or GLOBAL_SLOT)
+    counter: int                # counter index incremented
+    frame: bytes                # frame after the program
+    bucket: int | None = None   # for hashed VIP packets
+
+
+@dataclass(frozen=True)
+class _Flow:
+    client: bytes
+    fragment: bool
+    proto: int | None
+    sport: int | None
+    dport: int | None
+
+
+class FilterModel:
+    def __init__(self, plan: FilterPlan, own_mac: bytes, answer_neigh: bool = True):
+        self.vips = plan.vip_by_key()
+        self.farms = plan.farm_by_slot()
+        self.own_mac = own_mac
+        self.answer_neigh = answer_neigh
+
+    # -- steps, in the order of the C program ------------------------------------------
+    def decide(self, frame: bytes) -> Outcome:
+        if len(frame) < 14:
+            return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_MALFORMED, frame)
+        ethertype = struct.unpack_from("!H", frame, 12)[0]
+        if ethertype == neighbour.ETH_P_ARP:
+            return self._arp(frame)
+        if ethertype == neighbour.ETH_P_IP:
+            return self._ipv4(frame)
+        if ethertype == neighbour.ETH_P_IPV6:
+            return self._ipv6(frame)
+        return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_PASSED, frame)
+
+    def _neigh(self, slot: int, reply: bytes, frame: bytes) -> Outcome:
+        if self.answer_neigh:
+            return Outcome(XDP_TX, slot, CNT_NEIGH_REPLIED, reply)
+        return Outcome(XDP_PASS, slot, CNT_NEIGH_PUNTED, frame)
+
+    def _arp(self, frame: bytes) -> Outcome:
+        req = neighbour.parse_arp_request(frame)
+        vip = self.vips.get((FAMILY_V4, req.target_ip)) if req else None
+        if vip is None or vip.slot not in self.farms:
+            return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_PASSED, frame)
+        farm = self.farms[vip.slot]
+        reply = neighbour.arp_reply_in_place(frame, self.own_mac, farm.vmac) if self.answer_neigh else b""
+        return self._neigh(vip.slot, reply, frame)
+
+    def _ipv4(self, frame: bytes) -> Outcome:
+        if len(frame) < 34:
+            return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_MALFORMED, frame)
+        ip = frame[14:]
+        vip = self.vips.get((FAMILY_V4, ip[16:20]))
+        if vip is None:
+            return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_PASSED, frame)
+        hlen = (ip[0] & 0x0F) * 4
+        tot = struct.unpack_from("!H", ip, 2)[0]
+        if ip[0] >> 4 != 4 or hlen < 20 or tot < hlen or tot > len(ip):
+            return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
+        frag = struct.unpack_from("!H", ip, 6)[0]
+        proto = ip[9]
+        flow = _Flow(ip[12:16], bool(frag & 0x3FFF), None, None, None)
+        if not flow.fragment and proto in (IPPROTO_TCP, IPPROTO_UDP):
+            ports = self._ports(ip, hlen, tot, proto)
+            if ports is None:
+                return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
+            flow = _Flow(flow.client, False, proto, *ports)
+        return self._decide(frame, vip, flow)
+
+    def _ipv6(self, frame: bytes) -> Outcome:
+        if len(frame) < 54:
+            return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_MALFORMED, frame)
+        ns = neighbour.parse_neighbour_solicitation(frame)
+        if ns is not None:
+            nvip = self.vips.get((FAMILY_V6, ns.target))
+            if nvip is not None and nvip.slot in self.farms:
+                farm = self.farms[nvip.slot]
+                reply = neighbour.na_reply(ns, self.own_mac, farm.vmac) if self.answer_neigh else b""
+                return self._neigh(nvip.slot, reply, frame)
+        ip = frame[14:]
+        vip = self.vips.get((FAMILY_V6, ip[24:40]))
+        if vip is None:
+            return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_PASSED, frame)
+        plen = struct.unpack_from("!H", ip, 4)[0]
+        if ip[0] >> 4 != 6 or 40 + plen > len(ip):
+            return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
+        end = 40 + plen
+        nh, off = ip[6], 0
+        for _ in range(MAX_EXT_HDRS):
+            if nh not in _EXT:
+                break
+            at = 40 + off
+            if at + 2 > end:
+                return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
+            nh = ip[at]
+            off += (ip[at + 1] + 1) * 8
+            if off > MAX_EXT_OFFSET:
+                break
+        flow = _Flow(ip[8:24], nh == IPPROTO_FRAGMENT, None, None, None)
+        if not flow.fragment and off <= MAX_EXT_OFFSET and nh in (IPPROTO_TCP, IPPROTO_UDP):
+            ports = self._ports(ip, 40 + off, end, nh)
+            if ports is None:
+                return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
+            flow = _Flow(flow.client, False, nh, *ports)
+        return self._decide(frame, vip, flow)
+
+    @staticmethod
+    def _ports(ip: bytes, l4: int, end: int, proto: int) -> tuple[int, int] | None:
+        need = 20 if proto == IPPROTO_TCP else 8
+        if l4 + need > end:
+            return None
+        return struct.unpack_from("!HH", ip, l4)
+
+    def affinity(self, vip, flow: _Flow) -> int:
+        if flow.fragment or flow.proto is None:
+            return AFF_CLIENTIP
+        for rule in vip.rules:
+            if rule.proto == flow.proto and rule.port_lo <= flow.dport <= rule.port_hi:
+                return rule.affinity
+        return AFF_CLIENTIP
+
+    def _decide(self, frame: bytes, vip, flow: _Flow) -> Outcome:
+        farm = self.farms.get(vip.slot)
+        if farm is None:
+            return Outcome(XDP_DROP, vip.slot, CNT_DROPPED, frame)
+        port = flow.sport if self.affinity(vip, flow) == AFF_CLIENTIPPORT else None
+        bucket = client_hash(flow.client, port, farm.seed) & (farm.buckets - 1)
+        if bucket in farm.owned:
+            return Outcome(XDP_PASS, vip.slot, CNT_ACCEPTED, self.own_mac + frame[6:], bucket)
+        return Outcome(XDP_DROP, vip.slot, CNT_DROPPED, frame, bucket)

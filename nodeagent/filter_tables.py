@@ -1,0 +1,160 @@
+"""Writing a FilterPlan into the filter's BPF maps, and reading its counters.
+
+Ownership changes never open a window with zero or two owners on this node: the new bitmap
+(with its seed and mask) is written into the idle half of the farm's double-buffered table,
+then one aligned 4-byte write to vf_active flips the farm to it. A packet reads vf_active
+once, so it sees the old table or the new one, never a mix.
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from .bpf_layout import GLOBAL_SLOT, MAX_FARMS, NCOUNTERS, COUNTER_NAMES, TABLE_WORDS
+from .plan import FarmEntry, FilterPlan, VipEntry
+
+
+def owner_words(owned: frozenset[int] | set[int], buckets: int) -> list[int]:
+    """The bitmap words of one table half (only the words `buckets` needs)."""
+    nwords = max(1, (buckets + 63) // 64)
+    words = [0] * nwords
+    for b in owned:
+        if not 0 <= b < buckets:
+            raise ValueError(f"bucket {b} is outside 0..{buckets - 1}")
+        words[b >> 6] |= 1 << (b & 63)
+    return words
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    dropped: int = 0
+    neigh_replied: int = 0
+    neigh_punted: int = 0
+    malformed: int = 0
+    passed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {n: getattr(self, n) for n in COUNTER_NAMES}
+
+
+class FilterTables:
+    """The maps of one loaded filter (a bcc BPF object)."""
+
+    def __init__(self, bpf):
+        self.vips = bpf[b"vf_vips"]
+        self.farms = bpf[b"vf_farms"]
+        self.active = bpf[b"vf_active"]
+        self.tables = bpf[b"vf_tables"]
+        self.owner = bpf[b"vf_owner"]
+        self.stats = bpf[b"vf_stats"]
+
+    # -- reading ------------------------------------------------------------------------
+    def vip_keys(self) -> set[tuple[int, bytes]]:
+        out = set()
+        for k in self.vips.keys():
+            size = 4 if k.family == 4 else 16
+            out.add((k.family, bytes(k.addr[:size])))
+        return out
+
+    def active_half(self, slot: int) -> int:
+        return self.active[ctypes.c_uint32(slot)].value & 1
+
+    def owned_buckets(self, slot: int) -> set[int]:
+        half = slot * 2 + self.active_half(slot)
+        mask = self.tables[ctypes.c_uint32(half)].mask
+        owned = set()
+        for w in range((mask + 64) // 64):
+            bits = self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)].value
+            while bits:
+                low = bits & -bits
+                owned.add(w * 64 + low.bit_length() - 1)
+                bits ^= low
+        return owned
+
+    def counters(self, slot: int) -> Counters:
+        c = Counters()
+        for i, name in enumerate(COUNTER_NAMES):
+            values = self.stats[ctypes.c_uint32(slot * NCOUNTERS + i)]
+            setattr(c, name, sum(v.value if hasattr(v, "value") else int(v) for v in values))
+        return c
+
+    def global_counters(self) -> Counters:
+        return self.counters(GLOBAL_SLOT)
+
+    # -- writing ------------------------------------------------------------------------
+    def _vip_key(self, family: int, addr: bytes):
+        k = self.vips.Key()
+        k.family = family
+        for i, b in enumerate(addr):
+            k.addr[i] = b
+        return k
+
+    def _vip_leaf(self, v: VipEntry):
+        leaf = self.vips.Leaf()
+        leaf.farm = v.slot
+        leaf.nrules = len(v.rules)
+        for i, r in enumerate(v.rules):
+            leaf.rules[i].proto = r.proto
+            leaf.rules[i].affinity = r.affinity
+            leaf.rules[i].port_lo = r.port_lo
+            leaf.rules[i].port_hi = r.port_hi
+        return leaf
+
+    def write_farm(self, f: FarmEntry) -> None:
+        """Farm MAC, then the idle table half, then the flip. Idempotent."""
+        leaf = self.farms.Leaf()
+        for i, b in enumerate(f.vmac):
+            leaf.vmac[i] = b
+        leaf.flags = 1
+        self.farms[ctypes.c_uint32(f.slot)] = leaf
+        self.swap_ownership(f.slot, f.seed, f.buckets, f.owned)
+
+    def swap_ownership(self, slot: int, seed: int, buckets: int, owned: frozenset[int]) -> bool:
+        """Make `owned` live for `slot`; False if it already was (nothing written)."""
+        cur = self.active_half(slot)
+        cur_meta = self.tables[ctypes.c_uint32(slot * 2 + cur)]
+        if (cur_meta.seed == seed and cur_meta.mask == buckets - 1
+                and self.owned_buckets(slot) == set(owned)):
+            return False
+        idle = 1 - cur
+        half = slot * 2 + idle
+        words = owner_words(owned, buckets)
+        # Words past buckets/64 may hold stale bits; the mask keeps packets from reading them.
+        base = half * TABLE_WORDS
+        keys = (ctypes.c_uint32 * len(words))(*(base + i for i in range(len(words))))
+        vals = (ctypes.c_uint64 * len(words))(*words)
+        try:
+            self.owner.items_update_batch(keys, vals)
+        except Exception:  # older kernels/bcc without batch ops
+            for i, w in enumerate(words):
+                self.owner[ctypes.c_uint32(base + i)] = ctypes.c_uint64(w)
+        meta = self.tables.Leaf()
+        meta.seed = seed
+        meta.mask = buckets - 1
+        self.tables[ctypes.c_uint32(half)] = meta
+        self.active[ctypes.c_uint32(slot)] = ctypes.c_uint32(idle)   # the flip
+        return True
+
+    def apply(self, plan: FilterPlan, previous_slots: set[int] = frozenset()) -> None:
+        """Bring the maps to `plan`: farms first, then VIPs, then removal of the rest.
+
+        VIPs are added only after their farm's table is live, and removed before their farm
+        is cleared, so a VIP never points at a half-written farm.
+        """
+        for f in plan.farms:
+            self.write_farm(f)
+        wanted = {v.key: v for v in plan.vips}
+        for v in plan.vips:
+            self.vips[self._vip_key(v.family, v.addr)] = self._vip_leaf(v)
+        for key in self.vip_keys() - set(wanted):
+            del self.vips[self._vip_key(*key)]
+        live_slots = {f.slot for f in plan.farms}
+        for slot in set(previous_slots) - live_slots:
+            self.clear_farm(slot)
+
+    def clear_farm(self, slot: int) -> None:
+        if not 0 <= slot < MAX_FARMS:
+            raise ValueError(f"farm slot {slot} out of range")
+        self.swap_ownership(slot, 0, 1, frozenset())
+        self.farms[ctypes.c_uint32(slot)] = self.farms.Leaf()

@@ -1,0 +1,112 @@
+"""What the XDP filter on one interface should contain: a pure function of farms and ownership.
+
+The agent writes a FilterPlan into the BPF maps (filter_tables.py); the reference model
+(filter_model.py) predicts verdicts from the same FilterPlan, so both read one description.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+from vipfarm.spec import Farm
+
+from .bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, MAX_FARMS, MAX_VIPS, FAMILY_V4, FAMILY_V6
+
+PROTO_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
+AFFINITY_CODES = {"ClientIP": AFF_CLIENTIP, "ClientIPPort": AFF_CLIENTIPPORT}
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    proto: int
+    affinity: int
+    port_lo: int
+    port_hi: int
+
+
+@dataclass(frozen=True)
+class VipEntry:
+    family: int                 # FAMILY_V4 / FAMILY_V6
+    addr: bytes                 # 4 or 16 bytes, network order
+    slot: int
+    rules: tuple[RuleEntry, ...]
+
+    @property
+    def key(self) -> tuple[int, bytes]:
+        return (self.family, self.addr)
+
+
+@dataclass(frozen=True)
+class FarmEntry:
+    slot: int
+    name: str
+    vmac: bytes                 # 6 bytes
+    seed: int
+    buckets: int
+    owned: frozenset[int]       # the buckets this node owns
+
+
+@dataclass(frozen=True)
+class FilterPlan:
+    """Desired contents of one interface's filter."""
+    farms: tuple[FarmEntry, ...] = ()
+    vips: tuple[VipEntry, ...] = ()
+
+    def farm_by_slot(self) -> dict[int, FarmEntry]:
+        return {f.slot: f for f in self.farms}
+
+    def vip_by_key(self) -> dict[tuple[int, bytes], VipEntry]:
+        return {v.key: v for v in self.vips}
+
+
+@dataclass(frozen=True)
+class FarmOwnership:
+    farm: Farm
+    owned: frozenset[int]
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def vip_key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, bytes]:
+    return (FAMILY_V4 if ip.version == 4 else FAMILY_V6, ip.packed)
+
+
+def allocate_slots(names: list[str], previous: dict[str, int]) -> dict[str, int]:
+    """Keep each farm's previous slot; give new farms the lowest free slots, in name order."""
+    out = {n: s for n, s in previous.items() if n in names}
+    used = set(out.values())
+    free = (s for s in range(MAX_FARMS) if s not in used)
+    for n in sorted(names):
+        if n not in out:
+            try:
+                out[n] = next(free)
+            except StopIteration:
+                raise ValueError(f"too many farms on one interface: at most {MAX_FARMS}; "
+                                 f"farm {n!r} does not fit") from None
+    return out
+
+
+def build_plan(items: list[FarmOwnership], slots: dict[str, int]) -> FilterPlan:
+    """The filter contents for the farms of one interface."""
+    farms: list[FarmEntry] = []
+    vips: list[VipEntry] = []
+    seen: dict[tuple[int, bytes], str] = {}
+    for item in sorted(items, key=lambda i: i.farm.name):
+        f = item.farm
+        slot = slots[f.name]
+        rules = tuple(RuleEntry(PROTO_NUMBERS[r.protocol], AFFINITY_CODES[r.affinity],
+                                r.ports.low, r.ports.high) for r in f.rules)
+        farms.append(FarmEntry(slot, f.name, mac_bytes(f.virtual_mac), f.seed, f.buckets, item.owned))
+        for ip in f.virtual_ips:
+            key = vip_key(ip)
+            if key in seen:
+                raise ValueError(f"virtual IP {ip} is claimed by farms {seen[key]!r} and {f.name!r}; "
+                                 f"remove it from one of them")
+            seen[key] = f.name
+            vips.append(VipEntry(key[0], key[1], slot, rules))
+    if len(vips) > MAX_VIPS:
+        raise ValueError(f"{len(vips)} virtual IPs on one interface; the filter holds {MAX_VIPS}")
+    return FilterPlan(tuple(farms), tuple(vips))
