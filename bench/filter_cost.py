@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Per-packet cost of the vipfarm XDP filter, measured by the kernel with BPF_PROG_TEST_RUN.
+
+Compares the real filter (production build: no trace map, maps private to this process)
+against a bare `return XDP_DROP` program compiled with bcc in the same run, on the same
+frames, on the same pinned CPU, interleaved call by call so drift hits both alike.
+
+Cases (one farm "web": VIPs 203.0.113.10 and 2001:db8::10, 1024 buckets, this node owns a
+third of them, rule TCP/80 ClientIPPort so the hash covers address + source port):
+  v4-owned      TCP SYN to 203.0.113.10:80 from a client we own  -> XDP_PASS + dst MAC rewrite
+  v4-not-owned  same, from a client another node owns           -> XDP_DROP
+  v6-owned      TCP SYN to [2001:db8::10]:80, owned              -> XDP_PASS + dst MAC rewrite
+  v6-not-owned  same, not owned                                  -> XDP_DROP
+
+ns/pkt is the wall time of one BPF_PROG_TEST_RUN call divided by its repeat count (the
+kernel's own `duration` field is an integer average, too coarse for ~10 ns programs; it is
+shown as a cross-check). Each case: `--calls` calls of `--repeat` runs, median taken.
+
+Run from the repository root, as root:
+    sudo .venv/bin/python bench/filter_cost.py
+Exit status is 0 whatever the verdict: this is a benchmark, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nodeagent.bpf_layout import XDP_DROP, XDP_PASS  # noqa: E402
+from nodeagent.bpf_program import compile_filter, import_bcc, load_filter  # noqa: E402
+from nodeagent.filter_tables import FilterTables  # noqa: E402
+from nodeagent.plan import FarmOwnership, build_plan  # noqa: E402
+from nodeagent.testrun import run_xdp  # noqa: E402
+from tests import framegen  # noqa: E402
+from vipfarm.hashing import bucket_of  # noqa: E402
+from vipfarm.spec import parse_farm  # noqa: E402
+
+TARGET_RATIO = 1.3
+OWN_MAC = bytes.fromhex("02aa00000001")
+VIP4 = ipaddress.ip_address("203.0.113.10")
+VIP6 = ipaddress.ip_address("2001:db8::10")
+BARE_SOURCE = "int p(struct xdp_md *c){return XDP_DROP;}"
+VERDICT_NAMES = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
+
+
+def make_farm():
+    return parse_farm({
+        "apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": {"name": "web"},
+        "spec": {"virtualIPs": [str(VIP4), str(VIP6)], "buckets": 1024, "rules": [
+            {"protocol": "TCP", "ports": "80", "affinity": "ClientIPPort"},
+            {"protocol": "TCP", "ports": "443", "affinity": "ClientIP"},
+        ]},
+    })
+
+
+def find_client(rng: random.Random, family: int, owned: frozenset[int], farm, want_owned: bool):
+    """A (client address bytes, source port) whose bucket is (not) in `owned`."""
+    for _ in range(100_000):
+        if family == 4:
+            client = bytes([198, 51, 100, rng.randrange(1, 255)])
+        else:
+            client = ipaddress.ip_address("2001:db8:1::").packed[:12] + rng.randbytes(4)
+        sport = rng.randrange(1024, 65536)
+        b = bucket_of(client, sport, farm.seed, farm.buckets)   # TCP/80 is ClientIPPort
+        if (b in owned) == want_owned:
+            return client, sport
+    raise RuntimeError("no suitable client found")
+
+
+def build_frames(farm, owned, vmac: bytes, rng):
+    frames = {}
+    for family, vip in ((4, VIP4), (6, VIP6)):
+        for want in (True, False):
+            client, sport = find_client(rng, family, owned, farm, want)
+            l4 = framegen.tcp(sport, 80)
+            if family == 4:
+                frame = framegen.eth(vmac, framegen.CLIENT_MAC, 0x0800) + framegen.ipv4(
+                    client, vip.packed, 6, l4)
+            else:
+                frame = framegen.eth(vmac, framegen.CLIENT_MAC, 0x86DD) + framegen.ipv6(
+                    client, vip.packed, 6, l4)
+            # Real traffic to a farm arrives addressed to the farm's virtual MAC.
+            frame = vmac + frame[6:]
+            name = f"v{family}-{'owned' if want else 'not-owned'}"
+            frames[name] = (frame, XDP_PASS if want else XDP_DROP)
+    return frames
+
+
+def measure(fd: int, frame: bytes, repeat: int) -> tuple[float, int, int]:
+    t0 = time.perf_counter_ns()
+    res = run_xdp(fd, frame, repeat)
+    t1 = time.perf_counter_ns()
+    return (t1 - t0) / repeat, res.duration_ns, res.verdict
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=1_000_000, help="runs per BPF_PROG_TEST_RUN call")
+    ap.add_argument("--calls", type=int, default=15, help="calls per case (median is reported)")
+    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
+    ap.add_argument("--seed", type=int, default=1, help="seed for the client search")
+    args = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        print("filter_cost.py: needs root (BPF_PROG_TEST_RUN); run with sudo", file=sys.stderr)
+        return 0
+    cpu = args.cpu if args.cpu is not None else os.cpu_count() - 1
+    os.sched_setaffinity(0, {cpu})
+
+    bcc = import_bcc()
+    farm = make_farm()
+    owned = frozenset(b for b in range(farm.buckets) if b % 3 == 0)     # one node of three
+    plan = build_plan([FarmOwnership(farm, owned)], {"web": 0})
+    rng = random.Random(args.seed)
+
+    print(f"compiling the filter and the bare program with bcc (kernel {platform.release()}, "
+          f"{os.cpu_count()} CPUs, pinned to CPU {cpu}) ...", flush=True)
+    bpf = compile_filter(OWN_MAC, answer_neigh=True)
+    fn = load_filter(bpf)
+    FilterTables(bpf).apply(plan)
+    bare_bpf = bcc.BPF(text=BARE_SOURCE.encode())
+    bare = bare_bpf.load_func(b"p", bcc.BPF.XDP)
+
+    vmac = plan.farms[0].vmac
+    frames = {}
+    for name, (frame, want) in build_frames(farm, owned, vmac, rng).items():
+        frames[name] = (frame, want)
+        res = run_xdp(fn.fd, frame, 1)
+        if res.verdict != want:
+            print(f"!! {name}: filter returned {VERDICT_NAMES.get(res.verdict)} expected "
+                  f"{VERDICT_NAMES.get(want)}; the benchmark frames are wrong", file=sys.stderr)
+            return 0
+        if want == XDP_PASS and res.frame[:6] != OWN_MAC:
+            print(f"!! {name}: passed frame was not rewritten to the node MAC", file=sys.stderr)
+            return 0
+
+    # Warm up (JIT'd code, caches, CPU frequency).
+    for frame, _ in frames.values():
+        run_xdp(fn.fd, frame, args.repeat // 4)
+        run_xdp(bare.fd, frame, args.repeat // 4)
+
+    samples: dict[tuple[str, str], list[float]] = {}
+    kernel: dict[tuple[str, str], list[int]] = {}
+    order = [(case, prog) for case in frames for prog in ("filter", "bare")]
+    t_start = time.monotonic()
+    for _ in range(args.calls):
+        rng.shuffle(order)
+        for case, prog in order:
+            frame, _want = frames[case]
+            ns, kns, _ = measure(fn.fd if prog == "filter" else bare.fd, frame, args.repeat)
+            samples.setdefault((case, prog), []).append(ns)
+            kernel.setdefault((case, prog), []).append(kns)
+    elapsed = time.monotonic() - t_start
+
+    print()
+    print(f"BPF_PROG_TEST_RUN, {args.calls} calls x {args.repeat:,} runs per case, median of "
+          f"calls ({elapsed:.1f} s)")
+    hdr = f"{'case':<14} {'ns/pkt':>8} {'bare ns/pkt':>12} {'ratio':>7} {'target':>8} {'verdict':>8}" \
+          f"   {'filter-bare':>11} {'spread':>8} {'kernel ns (int)':>16}"
+    print(hdr)
+    print("-" * len(hdr))
+    misses = 0
+    for case in frames:
+        f = statistics.median(samples[(case, "filter")])
+        b = statistics.median(samples[(case, "bare")])
+        ratio = f / b
+        ok = ratio <= TARGET_RATIO
+        misses += not ok
+        fs = samples[(case, "filter")]
+        spread = (max(fs) - min(fs)) / f * 100
+        kf = statistics.median(kernel[(case, "filter")])
+        kb = statistics.median(kernel[(case, "bare")])
+        print(f"{case:<14} {f:8.2f} {b:12.2f} {ratio:6.2f}x {'<=' + str(TARGET_RATIO) + 'x':>8} "
+              f"{'PASS' if ok else 'MISS':>8}   {f - b:9.2f} ns {spread:7.1f}% {kf:>8} / {kb:<6}")
+    print()
+    print("ns/pkt: wall time of each call / repeat (includes the kernel's test-run loop, the same for")
+    print("both programs); filter-bare: what the filter itself adds; spread: (max-min)/median of the")
+    print("filter's calls; kernel ns (int): the kernel's integer per-run average, filter / bare.")
+    if misses:
+        print(f"VERDICT: MISS on {misses} of {len(frames)} cases (target: filter <= "
+              f"{TARGET_RATIO}x the bare XDP_DROP program)")
+    else:
+        print(f"VERDICT: PASS on all {len(frames)} cases (target: filter <= {TARGET_RATIO}x bare)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""vipfarm-agent: the node agent.
+
+Standalone mode (no Kubernetes):  vipfarm-agent --farm-file farm.yaml --node n1
+  Runs in the foreground. SIGTERM/SIGINT: graceful leave (VIPs removed, XDP detached,
+  sysctls restored). SIGHUP: re-read the farm files and move only the buckets that must move.
+  SIGKILL leaves the pinned dataplane in place for the next agent to adopt.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections import defaultdict
+
+from vipfarm.assignment import Assignment, Member, assign
+from vipfarm.spec import Farm, FarmSpecError, load_farm_file
+
+from .bpf_program import DataplaneError
+from .dataplane import PIN_ROOT, STATE_ROOT, InterfaceDataplane, merge_xdp_modes
+from .netconfig import InterfaceError
+from .plan import FarmOwnership
+
+log = logging.getLogger("vipfarm.agent")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def members_of(farm: Farm) -> list[Member]:
+    return [Member(n.name, n.weight, True) for n in farm.nodes]
+
+
+def standalone_ownership(farms: list[Farm], node: str,
+                         previous: dict[str, Assignment]) -> tuple[list[FarmOwnership], dict[str, Assignment]]:
+    """Each farm's assignment from its member list, and the buckets `node` owns."""
+    items, assignments = [], {}
+    for farm in farms:
+        farm.node(node)   # raises with a clear message when this node is not a member
+        a = assign(previous.get(farm.name), members_of(farm), farm.buckets)
+        assignments[farm.name] = a
+        items.append(FarmOwnership(farm, frozenset(a.owned_by(node))))
+    return items, assignments
+
+
+def load_farms(paths: list[str], node: str) -> list[Farm]:
+    farms = [load_farm_file(p, require_nodes=True) for p in paths]
+    names = [f.name for f in farms]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise FarmSpecError(",".join(sorted(dupes)), ["the same farm name appears in two --farm-file files"])
+    for f in farms:
+        f.node(node)
+    return farms
+
+
+class StandaloneAgent:
+    def __init__(self, paths: list[str], node: str, pin_root: str, state_root: str):
+        self.paths = paths
+        self.node = node
+        self.pin_root = pin_root
+        self.state_root = state_root
+        self.dataplanes: dict[str, InterfaceDataplane] = {}
+        self.assignments: dict[str, Assignment] = {}
+        self.wake = threading.Event()
+        self.stopping = False
+        self.reload_requested = False
+
+    def program(self, farms: list[Farm]) -> None:
+        by_iface: dict[str, list[Farm]] = defaultdict(list)
+        for f in farms:
+            by_iface[f.interface].append(f)
+        items, assignments = standalone_ownership(farms, self.node, self.assignments)
+        for iface, group in sorted(by_iface.items()):
+            dp = self.dataplanes.get(iface)
+            if dp is None:
+                dp = InterfaceDataplane(self.node, iface, merge_xdp_modes(group),
+                                        self.pin_root, self.state_root)
+                dp.start()
+                self.dataplanes[iface] = dp
+            dp.apply([i for i in items if i.farm.interface == iface])
+        for iface in set(self.dataplanes) - set(by_iface):
+            self.dataplanes.pop(iface).stop()
+        self.assignments = assignments
+
+    def run(self) -> int:
+        farms = load_farms(self.paths, self.node)   # all validation before any change
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        self.program(farms)
+        log.info("event=agent_ready node=%s farms=%s mode=standalone", self.node,
+                 ",".join(f.name for f in farms))
+        print(f"vipfarm-agent: node {self.node} serving {', '.join(f.name for f in farms)}", flush=True)
+        while not self.stopping:
+            self.wake.wait(30)
+            self.wake.clear()
+            if self.reload_requested and not self.stopping:
+                self.reload_requested = False
+                self._reload()
+            elif not self.stopping:
+                self._log_counters()
+        for dp in self.dataplanes.values():
+            dp.stop()
+        log.info("event=agent_stopped node=%s", self.node)
+        return 0
+
+    def _reload(self) -> None:
+        try:
+            farms = load_farms(self.paths, self.node)
+            self.program(farms)
+            log.info("event=reloaded node=%s farms=%d", self.node, len(farms))
+        except (FarmSpecError, KeyError, ValueError, DataplaneError) as e:
+            log.error("event=reload_rejected node=%s error=%r action=keep_serving_previous", self.node, str(e))
+
+    def _log_counters(self) -> None:
+        for iface, dp in self.dataplanes.items():
+            for farm, c in dp.counters().items():
+                log.info("event=counters iface=%s farm=%s %s", iface, farm,
+                         " ".join(f"{k}={v}" for k, v in c.as_dict().items()))
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def _on_reload(self, signum, frame) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="vipfarm-agent", description="vipfarm node agent")
+    p.add_argument("--farm-file", action="append", default=[],
+                   help="standalone mode: a Farm YAML whose spec.nodes lists the members (repeatable)")
+    p.add_argument("--node", help="this node's name as listed in spec.nodes (standalone)")
+    p.add_argument("--cluster", action="store_true", help="cluster mode: watch Farm resources")
+    p.add_argument("--pin-root", default=PIN_ROOT, help="bpffs directory for pinned maps")
+    p.add_argument("--state-root", default=STATE_ROOT, help="directory for the agent's local state")
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    if args.cluster:
+        from .cluster import run_cluster_agent
+        return run_cluster_agent(args)
+    if not args.farm_file or not args.node:
+        p.error("standalone mode needs --farm-file FILE and --node NAME (or use --cluster)")
+    try:
+        return StandaloneAgent(args.farm_file, args.node, args.pin_root, args.state_root).run()
+    except FarmSpecError as e:
+        print(f"vipfarm-agent: {e}\nNothing was changed on this node.", file=sys.stderr)
+        return 2
+    except KeyError as e:
+        print(f"vipfarm-agent: {e.args[0]}\nNothing was changed on this node.", file=sys.stderr)
+        return 2
+    except (DataplaneError, InterfaceError) as e:
+        print(f"vipfarm-agent: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

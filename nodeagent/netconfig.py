@@ -1,0 +1,149 @@
+"""Host network configuration for a farm interface, through netlink (pyroute2) and /proc/sys.
+
+* VIPs live on `lo` (/32, /128): the stack accepts their traffic, and never answers ARP/ND
+  for them on the farm interface, because arp_ignore=1 / arp_announce=2 are set there.
+* The virtual MAC is added to the interface's address filter (an fdb entry with NTF_SELF):
+  a unicast MAC goes to the unicast list, a group MAC (multicast mode) to the multicast list,
+  which is how the NIC "joins" it.
+* Announcements (gratuitous ARP, unsolicited NA) go out over AF_PACKET.
+Everything done here is recorded by the caller so that stop() can restore it.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT
+
+from . import neighbour
+
+log = logging.getLogger("vipfarm.netconfig")
+
+ARP_SYSCTLS = {"arp_ignore": "1", "arp_announce": "2"}
+
+
+class InterfaceError(RuntimeError):
+    pass
+
+
+def _sysctl_path(iface: str, key: str) -> str:
+    return f"/proc/sys/net/ipv4/conf/{iface}/{key}"
+
+
+def read_sysctl(iface: str, key: str) -> str:
+    with open(_sysctl_path(iface, key)) as f:
+        return f.read().strip()
+
+
+def write_sysctl(iface: str, key: str, value: str) -> None:
+    with open(_sysctl_path(iface, key), "w") as f:
+        f.write(value)
+
+
+def link_info(iface: str) -> tuple[int, bytes, str]:
+    """(ifindex, MAC, kind) of an interface; kind is '' for physical NICs, 'veth' for veth."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=iface)
+        if not found:
+            names = sorted(l.get("IFLA_IFNAME") for l in ipr.get_links())
+            raise InterfaceError(f"interface {iface!r} does not exist on this node (found: "
+                                 f"{', '.join(names)}); set spec.interface to the farm NIC")
+        link = ipr.get_links(found[0])[0]
+        mac = link.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
+        info = link.get("IFLA_LINKINFO")
+        kind = (info.get("IFLA_INFO_KIND") if info else None) or ""
+        return found[0], bytes(int(x, 16) for x in mac.split(":")), kind
+
+
+def set_arp_sysctls(iface: str) -> dict[str, str]:
+    """Set arp_ignore/arp_announce on iface; returns the previous values."""
+    before = {k: read_sysctl(iface, k) for k in ARP_SYSCTLS}
+    for k, v in ARP_SYSCTLS.items():
+        write_sysctl(iface, k, v)
+    return before
+
+
+def restore_sysctls(iface: str, saved: dict[str, str]) -> None:
+    for k, v in saved.items():
+        try:
+            write_sysctl(iface, k, v)
+        except OSError as e:
+            log.warning("event=sysctl_restore_failed iface=%s key=%s error=%s", iface, k, e)
+
+
+def _prefix(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return 32 if ip.version == 4 else 128
+
+
+def add_vip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Put a VIP on lo; False if it was already there."""
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.addr("add", index=lo, address=str(ip), prefixlen=_prefix(ip))
+            return True
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                return False
+            raise
+
+
+def del_vip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.addr("del", index=lo, address=str(ip), prefixlen=_prefix(ip))
+        except NetlinkError as e:
+            if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                raise
+
+
+def vips_on_lo() -> set[str]:
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        return {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=lo)}
+
+
+def add_mac_filter(iface: str, mac: str) -> None:
+    """Let the NIC receive frames for the virtual MAC (joins it in multicast mode)."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=iface)[0]
+        try:
+            ipr.fdb("add", ifindex=idx, lladdr=mac, state=NUD_PERMANENT, flags=NTF_SELF)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+
+
+def del_mac_filter(iface: str, mac: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=iface)
+        if not found:
+            return
+        try:
+            ipr.fdb("del", ifindex=found[0], lladdr=mac, state=NUD_PERMANENT, flags=NTF_SELF)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.EINVAL):
+                raise
+
+
+def send_frames(iface: str, frames: list[bytes]) -> None:
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        for f in frames:
+            s.send(f)
+
+
+def announcements(vips, own_mac: bytes, vmac: bytes) -> list[bytes]:
+    """Gratuitous ARP for each IPv4 VIP and an unsolicited NA for each IPv6 VIP."""
+    out = []
+    for ip in vips:
+        if ip.version == 4:
+            out.append(neighbour.gratuitous_arp(ip.packed, own_mac, vmac))
+        else:
+            out.append(neighbour.unsolicited_na(ip.packed, own_mac, vmac))
+    return out

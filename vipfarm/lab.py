@@ -1,0 +1,242 @@
+"""The lab: a farm of network namespaces on one machine, for the demo and the lab tests.
+
+Topology (every name starts with a per-run prefix such as `vf3a9c-`):
+    <p>sw   a switch namespace holding bridge br0
+    <p>nK   node K: eth0 = 198.51.100.K/24 and 2001:db8:1::K/64, agents and servers run here
+    <p>c1   the client: eth0 with 198.51.100.100.. and 2001:db8:1::100.., and on-link routes
+            (not default routes) to the VIP ranges 203.0.113.0/24 and 2001:db8::/64
+Nothing is attached to the root namespace. Lab.close() (also run on SIGTERM/SIGINT and at
+exit) kills every process it started and deletes the namespaces.
+"""
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute, netns
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NODE_NET = "198.51.100.0/24"
+VIP_ROUTE4 = "203.0.113.0/24"
+VIP_ROUTE6 = "2001:db8::/64"
+
+
+def node_ip(k: int) -> str:
+    return f"198.51.100.{k}"
+
+
+def node_ip6(k: int) -> str:
+    return f"2001:db8:1::{k}"
+
+
+def client_ips(count: int) -> list[str]:
+    if not 1 <= count <= 100:
+        raise ValueError("the lab client holds 1..100 addresses (198.51.100.100-199)")
+    return [f"198.51.100.{100 + i}" for i in range(count)]
+
+
+def client_ips6(count: int) -> list[str]:
+    return [f"2001:db8:1::{0x100 + i:x}" for i in range(count)]
+
+
+@dataclass
+class Lab:
+    nodes: int = 3
+    clients: int = 60
+    prefix: str = field(default_factory=lambda: f"vf{os.getpid() & 0xffff:04x}{int(time.time() * 1000) & 0xff:02x}-")
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    workdir: str = ""
+    _closed: bool = False
+    _owner_pid: int = 0
+
+    # -- names ----------------------------------------------------------------------------
+    @property
+    def switch(self) -> str:
+        return self.prefix + "sw"
+
+    def node(self, k: int) -> str:
+        return f"{self.prefix}n{k}"
+
+    @property
+    def client(self) -> str:
+        return self.prefix + "c1"
+
+    @property
+    def pin_root(self) -> str:
+        return f"/sys/fs/bpf/vipfarm-lab/{self.prefix.rstrip('-')}"
+
+    @property
+    def state_root(self) -> str:
+        return os.path.join(self.workdir, "state")
+
+    def namespaces(self) -> list[str]:
+        return [self.switch, self.client] + [self.node(k) for k in range(1, self.nodes + 1)]
+
+    # -- build / teardown -------------------------------------------------------------------
+    def __enter__(self) -> "Lab":
+        self.build()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def build(self) -> "Lab":
+        self.workdir = tempfile.mkdtemp(prefix=self.prefix)
+        # pyroute2 forks helpers that inherit atexit handlers; only this process cleans up.
+        self._owner_pid = os.getpid()
+        atexit.register(self.close)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            prev = signal.getsignal(sig)
+            signal.signal(sig, self._signal_handler(prev))
+        try:
+            for ns in self.namespaces():
+                netns.create(ns)
+            with IPRoute(netns=self.switch) as sw:
+                sw.link("add", ifname="br0", kind="bridge")
+                # Forward immediately; no STP delay in a lab.
+                sw.link("set", index=sw.link_lookup(ifname="br0")[0], state="up")
+            for k in range(1, self.nodes + 1):
+                self._attach_host(self.node(k), f"n{k}", [node_ip(k)], [node_ip6(k)])
+            self._attach_host(self.client, "c1", client_ips(self.clients), client_ips6(self.clients),
+                              routes=True)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _attach_host(self, ns: str, port: str, ips4: list[str], ips6: list[str], routes: bool = False) -> None:
+        with IPRoute(netns=ns) as h:
+            h.link("add", ifname="eth0", kind="veth", peer={"ifname": port, "net_ns_fd": self.switch})
+            lo = h.link_lookup(ifname="lo")[0]
+            h.link("set", index=lo, state="up")
+            idx = h.link_lookup(ifname="eth0")[0]
+            for ip in ips4:
+                h.addr("add", index=idx, address=ip, prefixlen=24)
+            for ip in ips6:
+                h.addr("add", index=idx, address=ip, prefixlen=64, flags=0x02)   # IFA_F_NODAD
+            h.link("set", index=idx, state="up")
+            if routes:
+                h.route("add", dst=VIP_ROUTE4, oif=idx, scope=253)              # on-link, no gateway
+                h.route("add", dst=VIP_ROUTE6, oif=idx, family=10)
+        with IPRoute(netns=self.switch) as sw:
+            p = sw.link_lookup(ifname=port)[0]
+            br = sw.link_lookup(ifname="br0")[0]
+            sw.link("set", index=p, master=br, state="up")
+
+    def _signal_handler(self, prev):
+        def handler(signum, frame):
+            self.close()
+            if callable(prev):
+                prev(signum, frame)
+            else:
+                raise SystemExit(128 + signum)
+        return handler
+
+    def close(self) -> None:
+        if self._closed or os.getpid() != self._owner_pid:
+            return
+        self._closed = True
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for ns in self.namespaces():
+            try:
+                netns.remove(ns)
+            except OSError:
+                pass
+        shutil.rmtree(self.pin_root, ignore_errors=True)
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- processes ------------------------------------------------------------------------
+    def command(self, ns: str, argv: list[str]) -> list[str]:
+        """argv run inside namespace `ns`: only the network namespace changes (nsenter --net),
+        so the process keeps the host's /sys/fs/bpf and shares pins with its successors."""
+        return ["nsenter", f"--net=/run/netns/{ns}", "--"] + argv
+
+    def spawn(self, ns: str, argv: list[str], log_name: str | None = None, **kw) -> subprocess.Popen:
+        out = open(os.path.join(self.workdir, log_name), "ab") if log_name else subprocess.DEVNULL
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        p = subprocess.Popen(self.command(ns, argv), stdout=out, stderr=subprocess.STDOUT, env=env,
+                             cwd=REPO, **kw)
+        self.procs.append(p)
+        return p
+
+    def run(self, ns: str, argv: list[str], timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        res = subprocess.run(self.command(ns, argv), capture_output=True, text=True, timeout=timeout,
+                             env=env, cwd=REPO)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} in {ns} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def python(self, ns: str, module: str, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.run(ns, [sys.executable, "-m", module, *args], **kw)
+
+    def start_servers(self, tcp_ports=(80, 8080), udp_ports=(5000,)) -> None:
+        for k in range(1, self.nodes + 1):
+            args = [sys.executable, "-m", "vipfarm.labtraffic", "serve", "--name", f"n{k}"]
+            for p in tcp_ports:
+                args += ["--tcp", str(p)]
+            for p in udp_ports:
+                args += ["--udp", str(p)]
+            self.spawn(self.node(k), args, log_name=f"server-n{k}.log")
+        time.sleep(0.5)
+
+    def start_agent(self, k: int, farm_files: list[str]) -> subprocess.Popen:
+        args = [sys.executable, "-m", "nodeagent.agent", "--node", f"n{k}",
+                "--pin-root", self.pin_root, "--state-root", self.state_root]
+        for f in farm_files:
+            args += ["--farm-file", f]
+        return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log")
+
+    def agent_log(self, k: int) -> str:
+        try:
+            with open(os.path.join(self.workdir, f"agent-n{k}.log"), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_agent_ready(self, k: int, proc: subprocess.Popen, timeout: float = 90, after: int = 0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.agent_log(k).count("event=agent_ready") > after:
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent n{k} exited with {proc.returncode}:\n{self.agent_log(k)}")
+            time.sleep(0.2)
+        raise TimeoutError(f"agent n{k} not ready after {timeout}s:\n{self.agent_log(k)}")
+
+    def write_farm(self, name: str, text: str) -> str:
+        path = os.path.join(self.workdir, f"{name}.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+
+def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode: str = "unicast-flood",
+              xdp_mode: str = "auto", buckets: int = 1024, rules: str | None = None) -> str:
+    """A standalone Farm file for lab nodes n1..nN."""
+    if rules is None:
+        rules = ('    - {protocol: TCP, ports: "80", affinity: ClientIPPort}\n'
+                 '    - {protocol: TCP, ports: "8080", affinity: ClientIP}\n'
+                 '    - {protocol: UDP, ports: "5000-5010", affinity: ClientIPPort}\n')
+    nodes = "".join(f"    - {{name: {n}, address: {node_ip(int(n[1:]))}, weight: {w}}}\n"
+                    for n, w in weights.items())
+    vip_list = ", ".join(f'"{ipaddress.ip_address(v)}"' for v in vips)
+    return (f"apiVersion: vipfarm.io/v1alpha1\nkind: Farm\nmetadata:\n  name: {name}\nspec:\n"
+            f"  virtualIPs: [{vip_list}]\n  interface: eth0\n  buckets: {buckets}\n"
+            f"  vmacMode: {vmac_mode}\n  xdpMode: {xdp_mode}\n  rules:\n{rules}  nodes:\n{nodes}")

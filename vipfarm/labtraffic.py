@@ -1,0 +1,247 @@
+"""Traffic programs run inside lab namespaces: a named echo server and bounded clients.
+
+  python -m vipfarm.labtraffic serve --name n1 --tcp 80 --udp 5000
+  python -m vipfarm.labtraffic tcp --vip 203.0.113.10 --port 80 --src A --src B --per-src 10
+  python -m vipfarm.labtraffic udp --vip 203.0.113.10 --port 5000 --src A --per-src 10
+  python -m vipfarm.labtraffic steady --vip ... --port 80 --src ... --seconds 8 --rate 50
+  python -m vipfarm.labtraffic neigh --vip 203.0.113.10 --iface eth0
+Every client is bounded in count and time and prints one JSON document on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+
+ETH_P_ALL = 0x0003
+
+
+def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
+    """Answer each TCP connection and UDP datagram with this node's name."""
+    sel = selectors.DefaultSelector()
+    reply = (name + "\n").encode()
+    for port in tcp_ports:
+        for fam, addr in ((socket.AF_INET6, "::"),):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind((addr, port))
+            s.listen(1024)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, "tcp")
+    for port in udp_ports:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # Reply from the address the datagram was sent to (the VIP), not the node address.
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        s.bind(("::", port))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, "udp")
+    print(f"serving {name}", flush=True)
+    while True:
+        for key, _ in sel.select():
+            s = key.fileobj
+            if key.data == "tcp":
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    continue
+                try:
+                    conn.sendall(reply)
+                finally:
+                    conn.close()
+            else:
+                try:
+                    data, anc, _, peer = s.recvmsg(2048, socket.CMSG_SPACE(20))
+                except BlockingIOError:
+                    continue
+                cmsg = [(lvl, typ, d) for lvl, typ, d in anc
+                        if lvl == socket.IPPROTO_IPV6 and typ == socket.IPV6_PKTINFO]
+                s.sendmsg([reply + data[:64]], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                                                 cmsg[0][2])] if cmsg else [], 0, peer)
+
+
+def _family(vip: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(vip).version == 6 else socket.AF_INET
+
+
+def tcp_once(vip: str, port: int, src: str, timeout: float) -> dict:
+    s = socket.socket(_family(vip), socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.bind((src, 0))
+        sport = s.getsockname()[1]
+        s.connect((vip, port))
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(64)
+            if not chunk:
+                break
+            data += chunk
+        node = data.decode().strip()
+        return {"src": src, "sport": sport, "node": node or None,
+                "error": None if node else "empty reply"}
+    except OSError as e:
+        return {"src": src, "sport": None, "node": None, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        s.close()
+
+
+def tcp_clients(vip: str, port: int, sources: list[str], per_src: int, timeout: float) -> list[dict]:
+    results = []
+    for _ in range(per_src):
+        for src in sources:
+            results.append(tcp_once(vip, port, src, timeout))
+    return results
+
+
+def udp_clients(vip: str, port: int, sources: list[str], per_src: int, wait: float) -> list[dict]:
+    """One datagram per (source, round) from a fresh socket; counts every reply it gets."""
+    results = []
+    socks = []
+    for r in range(per_src):
+        for src in sources:
+            s = socket.socket(_family(vip), socket.SOCK_DGRAM)
+            s.bind((src, 0))
+            s.setblocking(False)
+            tag = f"{src}/{r}".encode()
+            s.sendto(tag, (vip, port))
+            socks.append((s, src, s.getsockname()[1]))
+    deadline = time.time() + wait
+    replies: dict[int, list[str]] = {i: [] for i in range(len(socks))}
+    while time.time() < deadline:
+        for i, (s, _, _) in enumerate(socks):
+            try:
+                while True:
+                    data = s.recv(2048)
+                    replies[i].append(data.split(b"\n", 1)[0].decode())
+            except BlockingIOError:
+                pass
+        time.sleep(0.02)
+    for i, (s, src, sport) in enumerate(socks):
+        results.append({"src": src, "sport": sport, "replies": replies[i]})
+        s.close()
+    return results
+
+
+def steady(vip: str, port: int, sources: list[str], seconds: float, rate: float, timeout: float) -> list[dict]:
+    """Connections at a fixed rate for a fixed time, each in its own thread (bounded)."""
+    results: list[dict] = []
+    lock = threading.Lock()
+    threads = []
+    start = time.time()
+    i = 0
+    while time.time() - start < seconds:
+        src = sources[i % len(sources)]
+
+        def one(src=src, t=time.time() - start):
+            r = tcp_once(vip, port, src, timeout)
+            r["t"] = round(t, 3)
+            with lock:
+                results.append(r)
+        th = threading.Thread(target=one)
+        th.start()
+        threads.append(th)
+        i += 1
+        time.sleep(1.0 / rate)
+    for th in threads:
+        th.join(timeout + 1)
+    return results
+
+
+def neigh_probe(vip: str, iface: str, wait: float) -> dict:
+    """Send one ARP request (IPv4 VIP) or NS (IPv6 VIP) and collect every answer."""
+    from nodeagent import neighbour
+    ip = ipaddress.ip_address(vip)
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((iface, ETH_P_ALL))
+    mac = s.getsockname()[4]
+    src4 = None
+    if ip.version == 4:
+        # Our own address on the iface as the sender.
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=iface)[0]
+            src4 = next(a.get("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET))
+        req = (neighbour.BROADCAST + mac + struct.pack("!HHHBBH", 0x0806, 1, 0x0800, 6, 4, 1)
+               + mac + ipaddress.ip_address(src4).packed + bytes(6) + ip.packed)
+    else:
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=iface)[0]
+            src6 = next(a.get("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET6)
+                        if not a.get("IFA_ADDRESS").startswith("fe80"))
+        src = ipaddress.ip_address(src6).packed
+        dst = bytes.fromhex("ff0200000000000000000001ff") + ip.packed[13:]
+        body = struct.pack("!BBHI", 135, 0, 0, 0) + ip.packed + struct.pack("!BB", 1, 1) + mac
+        csum = neighbour.icmpv6_checksum(src, dst, body)
+        body = body[:2] + struct.pack("!H", csum) + body[4:]
+        ip6 = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + dst
+        req = b"\x33\x33" + dst[12:] + mac + struct.pack("!H", 0x86DD) + ip6 + body
+    s.settimeout(0.1)
+    s.send(req)
+    answers = []
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        try:
+            frame, addr = s.recvfrom(2048)
+        except socket.timeout:
+            continue
+        if addr[2] == 4:   # our own outgoing frame
+            continue
+        if ip.version == 4 and frame[12:14] == b"\x08\x06" and frame[20:22] == b"\x00\x02" \
+                and frame[28:32] == ip.packed:
+            answers.append({"eth_src": frame[6:12].hex(":"), "mac": frame[22:28].hex(":")})
+        if ip.version == 6 and frame[12:14] == b"\x86\xdd" and len(frame) >= 86 and frame[20] == 58 \
+                and frame[54] == 136 and frame[62:78] == ip.packed:
+            ok = neighbour.icmpv6_checksum(frame[22:38], frame[38:54], frame[54:54 + 32]) == 0
+            answers.append({"eth_src": frame[6:12].hex(":"), "mac": frame[80:86].hex(":"),
+                            "checksum_ok": ok})
+    s.close()
+    return {"vip": vip, "answers": answers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="labtraffic")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sv = sub.add_parser("serve")
+    sv.add_argument("--name", required=True)
+    sv.add_argument("--tcp", type=int, action="append", default=[])
+    sv.add_argument("--udp", type=int, action="append", default=[])
+    for name in ("tcp", "udp", "steady"):
+        c = sub.add_parser(name)
+        c.add_argument("--vip", required=True)
+        c.add_argument("--port", type=int, required=True)
+        c.add_argument("--src", action="append", required=True)
+        c.add_argument("--per-src", type=int, default=1)
+        c.add_argument("--timeout", type=float, default=2.0)
+        c.add_argument("--seconds", type=float, default=5.0)
+        c.add_argument("--rate", type=float, default=50.0)
+    n = sub.add_parser("neigh")
+    n.add_argument("--vip", required=True)
+    n.add_argument("--iface", default="eth0")
+    n.add_argument("--wait", type=float, default=1.0)
+    a = p.parse_args(argv)
+    if a.cmd == "serve":
+        serve(a.name, a.tcp, a.udp)
+        return 0
+    if a.cmd == "tcp":
+        out = tcp_clients(a.vip, a.port, a.src, a.per_src, a.timeout)
+    elif a.cmd == "udp":
+        out = udp_clients(a.vip, a.port, a.src, a.per_src, a.timeout)
+    elif a.cmd == "steady":
+        out = steady(a.vip, a.port, a.src, a.seconds, a.rate, a.timeout)
+    else:
+        out = neigh_probe(a.vip, a.iface, a.wait)
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
