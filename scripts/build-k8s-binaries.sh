@@ -91,13 +91,18 @@ prepare_wrapper() {
   return 0
 }
 
-# sync_wrapper DIR ORIGINAL_GO_MOD: if the pins edited into DIR/go.mod changed
-# it, resolve the new graph (go mod tidy) and tell how to update the repo copy.
+# sync_wrapper DIR ORIGINAL_GO_MOD ROOT_MODULE@VERSION: if the pins edited into
+# DIR/go.mod changed it, re-resolve the graph from the root requirement alone
+# (old indirect requirements are dropped, so a downgrade really downgrades) and
+# tell how to update the repo copy.
 sync_wrapper() {
-  local dir="$1" orig="$2"
+  local dir="$1" orig="$2" root="$3"
   if ! cmp -s "${dir}/go.mod" "${orig}"; then
-    log "wrapper $(basename "${orig%/go.mod}") go.mod is not at the pinned versions; running go mod tidy in ${dir}"
-    (cd "${dir}" && run_go mod tidy)
+    log "wrapper $(basename "$(dirname "${orig}")") go.mod is not at the pinned versions; re-resolving in ${dir}"
+    awk '/^require \($/ {skip = 1; next} skip && /^\)$/ {skip = 0; next} skip {next} /^require / {next} {print}' \
+      "${dir}/go.mod" >"${dir}/go.mod.tmp"
+    mv -f "${dir}/go.mod.tmp" "${dir}/go.mod"
+    (cd "${dir}" && "${GO}" mod edit "-require=${root}" && run_go mod tidy)
     log "NOTE: copy ${dir}/go.mod and go.sum back to $(dirname "${orig}")/ to pin them in the repo"
   fi
 }
@@ -126,7 +131,7 @@ build_kube_apiserver() {
   local m
   for m in "${staging[@]}"; do edits+=("-replace=${m}=${m}@${K8S_STAGING_VERSION}"); done
   (cd "${dir}" && "${GO}" mod edit "${edits[@]}")
-  sync_wrapper "${dir}" "${src}/go.mod"
+  sync_wrapper "${dir}" "${src}/go.mod" "k8s.io/kubernetes@${K8S_VERSION}"
 
   local major minor build_date
   major="${K8S_VERSION#v}"; major="${major%%.*}"
@@ -159,7 +164,7 @@ build_etcd() {
   local start=${SECONDS} src="${SCRIPT_DIR}/etcd-wrapper" dir="${BUILD_DIR}/etcd-wrapper"
   prepare_wrapper "${src}" "${dir}"
   (cd "${dir}" && "${GO}" mod edit "-require=go.etcd.io/etcd/server/v3@${ETCD_VERSION}")
-  sync_wrapper "${dir}" "${src}/go.mod"
+  sync_wrapper "${dir}" "${src}/go.mod" "go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
   (cd "${dir}" && run_go build -trimpath -ldflags="-s -w" -o "${dir}/${name}.new" .)
   install_bin "${name}" "${version}" "${dir}/${name}.new"
   log "${name} built in $((SECONDS - start))s"

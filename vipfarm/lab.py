@@ -133,6 +133,9 @@ class Lab:
 
     def _signal_handler(self, prev):
         def handler(signum, frame):
+            if os.getpid() != self._owner_pid:
+                # A forked helper (pyroute2 forks for netns work) inherits this handler.
+                os._exit(128 + signum)
             self.close()
             if callable(prev):
                 prev(signum, frame)
