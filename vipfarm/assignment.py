@@ -70,7 +70,12 @@ class Assignment:
         prefix, _, body = text.partition(":")
         if prefix != _ENCODING:
             raise ValueError(f"assignment encoding {prefix!r} is not {_ENCODING!r}")
-        raw = zlib.decompress(base64.b64decode(body))
+        try:
+            raw = zlib.decompress(base64.b64decode(body, validate=True))
+        except (ValueError, zlib.error) as e:
+            raise ValueError(f"assignment data is corrupt: {e}") from e
+        if len(raw) % 2:
+            raise ValueError("assignment data has an odd number of bytes")
         arr = array("H")
         arr.frombytes(raw)
         if not _little_endian():  # pragma: no cover

@@ -33,11 +33,13 @@ _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 class FarmSpecError(ValueError):
     """A Farm document is invalid. `problems` lists one human sentence per problem."""
 
-    def __init__(self, farm: str, problems: list[str]):
+    def __init__(self, farm: str, problems: list[str], source: str = ""):
         self.farm = farm
         self.problems = problems
+        self.source = source
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"Farm {farm!r} is invalid ({len(problems)} problem(s)):\n{lines}")
+        where = f" in {source}" if source else ""
+        super().__init__(f"Farm {farm!r}{where} is invalid ({len(problems)} problem(s)):\n{lines}")
 
 
 @dataclass(frozen=True)
@@ -360,4 +362,7 @@ def load_farm_file(path: str, *, require_nodes: bool = True) -> Farm:
         raise FarmSpecError(path, [f"cannot read the farm file: {e.strerror}; check the --farm-file path"]) from e
     except yaml.YAMLError as e:
         raise FarmSpecError(path, [f"not valid YAML: {e}"]) from e
-    return parse_farm(doc, require_nodes=require_nodes)
+    try:
+        return parse_farm(doc, require_nodes=require_nodes)
+    except FarmSpecError as e:
+        raise FarmSpecError(e.farm, e.problems, source=path) from None

@@ -299,3 +299,17 @@ def test_load_farm_file_requires_nodes_by_default(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(FarmSpecError, match="spec.nodes"):
         load_farm_file(str(path))
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n", "- a\n- list\n"])
+def test_load_farm_file_whose_document_is_not_a_mapping_names_the_file(tmp_path, content):
+    # load_farm_file promises "errors name the file". An empty file (or a YAML list) loads as
+    # a non-mapping and parse_farm reports Farm '?' with no trace of which file was wrong,
+    # so with several --farm-file arguments the operator cannot tell which one to fix.
+    path = tmp_path / "empty-farm.yaml"
+    path.write_text(content)
+    with pytest.raises(FarmSpecError) as info:
+        load_farm_file(str(path))
+    assert str(path) in str(info.value), (
+        f"BUG: load_farm_file({str(path)!r}) on a non-mapping document raised an error that "
+        f"does not name the file: {str(info.value)!r}")

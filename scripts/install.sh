@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# vipfarm's one install script: used by the README, `make`, CI (.ci/run) and the Dockerfile.
+# Idempotent; run as root. Installs only what is missing and says what it does.
+#
+#   scripts/install.sh            everything, including kube-apiserver/etcd/helm (cluster tier)
+#   scripts/install.sh --no-k8s   skip the Kubernetes binaries (unit, BPF and lab tiers, demo)
+#
+# Environment: VIPFARM_VENV (default <repo>/.venv), VIPFARM_CACHE (default /var/cache/vipfarm).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VIPFARM_VENV:-$REPO/.venv}"
+WITH_K8S=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-k8s) WITH_K8S=0 ;;
+    *) echo "install.sh: unknown option $arg (known: --no-k8s)" >&2; exit 2 ;;
+  esac
+done
+say() { echo "[install] $*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install.sh: run as root (it installs Debian packages, links kernel headers and mounts bpffs)" >&2
+  exit 1
+fi
+
+# 1. Debian packages ----------------------------------------------------------------------
+PKGS=(python3-bpfcc linux-headers-amd64 iproute2 iptables nftables netsniff-ng python3-venv
+      python3-pip iputils-ping tcpdump openssl curl util-linux ca-certificates)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  say "Debian packages present"
+fi
+
+# 2. Kernel headers where bcc looks for them ----------------------------------------------
+# bcc needs /lib/modules/$(uname -r)/build. Cloud kernels often ship none; Debian's 6.1
+# headers compile the filter fine when build -> <hdr>-amd64 and source -> <hdr>-common.
+KREL="$(uname -r)"
+MODDIR="/lib/modules/$KREL"
+if [ -e "$MODDIR/build/include" ]; then
+  say "kernel headers found at $MODDIR/build"
+else
+  HDR="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)"
+  if [ -z "$HDR" ]; then
+    echo "install.sh: no /usr/src/linux-headers-*-amd64 after installing linux-headers-amd64" >&2
+    exit 1
+  fi
+  mkdir -p "$MODDIR"
+  ln -sfn "$HDR" "$MODDIR/build"
+  ln -sfn "${HDR%-amd64}-common" "$MODDIR/source"
+  say "linked $MODDIR/build -> $HDR (and source -> ${HDR%-amd64}-common)"
+fi
+
+# 3. bpffs ----------------------------------------------------------------------------------
+if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" {found=1} END {exit !found}' /proc/mounts; then
+  mount -t bpf bpf /sys/fs/bpf
+  say "mounted bpffs at /sys/fs/bpf"
+fi
+
+# 4. Python venv that sees Debian's bcc --------------------------------------------------------
+stamp="$VENV/.vipfarm-installed"
+want="$(sha256sum "$REPO/pyproject.toml" | cut -c1-16)"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import bcc" 2>/dev/null; then
+  say "creating venv $VENV (system site packages, for bcc)"
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing vipfarm and its Python dependencies into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+  echo "$want" > "$stamp"
+else
+  say "Python dependencies up to date"
+fi
+
+# 5. Kubernetes binaries for the cluster tier (built from Go modules, cached outside the repo)
+if [ "$WITH_K8S" = 1 ]; then
+  if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  fi
+  if ! command -v go >/dev/null; then
+    echo "install.sh: Go >= 1.21 is needed to build kube-apiserver/etcd/helm (none on PATH)" >&2
+    exit 1
+  fi
+  bash "$REPO/scripts/build-k8s-binaries.sh" >/dev/null
+  say "kube-apiserver, etcd and helm ready in ${VIPFARM_CACHE:-/var/cache/vipfarm}/bin"
+fi
+say "done"
