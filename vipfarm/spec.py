@@ -123,7 +123,7 @@ def parse_ports(text: Any) -> PortRange:
         text = str(text)
     if not isinstance(text, str):
         raise ValueError("must be a port such as \"80\" or a range such as \"8000-8100\"")
-    m = re.fullmatch(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?", text)
+    m = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", text)
     if not m:
         raise ValueError("must be a port such as \"80\" or a range such as \"8000-8100\"")
     low = int(m.group(1))
@@ -210,6 +210,10 @@ def parse_farm(doc: Any, *, require_nodes: bool = False) -> Farm:
             ip = ipaddress.ip_address(raw if isinstance(raw, str) else "")
         except ValueError:
             c.add(path, raw, "not an IPv4 or IPv6 address; write e.g. \"203.0.113.10\" or \"2001:db8::10\"")
+            continue
+        if "%" in raw or (ip.version == 6 and ip.ipv4_mapped is not None):
+            c.add(path, raw, "zoned (%iface) and IPv4-mapped IPv6 addresses are not accepted; "
+                             "write the plain IPv4 or IPv6 address")
             continue
         if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local:
             c.add(path, raw, "a virtual IP must be a unicast address (not multicast, loopback, "

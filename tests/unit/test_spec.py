@@ -129,7 +129,7 @@ def test_node_lookup_of_an_unlisted_name_explains_the_fix():
         farm.node("n9")
 
 
-@pytest.mark.parametrize("text,expected", [("80", (80, 80)), (" 8000 - 8100 ", (8000, 8100)),
+@pytest.mark.parametrize("text,expected", [("80", (80, 80)), ("8000-8100", (8000, 8100)),
                                            (53, (53, 53)), ("1-65535", (1, 65535))])
 def test_parse_ports_accepts_single_ports_and_ranges(text, expected):
     assert parse_ports(text) == PortRange(*expected)
@@ -313,3 +313,18 @@ def test_load_farm_file_whose_document_is_not_a_mapping_names_the_file(tmp_path,
     assert str(path) in str(info.value), (
         f"BUG: load_farm_file({str(path)!r}) on a non-mapping document raised an error that "
         f"does not name the file: {str(info.value)!r}")
+
+
+@pytest.mark.parametrize("text", [" 80", "80 - 90", "8000 -8100"])
+def test_parse_ports_rejects_spaces_like_the_crd_pattern(text):
+    with pytest.raises(ValueError):
+        parse_ports(text)
+
+
+@pytest.mark.parametrize("vip", ["::ffff:203.0.113.10", "fe80::1%eth0"])
+def test_zoned_and_ipv4_mapped_vips_are_rejected_like_the_crd(vip):
+    doc = {"apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": {"name": "web"},
+           "spec": {"virtualIPs": [vip]}}
+    with pytest.raises(FarmSpecError) as e:
+        parse_farm(doc)
+    assert "spec.virtualIPs[0]" in str(e.value) and vip in str(e.value)
