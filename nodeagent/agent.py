@@ -12,14 +12,14 @@ import logging
 import signal
 import sys
 import threading
-from collections import defaultdict
 
 from vipfarm.assignment import Assignment, Member, assign
 from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
 from .bpf_program import DataplaneError
-from .dataplane import PIN_ROOT, STATE_ROOT, InterfaceDataplane, merge_xdp_modes
+from .dataplane import PIN_ROOT, STATE_ROOT
 from .netconfig import InterfaceError
+from .node import NodeDataplanes
 from .plan import FarmOwnership
 
 log = logging.getLogger("vipfarm.agent")
@@ -61,29 +61,15 @@ class StandaloneAgent:
     def __init__(self, paths: list[str], node: str, pin_root: str, state_root: str):
         self.paths = paths
         self.node = node
-        self.pin_root = pin_root
-        self.state_root = state_root
-        self.dataplanes: dict[str, InterfaceDataplane] = {}
+        self.dataplanes = NodeDataplanes(node, pin_root, state_root)
         self.assignments: dict[str, Assignment] = {}
         self.wake = threading.Event()
         self.stopping = False
         self.reload_requested = False
 
     def program(self, farms: list[Farm]) -> None:
-        by_iface: dict[str, list[Farm]] = defaultdict(list)
-        for f in farms:
-            by_iface[f.interface].append(f)
         items, assignments = standalone_ownership(farms, self.node, self.assignments)
-        for iface, group in sorted(by_iface.items()):
-            dp = self.dataplanes.get(iface)
-            if dp is None:
-                dp = InterfaceDataplane(self.node, iface, merge_xdp_modes(group),
-                                        self.pin_root, self.state_root)
-                dp.start()
-                self.dataplanes[iface] = dp
-            dp.apply([i for i in items if i.farm.interface == iface])
-        for iface in set(self.dataplanes) - set(by_iface):
-            self.dataplanes.pop(iface).stop()
+        self.dataplanes.program(items)
         self.assignments = assignments
 
     def run(self) -> int:
@@ -103,8 +89,7 @@ class StandaloneAgent:
                 self._reload()
             elif not self.stopping:
                 self._log_counters()
-        for dp in self.dataplanes.values():
-            dp.stop()
+        self.dataplanes.stop()
         log.info("event=agent_stopped node=%s", self.node)
         return 0
 
@@ -117,8 +102,8 @@ class StandaloneAgent:
             log.error("event=reload_rejected node=%s error=%r action=keep_serving_previous", self.node, str(e))
 
     def _log_counters(self) -> None:
-        for iface, dp in self.dataplanes.items():
-            for farm, c in dp.counters().items():
+        for iface, per_farm in self.dataplanes.counters().items():
+            for farm, c in per_farm.items():
                 log.info("event=counters iface=%s farm=%s %s", iface, farm,
                          " ".join(f"{k}={v}" for k, v in c.as_dict().items()))
 
@@ -139,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster", action="store_true", help="cluster mode: watch Farm resources")
     p.add_argument("--pin-root", default=PIN_ROOT, help="bpffs directory for pinned maps")
     p.add_argument("--state-root", default=STATE_ROOT, help="directory for the agent's local state")
+    p.add_argument("--refresh", type=float, default=60.0,
+                   help="cluster mode: rewrite an unchanged status report at most this often (s, >= 30)")
+    p.add_argument("--leave-on-exit", action="store_true",
+                   help="cluster mode: remove VIPs and XDP on SIGTERM instead of leaving them for the next agent")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level)

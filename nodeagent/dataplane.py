@@ -186,6 +186,8 @@ class InterfaceDataplane:
         assert self.tables is not None, "start() first"
         slots = allocate_slots([i.farm.name for i in items], self.state.slots)
         plan = build_plan(items, slots)           # validates before anything is touched
+        if plan == self.plan and self.state.slots == slots:
+            return plan                           # nothing changed since the last apply
         old_slots = set(self.state.slots.values())
         old_vips = set(self.state.vips)
         old_macs = set(self.state.macs)
