@@ -170,9 +170,10 @@ class Lab:
         so the process keeps the host's /sys/fs/bpf and shares pins with its successors."""
         return ["nsenter", f"--net=/run/netns/{ns}", "--"] + argv
 
-    def spawn(self, ns: str, argv: list[str], log_name: str | None = None, **kw) -> subprocess.Popen:
+    def spawn(self, ns: str, argv: list[str], log_name: str | None = None,
+              extra_env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         out = open(os.path.join(self.workdir, log_name), "ab") if log_name else subprocess.DEVNULL
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
         p = subprocess.Popen(self.command(ns, argv), stdout=out, stderr=subprocess.STDOUT, env=env,
                              cwd=REPO, **kw)
         self.procs.append(p)
@@ -205,6 +206,19 @@ class Lab:
         for f in farm_files:
             args += ["--farm-file", f]
         return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log")
+
+    def start_cluster_agent(self, k: int, kubeconfig: str, refresh: int = 30) -> subprocess.Popen:
+        args = [sys.executable, "-m", "nodeagent.agent", "--cluster", "--refresh", str(refresh),
+                "--pin-root", self.pin_root, "--state-root", self.state_root]
+        return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log",
+                          extra_env={"NODE_NAME": f"n{k}", "KUBECONFIG": kubeconfig})
+
+    def log(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.workdir, name), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
     def agent_log(self, k: int) -> str:
         try:

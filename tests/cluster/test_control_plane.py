@@ -1,0 +1,309 @@
+"""Cluster tier: the CRD, the operator and the agents against a real kube-apiserver + etcd.
+
+The chart is installed with the real helm (CRDs, ServiceAccounts, RBAC). Nodes n1..n3 are
+Node objects whose Ready condition the test sets, and lab network namespaces where real
+agents run with the agent ServiceAccount's token. Two operator processes run with the
+operator ServiceAccount's token. Tests run in file order and share one cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+
+import pytest
+import yaml
+
+from vipfarm.assignment import Assignment
+from vipfarm.lab import Lab, client_ips
+
+pytestmark = pytest.mark.cluster
+NS = "vipfarm-system"
+VIP = "203.0.113.10"
+FARM = {
+    "apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": {"name": "web"},
+    "spec": {"virtualIPs": [VIP], "interface": "eth0", "buckets": 1024,
+             "nodeSelector": {"vipfarm.io/member": "true"},
+             "rules": [{"protocol": "TCP", "ports": "80", "affinity": "ClientIPPort"}]},
+}
+
+
+def wait_for(what: str, fn, timeout: float = 60, interval: float = 0.5):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:   # the API may be restarting
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Cluster:
+    def __init__(self, api, lab: Lab):
+        self.api = api
+        self.lab = lab
+        self.operators: list = []
+        self.agents: dict[int, object] = {}
+
+    def kubectl(self, *args, **kw):
+        return self.api.kubectl(*args, **kw)
+
+    def get_farm(self, name="web") -> dict:
+        return json.loads(self.kubectl("get", "farm", name, "-o", "json").stdout)
+
+    def assignment(self, name="web") -> tuple[Assignment, int]:
+        st = self.get_farm(name).get("status") or {}
+        a = st.get("assignment") or {}
+        return Assignment.decode(a["members"], a["data"]), int(a["epoch"])
+
+    def set_ready(self, node: str, ready: bool) -> None:
+        cond = {"type": "Ready", "status": "True" if ready else "False",
+                "reason": "KubeletReady" if ready else "KubeletStopped",
+                "message": "set by the vipfarm cluster test",
+                "lastHeartbeatTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.kubectl("patch", "node", node, "--subresource=status", "--type=merge",
+                     "-p", json.dumps({"status": {"conditions": [cond]}}))
+
+    def traffic(self, per_src: int = 5) -> list[dict]:
+        args = ["tcp", "--vip", VIP, "--port", "80", "--per-src", str(per_src)]
+        for s in client_ips(60):
+            args += ["--src", s]
+        return json.loads(self.lab.python(self.lab.client, "vipfarm.labtraffic", *args, timeout=300).stdout)
+
+    def operator_logs(self) -> list[str]:
+        return [self.lab.log(f"operator-{i}.log") for i in range(len(self.operators))]
+
+    def start_operator(self, i: int, kubeconfig: str):
+        import subprocess
+        out = open(os.path.join(self.lab.workdir, f"operator-{i}.log"), "ab")
+        p = subprocess.Popen([sys.executable, "-m", "vipfarm_operator.main"], stdout=out,
+                             stderr=subprocess.STDOUT,
+                             env=dict(os.environ, KUBECONFIG=kubeconfig, PYTHONUNBUFFERED="1",
+                                      VIPFARM_PEERING_LIFETIME="10", VIPFARM_RECONCILE_INTERVAL="10"))
+        self.lab.procs.append(p)
+        return p
+
+
+@pytest.fixture(scope="module")
+def cluster(apiserver):
+    api = apiserver
+    res = api.helm("install", "vipfarm", "charts/vipfarm", "--namespace", NS, "--create-namespace",
+                   "--wait=false")
+    assert "STATUS: deployed" in res.stdout, res.stdout + res.stderr
+    api.kubectl("wait", "--for=condition=Established", "crd/farms.vipfarm.io", "--timeout=60s")
+    with Lab(nodes=3, clients=60) as lab:
+        c = Cluster(api, lab)
+        for k in (1, 2, 3):
+            node = {"apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": f"n{k}", "labels": {"vipfarm.io/member": "true"},
+                                 "annotations": {"vipfarm.io/weight": "2" if k == 2 else "1"}}}
+            api.kubectl("apply", "-f", "-", input=json.dumps(node))
+            c.set_ready(f"n{k}", True)
+        op_cfg = api.kubeconfig_for_token(api.mint_token(NS, "vipfarm-operator"),
+                                          os.path.join(lab.workdir, "operator.kubeconfig"))
+        c.operators = [c.start_operator(i, op_cfg) for i in (0, 1)]
+        agent_token = api.mint_token(NS, "vipfarm-agent")
+        c.agent_kubeconfig_root = api.kubeconfig_for_token(agent_token, os.path.join(lab.workdir, "agent-root.kubeconfig"))
+        lab.start_servers(tcp_ports=(80,), udp_ports=())
+        for k in (1, 2, 3):
+            url = api.forward_into(lab.node(k), 6443)
+            cfg = api.kubeconfig_for_token(agent_token, os.path.join(lab.workdir, f"agent-n{k}.kubeconfig"), server=url)
+            c.agents[k] = lab.start_cluster_agent(k, cfg)
+        try:
+            yield c
+        finally:
+            for k in (1, 2, 3):
+                api.stop_forward(lab.node(k))
+            api.helm("uninstall", "vipfarm", "--namespace", NS, check=False)
+
+
+BAD_FARMS = [
+    ("bad VIP text", {"virtualIPs": ["203.0.113.300"]}, "203.0.113.300"),
+    ("duplicate VIP", {"virtualIPs": ["203.0.113.10", "203.0.113.10"]}, "Duplicate value"),
+    ("multicast VIP", {"virtualIPs": ["224.0.0.5"]}, "224.0.0.5"),
+    ("loopback VIP", {"virtualIPs": ["127.0.0.1"]}, "127.0.0.1"),
+    ("buckets not a power of two", {"buckets": 1000}, "power of two"),
+    ("buckets too large", {"buckets": 131072}, "buckets"),
+    ("reversed port range", {"rules": [{"protocol": "TCP", "ports": "90-80"}]}, "90-80"),
+    ("port out of range", {"rules": [{"protocol": "TCP", "ports": "70000"}]}, "65535"),
+    ("port text", {"rules": [{"protocol": "TCP", "ports": "http"}]}, "ports"),
+    ("bad protocol", {"rules": [{"protocol": "SCTP", "ports": "80"}]}, "SCTP"),
+    ("bad affinity", {"rules": [{"protocol": "TCP", "ports": "80", "affinity": "Random"}]}, "Random"),
+    ("bad vmacMode", {"vmacMode": "broadcast"}, "broadcast"),
+    ("bad xdpMode", {"xdpMode": "offload"}, "offload"),
+    ("negative weight", {"nodes": [{"name": "n1", "address": "198.51.100.1", "weight": -1}]}, "weight"),
+    ("heartbeat timeout too short", {"heartbeat": {"intervalMs": 500, "timeoutMs": 1000}}, "3"),
+    ("unicast MAC in multicast mode", {"vmacMode": "multicast", "virtualMAC": "02:00:00:00:00:01"}, "multicast"),
+]
+
+
+def test_the_crd_explains_its_fields(cluster):
+    out = cluster.kubectl("explain", "farm.spec.rules.affinity").stdout
+    assert "ClientIPPort" in out and "ClientIP" in out
+    assert "virtualIPs" in cluster.kubectl("explain", "farm.spec").stdout
+
+
+@pytest.mark.parametrize("what,spec,message", BAD_FARMS, ids=[b[0] for b in BAD_FARMS])
+def test_admission_rejects_each_bad_farm_with_a_clear_message(cluster, what, spec, message):
+    body = {"apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": {"name": "bad"},
+            "spec": dict({"virtualIPs": ["203.0.113.99"]}, **spec)}
+    res = cluster.kubectl("create", "-f", "-", input=json.dumps(body), check=False)
+    assert res.returncode != 0, f"{what}: accepted\n{res.stdout}"
+    assert "is invalid" in res.stderr and message in res.stderr, res.stderr
+
+
+def test_a_farm_gets_status_ready_3_of_3_and_a_weighted_balanced_assignment(cluster):
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(FARM))
+    wait_for("READY 3/3", lambda: (cluster.get_farm().get("status") or {}).get("readyText") == "3/3", timeout=120)
+    st = cluster.get_farm()["status"]
+    assert st["phase"] == "Ready" and st["observedGeneration"] == 1
+    a, epoch = cluster.assignment()
+    assert a.counts() == {"n1": 256, "n2": 512, "n3": 256}      # weights 1:2:1, exact here
+    assert {m["node"]: m["buckets"] for m in st["members"]} == {"n1": 256, "n2": 512, "n3": 256}
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds == {"Ready": "True", "Degraded": "False", "Conflict": "False"}
+    wait_for("agents apply the epoch", lambda: all(
+        (cluster.get_farm()["status"].get("agents") or {}).get(f"n{k}", {}).get("appliedEpoch") == epoch
+        for k in (1, 2, 3)))
+
+
+def test_kubectl_get_farms_shows_the_columns(cluster):
+    out = cluster.kubectl("get", "farms").stdout
+    header = out.splitlines()[0].split()
+    assert header == ["NAME", "VIPS", "READY", "PHASE", "AGE"], out
+    row = out.splitlines()[1].split()
+    assert row[:4] == ["web", VIP, "3/3", "Ready"], out
+    assert cluster.kubectl("get", "farm").returncode == 0     # the short name
+
+
+def test_traffic_is_spread_over_the_three_nodes_each_connection_answered_once(cluster):
+    results = cluster.traffic(per_src=5)
+    assert [r for r in results if r["error"]] == []
+    counts = Counter(r["node"] for r in results)
+    assert set(counts) == {"n1", "n2", "n3"}, counts
+    assert counts["n2"] > counts["n1"] and counts["n2"] > counts["n3"]   # weight 2
+
+
+def test_not_ready_then_cordoned_nodes_lose_only_their_buckets_and_rejoin(cluster):
+    before, epoch0 = cluster.assignment()
+    cluster.set_ready("n2", False)
+    after, epoch1 = wait_for("n2's buckets to move", lambda: (lambda a: a if a[0].counts().get("n2") == 0 else None)(cluster.assignment()))
+    moved = [b for b in range(1024) if before.owner_of(b) != after.owner_of(b)]
+    assert len(moved) == 512 and all(before.owner_of(b) == "n2" for b in moved)
+    assert epoch1 > epoch0 and cluster.get_farm()["status"]["phase"] == "Degraded"
+    assert [r for r in cluster.traffic(per_src=2) if r["error"] or r["node"] == "n2"] == []
+
+    cluster.kubectl("cordon", "n3")
+    after3, _ = wait_for("n3's buckets to move", lambda: (lambda a: a if a[0].counts().get("n3") == 0 else None)(cluster.assignment()))
+    moved3 = [b for b in range(1024) if after.owner_of(b) != after3.owner_of(b)]
+    assert len(moved3) == after.counts()["n3"] == 512      # n1 and n3 shared n2's buckets
+    assert all(after.owner_of(b) == "n3" for b in moved3)
+    assert after3.counts()["n1"] == 1024
+
+    cluster.set_ready("n2", True)
+    cluster.kubectl("uncordon", "n3")
+    back, _ = wait_for("n2 and n3 to rejoin", lambda: (lambda a: a if a[0].counts() == {"n1": 256, "n2": 512, "n3": 256} else None)(cluster.assignment()))
+    # Rejoining moved only what the new balance needs: n1 kept 256 of its 1024.
+    assert sum(1 for b in range(1024) if after3.owner_of(b) == "n1" == back.owner_of(b)) == 256
+    wait_for("READY 3/3 again", lambda: cluster.get_farm()["status"]["readyText"] == "3/3")
+
+
+def test_a_second_farm_claiming_the_same_vip_gets_conflict(cluster):
+    other = json.loads(json.dumps(FARM))
+    other["metadata"]["name"] = "web-copy"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(other))
+    st = wait_for("Conflict", lambda: (lambda s: s if s.get("phase") == "Conflict" else None)(
+        cluster.get_farm("web-copy").get("status") or {}))
+    cond = next(c for c in st["conditions"] if c["type"] == "Conflict")
+    assert cond["status"] == "True" and "Farm web" in cond["message"]
+    assert all(m["buckets"] == 0 for m in st["members"])
+    assert cluster.get_farm("web")["status"]["phase"] == "Ready"
+    events = cluster.kubectl("get", "events", "-A", "--field-selector", "involvedObject.name=web-copy").stdout
+    assert "Conflict" in events
+    cluster.kubectl("delete", "farm", "web-copy", "--timeout=90s")
+
+
+def test_the_agent_token_has_what_it_needs_and_is_refused_the_rest(cluster):
+    cfg = cluster.agent_kubeconfig_root
+    k = lambda *a: cluster.kubectl(*a, kubeconfig=cfg, check=False)   # noqa: E731
+    assert k("get", "farms").returncode == 0
+    assert k("get", "nodes").returncode == 0
+    patch = json.dumps({"status": {"agents": {"n1": {"checks": {"rbac-test": "ok"}}}}})
+    assert k("patch", "farm", "web", "--subresource=status", "--type=merge", "-p", patch).returncode == 0
+    refused = [
+        k("patch", "farm", "web", "--type=merge", "-p", '{"spec":{"buckets":512}}'),
+        k("delete", "farm", "web", "--dry-run=server"),
+        k("delete", "node", "n1", "--dry-run=server"),
+        k("get", "secrets", "-n", "kube-system"),
+        k("get", "secrets", "-n", NS),
+        k("create", "configmap", "x", "-n", NS, "--dry-run=server"),
+    ]
+    for r in refused:
+        assert r.returncode != 0 and "forbidden" in r.stderr.lower(), r.stderr
+    secret = cluster.kubectl("get", "secrets", "-n", NS, "-o", "name").stdout.split()
+    hb = [s.split("/", 1)[1] for s in secret if "heartbeat" in s]
+    assert hb, secret
+    assert k("get", "secret", hb[0], "-n", NS).returncode == 0
+
+
+def test_with_the_api_server_down_traffic_flows_and_status_catches_up_after(cluster):
+    before, epoch = cluster.assignment()
+    cluster.api.stop_apiserver()
+    try:
+        results = cluster.traffic(per_src=2)
+        assert [r for r in results if r["error"]] == []
+        assert set(Counter(r["node"] for r in results)) == {"n1", "n2", "n3"}
+    finally:
+        cluster.api.start_apiserver()
+    cluster.kubectl("cordon", "n1")
+    after, _ = wait_for("status to catch up after the restart",
+                        lambda: (lambda a: a if a[0].counts().get("n1") == 0 else None)(cluster.assignment()),
+                        timeout=120)
+    cluster.kubectl("uncordon", "n1")
+    wait_for("n1 back", lambda: cluster.assignment()[0].counts().get("n1") == 256, timeout=120)
+    for k in (1, 2, 3):
+        assert cluster.agents[k].poll() is None, cluster.lab.agent_log(k)
+
+
+def _active_operator(cluster) -> int:
+    """The replica that handled the most recent status write."""
+    best, best_t = -1, ""
+    for i, text in enumerate(cluster.operator_logs()):
+        for line in text.splitlines():
+            if "event=status_written" in line and line[:23] > best_t:
+                best, best_t = i, line[:23]
+    return best
+
+
+def test_killing_the_active_operator_lets_the_standby_take_over(cluster):
+    cluster.kubectl("cordon", "n3")
+    wait_for("n3 drained", lambda: cluster.assignment()[0].counts().get("n3") == 0)
+    active = _active_operator(cluster)
+    assert active in (0, 1), cluster.operator_logs()
+    standby = 1 - active
+    assert cluster.operators[standby].poll() is None
+    cluster.operators[active].send_signal(signal.SIGKILL)
+    cluster.operators[active].wait(10)
+    cluster.kubectl("uncordon", "n3")
+    wait_for("the standby to rebalance", lambda: cluster.assignment()[0].counts().get("n3") == 256, timeout=120)
+    assert "event=status_written" in cluster.operator_logs()[standby]
+
+
+def test_deleting_the_farm_releases_the_vip_and_detaches_xdp_everywhere(cluster):
+    cluster.kubectl("delete", "farm", "web", "--timeout=120s")
+    assert cluster.kubectl("get", "farm", "web", check=False).returncode != 0
+    lab = cluster.lab
+    for k in (1, 2, 3):
+        lo = lab.run(lab.node(k), ["ip", "-o", "addr", "show", "dev", "lo"]).stdout
+        assert VIP not in lo, f"n{k} still holds the VIP"
+        link = lab.run(lab.node(k), ["ip", "-o", "link", "show", "dev", "eth0"]).stdout
+        assert "xdp" not in link, f"n{k} still has XDP attached"
+        assert not os.path.exists(os.path.join(lab.pin_root, f"n{k}", "eth0"))
