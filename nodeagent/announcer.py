@@ -44,8 +44,7 @@ def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
     import ctypes
     raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
     buf = ctypes.create_string_buffer(raw)
-    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
-    sock._vf_filter_buf = buf  # keep alive for the socket's lifetime
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))   # the kernel copies it
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 

@@ -67,6 +67,6 @@ def load_filter(bpf):
     """Load (verify) the XDP function; returns bcc's function handle with .fd."""
     import bcc
     try:
-        return bpf.load_func(PROGRAM_FUNCTION, bcc.BPF.XDP)
+        return bpf.load_func(PROGRAM_FUNCTION.encode(), bcc.BPF.XDP)
     except Exception as e:
         raise DataplaneError(f"the kernel rejected the XDP filter: {e}") from e

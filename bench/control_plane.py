@@ -1,0 +1,564 @@
+#!/usr/bin/env python3
+"""Control plane at scale: one vipfarm operator, 200 Farms x 64 Nodes, on a real API server.
+
+Everything runs against the cluster-tier harness (vipfarm/apiserver_harness.py: a real
+etcd + kube-apiserver on 127.0.0.1, RBAC on). The chart is installed with the real helm;
+64 Node objects (label vipfarm.io/member=true) are created and marked Ready; ONE operator
+process (`python -m vipfarm_operator.main`, the chart's defaults: reconcile interval and
+peering lifetime 20 s) runs with the vipfarm-operator ServiceAccount's token, as in
+tests/cluster/test_control_plane.py. Node agents are SIMULATED: for each Farm, one merge
+patch of the status subresource writes status.agents for all 64 nodes as ready; after that
+the simulated agents are silent (a real agent refreshes its entry at most every 30 s).
+
+Phases, in order:
+  baseline   one Farm (VIPs 203.0.113.250, 2001:db8::fa): create -> READY 64/64, then the
+             NotReady reaction below, then the Farm is released (agents report released) and
+             deleted.
+  scale      200 Farms (farm-001..farm-200, VIPs 203.0.113.<i> and 2001:db8::<i hex>, all
+             selecting the 64 nodes, 1024 buckets): created one after the other, each followed
+             by its simulated agents' report; initial convergence = first create -> every Farm
+             shows readyText 64/64 (LIST of farms, polled).
+  notready   x3: patch node-17's Ready condition to False (status subresource) and time until
+             EVERY Farm's status.assignment (decoded with vipfarm.assignment.Assignment.decode)
+             gives node-17 0 buckets; then Ready again and wait until every Farm is back at
+             64/64 with node-17 owning buckets. Median and max reported. The same is run on the
+             single baseline Farm first (baseline column).
+  steady     after a settle pause, 60 s without any write from this script: the API server's
+             apiserver_request_total (verbs POST/PUT/PATCH/DELETE/APPLY) is scraped at both
+             ends with the admin token; the difference, by resource, is attributed: farms,
+             farms/status and events are the operator's; clusterkopfpeerings are Kopf's peering
+             keep-alive (reported apart); leases are kube-apiserver's own identity lease.
+  rss        the operator's VmRSS is sampled every second throughout; VmHWM read at the end.
+
+The reaction time is measured by polling (LIST of all Farms every --poll seconds), so it
+carries up to one poll interval plus one LIST of resolution; the operator's own log
+(event=node_changed / event=status_written timestamps) gives the operator-side breakdown:
+watch delay, time to the first and to the last status write, writes per second, the
+operator's CPU time. Exit status is 0 whatever the verdicts: this is a benchmark.
+
+Run from the repository root, as root:
+    .venv/bin/python bench/control_plane.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from vipfarm.apiserver_harness import ApiServer, _pdeathsig_prefix  # noqa: E402
+from vipfarm.assignment import NO_OWNER, Assignment  # noqa: E402
+
+NS = "vipfarm-system"
+GROUP, VERSION, PLURAL = "vipfarm.io", "v1alpha1", "farms"
+MEMBER_LABEL = "vipfarm.io/member"
+BENCH_LABEL = "bench.vipfarm.io/phase"
+REACTION_TARGET_S = 5.0
+RSS_TARGET_MB = 150.0
+WRITES_TARGET_PER_MIN = 1.0          # "about zero": at most one stray write a minute
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
+T_START = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.monotonic() - T_START:6.1f}s] {msg}", flush=True)
+
+
+def utcnow() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def farm_body(name: str, vips: list[str], phase: str, buckets: int) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Farm",
+            "metadata": {"name": name, "labels": {BENCH_LABEL: phase}},
+            "spec": {"virtualIPs": vips, "interface": "eth0", "buckets": buckets,
+                     "nodeSelector": {MEMBER_LABEL: "true"},
+                     "rules": [{"protocol": "TCP", "ports": "80", "affinity": "ClientIPPort"}]}}
+
+
+# -- process accounting -----------------------------------------------------------------------
+def proc_status_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of one process every `interval` seconds, tagged with the current phase."""
+
+    def __init__(self, pid: int, interval: float = 1.0):
+        super().__init__(daemon=True, name="rss-sampler")
+        self.pid, self.interval = pid, interval
+        self.phase = "startup"
+        self.samples: list[tuple[float, str, int]] = []     # (monotonic, phase, kB)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), self.phase, proc_status_kb(self.pid, "VmRSS")))
+            except OSError:
+                return
+            self.stop.wait(self.interval)
+
+    def mb(self, phase: str | None = None) -> list[float]:
+        return [kb / 1024 for _, p, kb in self.samples if phase is None or p == phase]
+
+
+# -- API server metrics -----------------------------------------------------------------------
+_METRIC = re.compile(r'^apiserver_request_total\{([^}]*)\}\s+([0-9.e+]+)$')
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def scrape_writes(api: ApiServer) -> Counter:
+    """apiserver_request_total for write verbs, keyed (group/resource[/subresource], verb)."""
+    req = urllib.request.Request(f"{api.url}/metrics", headers={"Authorization": f"Bearer {api.admin_token}"})
+    ctx = ssl.create_default_context(cafile=api.ca_file)
+    with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
+        text = r.read().decode()
+    out: Counter = Counter()
+    for line in text.splitlines():
+        m = _METRIC.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group(1)))
+        verb = labels.get("verb", "")
+        if verb not in WRITE_VERBS:
+            continue
+        res = labels.get("resource", "")
+        if labels.get("group"):
+            res = f"{labels['group']}/{res}"
+        if labels.get("subresource"):
+            res += "/" + labels["subresource"]
+        out[(res, verb)] += int(float(m.group(2)))
+    return out
+
+
+def diff(after: Counter, before: Counter) -> Counter:
+    return Counter({k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0})
+
+
+def classify(res: str) -> str:
+    if res.startswith("vipfarm.io/farms") or res in ("events", "events.k8s.io/events"):
+        return "operator"
+    if res.startswith("kopf.dev/"):
+        return "peering"
+    if res.startswith("coordination.k8s.io/leases"):
+        return "apiserver-own"
+    if res.startswith("nodes"):
+        return "bench"           # this script's Node Ready patches
+    return "other"
+
+
+def fmt_writes(c: Counter) -> str:
+    return ", ".join(f"{res} {verb} {n}" for (res, verb), n in sorted(c.items())) or "none"
+
+
+# -- the operator's log -----------------------------------------------------------------------
+_LOGTIME = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ')
+_HANDLER = re.compile(r"Handler '([^'/]+)[^']*' succeeded")
+
+
+def log_lines(path: str, t_from: float, t_to: float) -> list[tuple[float, str]]:
+    out = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = _LOGTIME.match(line)
+            if not m:
+                continue
+            t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            if t_from <= t <= t_to:
+                out.append((t, line.rstrip("\n")))
+    return out
+
+
+def operator_breakdown(path: str, t0_wall: float, t1_wall: float) -> dict:
+    """What the operator did between t0 and t1 (wall clock), from its log."""
+    lines = log_lines(path, t0_wall - 0.01, t1_wall + 0.01)
+    node_changed = [t for t, ln in lines if "event=node_changed" in ln]
+    written = [t for t, ln in lines if "event=status_written" in ln]
+    handlers = Counter(m.group(1) for _, ln in lines for m in [_HANDLER.search(ln)] if m)
+    errors = [ln for _, ln in lines if " ERROR " in ln or "Traceback" in ln or " WARNING " in ln]
+    return {"node_changed": node_changed[0] - t0_wall if node_changed else None,
+            "first_write": written[0] - t0_wall if written else None,
+            "last_write": written[-1] - t0_wall if written else None,
+            "writes": len(written), "handlers": dict(handlers), "warnings": errors[:5],
+            "n_warnings": len(errors)}
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+class Bench:
+    def __init__(self, api: ApiServer, args, workdir: str):
+        from kubernetes import client
+        self.api, self.args, self.workdir = api, args, workdir
+        self.ac = api.api_client()
+        self.core = client.CoreV1Api(self.ac)
+        self.custom = client.CustomObjectsApi(self.ac)
+        self.nodes = [f"node-{i:02d}" for i in range(args.nodes)]
+        self.victim = self.nodes[min(17, args.nodes - 1)]
+        self.full = f"{args.nodes}/{args.nodes}"
+        self.operator: subprocess.Popen | None = None
+        self.oplog = os.path.join(workdir, "operator.log")
+        self.sampler: RssSampler | None = None
+        self.list_seconds: dict[str, list[float]] = defaultdict(list)
+        self.list_bytes: Counter = Counter()
+
+    # -- setup --------------------------------------------------------------------------------
+    def install(self) -> None:
+        res = self.api.helm("install", "vipfarm", "charts/vipfarm", "--namespace", NS, "--create-namespace",
+                            "--wait=false")
+        assert "STATUS: deployed" in res.stdout, res.stdout + res.stderr
+        self.api.kubectl("wait", "--for=condition=Established", "crd/farms.vipfarm.io",
+                         "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+
+    def set_ready(self, node: str, ready: bool) -> None:
+        cond = {"type": "Ready", "status": "True" if ready else "False",
+                "reason": "KubeletReady" if ready else "KubeletStopped",
+                "message": "set by bench/control_plane.py", "lastHeartbeatTime": utcnow(),
+                "lastTransitionTime": utcnow()}
+        self.core.patch_node_status(node, {"status": {"conditions": [cond]}})
+
+    def create_nodes(self) -> None:
+        for n in self.nodes:
+            self.core.create_node({"apiVersion": "v1", "kind": "Node",
+                                   "metadata": {"name": n, "labels": {MEMBER_LABEL: "true"}}})
+            self.set_ready(n, True)
+
+    def start_operator(self) -> None:
+        token = self.api.mint_token(NS, "vipfarm-operator")
+        cfg = self.api.kubeconfig_for_token(token, os.path.join(self.workdir, "operator.kubeconfig"))
+        env = dict(os.environ, KUBECONFIG=cfg, PYTHONUNBUFFERED="1")
+        for k in ("VIPFARM_RECONCILE_INTERVAL", "VIPFARM_PEERING_LIFETIME", "VIPFARM_LOG_LEVEL"):
+            env.pop(k, None)                    # the chart's defaults (20 s, 20 s, info)
+        out = open(self.oplog, "ab")
+        try:
+            self.operator = subprocess.Popen(_pdeathsig_prefix() + [sys.executable, "-m", "vipfarm_operator.main"],
+                                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             env=env, cwd=REPO)
+        finally:
+            out.close()
+        self.sampler = RssSampler(self.operator.pid)
+        self.sampler.start()
+        # Active once Kopf has announced itself in the ClusterKopfPeering status.
+        self.wait("the operator to join the peering", lambda: bool(
+            self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "vipfarm").get("status")),
+                  timeout=60)
+        time.sleep(1.0)                         # let its watch streams start
+
+    def stop_operator(self) -> None:
+        if self.sampler:
+            self.sampler.stop.set()
+        p = self.operator
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+
+    def check_operator(self) -> None:
+        if self.operator.poll() is not None:
+            raise RuntimeError(f"the operator exited ({self.operator.returncode}); log tail:\n"
+                               + "\n".join(open(self.oplog, errors="replace").read().splitlines()[-30:]))
+
+    # -- reading Farms --------------------------------------------------------------------------
+    def list_farms(self, phase: str) -> list[dict]:
+        t = time.monotonic()
+        r = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=f"{BENCH_LABEL}={phase}",
+                                                   _preload_content=False)
+        data = r.data
+        items = json.loads(data)["items"]
+        self.list_seconds[phase].append(time.monotonic() - t)
+        self.list_bytes[phase] = max(self.list_bytes[phase], len(data))
+        return items
+
+    def wait(self, what: str, fn, timeout: float, interval: float = 0.5):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = fn()
+            if last:
+                return last
+            self.check_operator()
+            time.sleep(interval)
+        raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+    def poll_until(self, what: str, phase: str, n_farms: int, cond, t0: float, timeout: float) -> float:
+        """Poll LIST until cond(farm) holds for all n_farms Farms; seconds since t0 (monotonic)."""
+        deadline = t0 + timeout
+        next_print = time.monotonic() + self.args.progress
+        while True:
+            items = self.list_farms(phase)
+            t = time.monotonic()
+            ok = sum(1 for f in items if cond(f))
+            if len(items) == n_farms and ok == n_farms:
+                return t - t0
+            if t >= next_print:
+                say(f"  {what}: {ok}/{n_farms} farms after {t - t0:.1f}s")
+                next_print = t + self.args.progress
+            if t > deadline:
+                raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}: {ok}/{n_farms}")
+            self.check_operator()
+            time.sleep(self.args.poll)
+
+    def all_ready(self, farm: dict) -> bool:
+        return (farm.get("status") or {}).get("readyText") == self.full
+
+    def owned(self, farm: dict, node: str) -> int | None:
+        a = (farm.get("status") or {}).get("assignment") or {}
+        if not a.get("data"):
+            return None
+        asg = Assignment.decode(a.get("members") or [], a["data"])
+        if node not in asg.members:
+            return 0
+        i = asg.members.index(node)
+        return sum(1 for o in asg.owners if o == i and o != NO_OWNER)
+
+    # -- actions ------------------------------------------------------------------------------
+    def report_agents(self, farm: str, **extra) -> None:
+        report = dict({"ready": True, "reason": "", "lastError": "", "dataplaneMode": "native",
+                       "reportedAt": utcnow()}, **extra)
+        self.custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, PLURAL, farm, {"status": {"agents": {n: report for n in self.nodes}}},
+            _content_type="application/merge-patch+json")
+
+    def create_farms(self, farms: list[dict]) -> None:
+        for body in farms:
+            self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+            self.report_agents(body["metadata"]["name"])
+
+    def notready_runs(self, phase: str, n_farms: int, runs: int) -> list[dict]:
+        out = []
+        for k in range(runs):
+            self.sampler.phase = f"{phase}-notready"
+            m0, c0 = scrape_writes(self.api), proc_cpu_s(self.operator.pid)
+            a0 = sum(proc_cpu_s(p) for p in self.api.pids())
+            w0, t0 = time.time(), time.monotonic()
+            self.set_ready(self.victim, False)
+            dt = self.poll_until(f"{self.victim} at 0 buckets", phase, n_farms,
+                                 lambda f: self.owned(f, self.victim) == 0, t0, self.args.timeout)
+            w1 = time.time()
+            cpu = proc_cpu_s(self.operator.pid) - c0
+            api_cpu = sum(proc_cpu_s(p) for p in self.api.pids()) - a0
+            writes = diff(scrape_writes(self.api), m0)
+            # The operator's log a little past detection: the last write may land after the poll.
+            time.sleep(0.3)
+            br = operator_breakdown(self.oplog, w0, w1)
+            say(f"  run {k + 1}: {self.victim} NotReady -> 0 buckets on all {n_farms} farm(s) in {dt:.2f}s "
+                f"(operator: node event +{_f(br['node_changed'])}s, first write +{_f(br['first_write'])}s, "
+                f"last write +{_f(br['last_write'])}s, {br['writes']} status writes, CPU {cpu:.2f}s; "
+                f"apiserver+etcd CPU {api_cpu:.2f}s)")
+            self.sampler.phase = f"{phase}-recover"
+            t1 = time.monotonic()
+            self.set_ready(self.victim, True)
+            back = self.poll_until(f"{self.victim} back", phase, n_farms,
+                                   lambda f: self.all_ready(f) and (self.owned(f, self.victim) or 0) > 0,
+                                   t1, self.args.timeout)
+            say(f"  run {k + 1}: {self.victim} Ready again -> back on all {n_farms} farm(s) in {back:.2f}s")
+            out.append({"seconds": dt, "recover": back, "operator": br, "cpu": cpu, "api_cpu": api_cpu,
+                        "writes": writes})
+        return out
+
+    # -- phases -------------------------------------------------------------------------------
+    def baseline(self) -> dict:
+        say("baseline: one Farm")
+        self.sampler.phase = "baseline"
+        name = "baseline"
+        t0 = time.monotonic()
+        self.create_farms([farm_body(name, ["203.0.113.250", "2001:db8::fa"], "baseline", self.args.buckets)])
+        conv = self.poll_until("READY", "baseline", 1, self.all_ready, t0, self.args.timeout)
+        say(f"  baseline Farm READY {self.full} in {conv:.2f}s")
+        runs = self.notready_runs("baseline", 1, self.args.runs)
+        rss = max(self.sampler.mb())
+        # Release and delete it, as the agents would: every agent reports released.
+        self.report_agents(name, ready=False, reason="Deleting", released=True)
+        self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        self.wait("the baseline Farm to be deleted", lambda: not self.list_farms("baseline"), timeout=60)
+        say("  baseline Farm released and deleted")
+        return {"converge": conv, "runs": runs, "rss_peak": rss}
+
+    def scale(self) -> dict:
+        n = self.args.farms
+        say(f"scale: creating {n} Farms (each followed by its {self.args.nodes} simulated agents' report)")
+        self.sampler.phase = "scale-create"
+        farms = [farm_body(f"farm-{i:03d}", [f"203.0.113.{i}", f"2001:db8::{i:x}"], "scale", self.args.buckets)
+                 for i in range(1, n + 1)]
+        c0, m0 = proc_cpu_s(self.operator.pid), scrape_writes(self.api)
+        w0, t0 = time.time(), time.monotonic()
+        self.create_farms(farms)
+        created = time.monotonic() - t0
+        say(f"  {n} Farms created and reported in {created:.1f}s; waiting for READY {self.full} everywhere")
+        conv = self.poll_until(f"READY {self.full}", "scale", n, self.all_ready, t0, self.args.timeout)
+        br = operator_breakdown(self.oplog, w0, time.time())
+        cpu = proc_cpu_s(self.operator.pid) - c0
+        writes = diff(scrape_writes(self.api), m0)
+        say(f"  all {n} Farms READY {self.full} {conv:.1f}s after the first create "
+            f"(operator: {br['writes']} status writes, CPU {cpu:.1f}s, handlers {br['handlers']})")
+        return {"converge": conv, "created": created, "operator": br, "cpu": cpu, "writes": writes}
+
+    def steady(self) -> dict:
+        say(f"steady state: settling {self.args.settle:.0f}s, then {self.args.window:.0f}s without writes")
+        self.sampler.phase = "settle"
+        time.sleep(self.args.settle)
+        self.sampler.phase = "steady"
+        m0, c0 = scrape_writes(self.api), proc_cpu_s(self.operator.pid)
+        w0, t0 = time.time(), time.monotonic()
+        time.sleep(self.args.window)
+        m1, c1 = scrape_writes(self.api), proc_cpu_s(self.operator.pid)
+        elapsed = time.monotonic() - t0
+        self.check_operator()
+        d = diff(m1, m0)
+        by: dict[str, Counter] = defaultdict(Counter)
+        for k, v in d.items():
+            by[classify(k[0])][k] += v
+        per_min = {cls: sum(c.values()) * 60 / elapsed for cls, c in by.items()}
+        br = operator_breakdown(self.oplog, w0, time.time())
+        for cls in ("operator", "peering", "apiserver-own", "bench", "other"):
+            say(f"  {cls:13s} writes: {sum(by[cls].values()):4d} in {elapsed:.0f}s ({per_min.get(cls, 0):.1f}/min): "
+                f"{fmt_writes(by[cls])}")
+        say(f"  operator CPU {100 * (c1 - c0) / elapsed:.1f}% of a core; log: {br['writes']} status writes, "
+            f"handlers {br['handlers']}")
+        return {"elapsed": elapsed, "by": by, "per_min": per_min, "cpu_pct": 100 * (c1 - c0) / elapsed,
+                "operator": br}
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--farms", type=int, default=200)
+    ap.add_argument("--nodes", type=int, default=64)
+    ap.add_argument("--buckets", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3, help="NotReady runs (each phase)")
+    ap.add_argument("--window", type=float, default=60, help="steady-state window, seconds")
+    ap.add_argument("--settle", type=float, default=10, help="pause before the window, seconds")
+    ap.add_argument("--poll", type=float, default=0.25, help="pause between LIST polls, seconds")
+    ap.add_argument("--progress", type=float, default=3, help="progress print interval, seconds")
+    ap.add_argument("--timeout", type=float, default=150, help="per-wait timeout, seconds")
+    ap.add_argument("--keep-log", metavar="DIR", help="copy the operator log to DIR")
+    args = ap.parse_args(argv)
+    if args.nodes > 253 or args.farms > 249:
+        ap.error("at most 249 farms (VIPs 203.0.113.1..249) and 253 nodes")
+
+    workdir = tempfile.mkdtemp(prefix="vipfarm-bench-cp-")
+    say(f"starting etcd + kube-apiserver (work dir {workdir})")
+    bench = None
+    try:
+        with ApiServer() as api:
+            bench = Bench(api, args, workdir)
+            bench.install()
+            say("chart installed")
+            bench.create_nodes()
+            say(f"{args.nodes} Nodes created, all Ready")
+            bench.start_operator()
+            say(f"operator running (pid {bench.operator.pid}, log {bench.oplog})")
+            base = bench.baseline()
+            scale = bench.scale()
+            say(f"scale: NotReady reaction x{args.runs}")
+            runs = bench.notready_runs("scale", args.farms, args.runs)
+            steady = bench.steady()
+            hwm = proc_status_kb(bench.operator.pid, "VmHWM") / 1024
+            bench.stop_operator()
+            if args.keep_log:
+                os.makedirs(args.keep_log, exist_ok=True)
+                shutil.copy(bench.oplog, os.path.join(args.keep_log, "operator.log"))
+            say("stopping the API server")
+        report(args, bench, base, scale, runs, steady, hwm)
+    finally:
+        if bench is not None:
+            bench.stop_operator()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(args, bench: Bench, base: dict, scale: dict, runs: list[dict], steady: dict, hwm: float) -> None:
+    secs = [r["seconds"] for r in runs]
+    bsecs = [r["seconds"] for r in base["runs"]]
+    rec = [r["recover"] for r in runs]
+    brec = [r["recover"] for r in base["runs"]]
+    steady_rss = bench.sampler.mb("steady")
+    peak = max(bench.sampler.mb())
+    op_min = steady["per_min"].get("operator", 0.0)
+    rows = [
+        ("initial convergence (create -> all READY)", f"{scale['converge']:.1f} s ({args.farms} farms)",
+         f"{base['converge']:.2f} s (1 farm)", "-", "info"),
+        ("NotReady -> 0 buckets on every farm, median", f"{statistics.median(secs):.2f} s",
+         f"{statistics.median(bsecs):.2f} s", f"< {REACTION_TARGET_S:.0f} s",
+         verdict(statistics.median(secs) < REACTION_TARGET_S)),
+        ("NotReady -> 0 buckets on every farm, max", f"{max(secs):.2f} s", f"{max(bsecs):.2f} s",
+         f"< {REACTION_TARGET_S:.0f} s", verdict(max(secs) < REACTION_TARGET_S)),
+        ("Ready again -> back on every farm, median", f"{statistics.median(rec):.2f} s",
+         f"{statistics.median(brec):.2f} s", "-", "info"),
+        ("operator writes/min, steady (farms, events)", f"{op_min:.1f}", "-",
+         f"~0 (<= {WRITES_TARGET_PER_MIN:.0f})", verdict(op_min <= WRITES_TARGET_PER_MIN)),
+        ("Kopf peering keep-alive writes/min", f"{steady['per_min'].get('peering', 0.0):.1f}", "-", "-", "info"),
+        ("operator CPU, steady", f"{steady['cpu_pct']:.1f} % of a core", "-", "-", "info"),
+        ("operator RSS, steady (median of 1 s samples)", f"{statistics.median(steady_rss):.1f} MB", "-",
+         f"< {RSS_TARGET_MB:.0f} MB", verdict(statistics.median(steady_rss) < RSS_TARGET_MB)),
+        ("operator RSS, peak (max sample / VmHWM)", f"{peak:.1f} / {hwm:.1f} MB",
+         f"{base['rss_peak']:.1f} MB", f"< {RSS_TARGET_MB:.0f} MB", verdict(max(peak, hwm) < RSS_TARGET_MB)),
+    ]
+    heads = ("metric", "value", "baseline", "target", "verdict")
+    widths = [max(len(str(r[i])) for r in rows + [heads]) for i in range(5)]
+    print()
+    print(f"Control plane scale: {args.farms} Farms x {args.nodes} Nodes, {args.buckets} buckets, one operator")
+    print("  ".join(h.ljust(w) for h, w in zip(heads, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    print()
+    print(f"NotReady runs at scale: {', '.join(f'{s:.2f}' for s in secs)} s; baseline (1 farm): "
+          f"{', '.join(f'{s:.2f}' for s in bsecs)} s")
+    print(f"LIST of the {args.farms} farms: median {statistics.median(bench.list_seconds['scale']) * 1000:.0f} ms, "
+          f"largest {bench.list_bytes['scale'] / 1e6:.1f} MB; poll pause {args.poll} s (the reaction's resolution "
+          f"is one pause plus one LIST)")
+    print("Where the time goes (operator log, seconds after the Node patch):")
+    for i, r in enumerate(runs, 1):
+        br = r["operator"]
+        span = (br["last_write"] - br["first_write"]) if br["writes"] > 1 else None
+        rate = f"{(br['writes'] - 1) / span:.0f} writes/s" if span else "-"
+        print(f"  run {i}: node event seen +{_f(br['node_changed'])}, first status write +{_f(br['first_write'])}, "
+              f"last +{_f(br['last_write'])} ({br['writes']} writes, {rate}); operator CPU {r['cpu']:.2f} s, "
+              f"apiserver+etcd CPU {r['api_cpu']:.2f} s; handlers {br['handlers']}; "
+              f"API writes {fmt_writes(r['writes'])}")
+        if br["n_warnings"]:
+            print(f"    {br['n_warnings']} warning/error lines, e.g. {br['warnings'][0][:200]}")
+    print(f"Initial convergence: {scale['created']:.1f} s to create + report {args.farms} farms; "
+          f"operator CPU {scale['cpu']:.1f} s; {scale['operator']['writes']} status writes; "
+          f"handlers {scale['operator']['handlers']}; API writes {fmt_writes(scale['writes'])}")
+    print(f"Steady window ({steady['elapsed']:.0f} s) writes by class: " + "; ".join(
+        f"{cls}: {fmt_writes(c)}" for cls, c in sorted(steady["by"].items())))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
