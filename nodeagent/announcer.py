@@ -55,7 +55,7 @@ class Announcer(threading.Thread):
         self.own_mac = own_mac
         self.lookup = lookup
         self.replies = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._socks = []
         for prog in (_ARP_FILTER, _NS_FILTER):
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -77,7 +77,7 @@ class Announcer(threading.Thread):
         return None
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             ready, _, _ = select.select(self._socks, [], [], 0.5)
             for s in ready:
                 try:
@@ -95,7 +95,7 @@ class Announcer(threading.Thread):
                         log.warning("event=neigh_reply_failed iface=%s error=%s", self.iface, e)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=2)
         for s in self._socks:
             s.close()

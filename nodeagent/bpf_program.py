@@ -63,6 +63,18 @@ def compile_filter(own_mac: bytes, answer_neigh: bool, pin_dir: str | None = Non
         raise DataplaneError(f"compiling {PROGRAM_SOURCE} failed: {e}") from e
 
 
+def compile_host_fixup(own_mac: bytes):
+    """The TC ingress helper for native XDP on a veth (bpf/vipfarm_tc.c)."""
+    check_kernel_headers()
+    bcc = import_bcc()
+    src = os.path.join(BPF_DIR, "vipfarm_tc.c")
+    try:
+        b = bcc.BPF(src_file=src.encode(), cflags=[f"-I{BPF_DIR}", *mac_defines(own_mac)])
+        return b, b.load_func(b"vipfarm_host", bcc.BPF.SCHED_CLS)
+    except Exception as e:
+        raise DataplaneError(f"compiling or loading {src} failed: {e}") from e
+
+
 def load_filter(bpf):
     """Load (verify) the XDP function; returns bcc's function handle with .fd."""
     import bcc

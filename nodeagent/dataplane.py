@@ -23,7 +23,7 @@ from vipfarm.spec import Farm
 
 from . import netconfig
 from .announcer import Announcer
-from .bpf_program import DataplaneError, compile_filter, load_filter
+from .bpf_program import DataplaneError, compile_filter, compile_host_fixup, load_filter
 from .filter_tables import Counters, FilterTables
 from .plan import FarmOwnership, FilterPlan, allocate_slots, build_plan
 
@@ -86,6 +86,7 @@ class InterfaceState:
     saved_sysctls: dict[str, str] = field(default_factory=dict)
     vips: list[str] = field(default_factory=list)
     macs: list[str] = field(default_factory=list)
+    tc_fixup: bool = False
 
     @classmethod
     def load(cls, path: str, node: str, iface: str) -> "InterfaceState":
@@ -168,6 +169,14 @@ class InterfaceDataplane:
         if mode == "native":
             self.announcer = Announcer(self.iface, self.own_mac, self._vmac_for)
             self.announcer.start()
+        if mode == "native" and self.link_kind == "veth":
+            # veth's native XDP path keeps frames for the virtual MAC marked OTHERHOST even
+            # after the filter rewrote them to our MAC; a TC ingress helper marks them HOST.
+            self.tc_bpf, fn = compile_host_fixup(self.own_mac)
+            netconfig.attach_tc_ingress(self.iface, fn.fd, "vipfarm_host")
+            self.state.tc_fixup = True
+            self.state.save(self.state_path)
+            log.info("event=tc_host_fixup_attached iface=%s", self.iface)
 
     @property
     def mode(self) -> str:
@@ -242,6 +251,8 @@ class InterfaceDataplane:
                 bcc.BPF.remove_xdp(self.iface, MODE_FLAGS[self.state.mode])
             except Exception as e:
                 log.warning("event=xdp_detach_failed iface=%s error=%s", self.iface, e)
+        if self.state.tc_fixup:
+            netconfig.detach_tc_ingress(self.iface)
         for ip in self.state.vips:
             netconfig.del_vip(ipaddress.ip_address(ip))
         for mac in self.state.macs:

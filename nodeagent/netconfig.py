@@ -147,3 +147,32 @@ def announcements(vips, own_mac: bytes, vmac: bytes) -> list[bytes]:
         else:
             out.append(neighbour.unsolicited_na(ip.packed, own_mac, vmac))
     return out
+
+
+TC_HANDLE = 0xF00D
+TC_PRIO = 49152
+
+
+def attach_tc_ingress(iface: str, fd: int, name: str) -> None:
+    """Attach a direct-action BPF classifier at ingress (clsact), replacing ours if present."""
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=iface)[0]
+        try:
+            ipr.tc("add", "clsact", idx)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+        ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=fd, name=name, parent="ffff:fff2",
+               classid=1, direct_action=True, prio=TC_PRIO)
+
+
+def detach_tc_ingress(iface: str) -> None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=iface)
+        if not found:
+            return
+        try:
+            ipr.tc("del-filter", "bpf", found[0], TC_HANDLE, parent="ffff:fff2", prio=TC_PRIO)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.EINVAL):
+                raise
