@@ -214,6 +214,8 @@ def test_not_ready_then_cordoned_nodes_lose_only_their_buckets_and_rejoin(cluste
     # Rejoining moved only what the new balance needs: n1 kept 256 of its 1024.
     assert sum(1 for b in range(1024) if after3.owner_of(b) == "n1" == back.owner_of(b)) == 256
     wait_for("READY 3/3 again", lambda: cluster.get_farm()["status"]["readyText"] == "3/3")
+    events = cluster.kubectl("get", "events", "-A", "--field-selector", "involvedObject.name=web").stdout
+    assert "MembershipChanged" in events and "Rebalanced" in events, events
 
 
 def test_a_second_farm_claiming_the_same_vip_gets_conflict(cluster):
@@ -290,6 +292,8 @@ def test_killing_the_active_operator_lets_the_standby_take_over(cluster):
     assert active in (0, 1), cluster.operator_logs()
     standby = 1 - active
     assert cluster.operators[standby].poll() is None
+    # Exactly one replica is active: the standby has written nothing so far.
+    assert "event=status_written" not in cluster.operator_logs()[standby]
     cluster.operators[active].send_signal(signal.SIGKILL)
     cluster.operators[active].wait(10)
     cluster.kubectl("uncordon", "n3")
