@@ -4,6 +4,7 @@
 #
 #   scripts/install.sh            everything, including kube-apiserver/etcd/helm (cluster tier)
 #   scripts/install.sh --no-k8s   skip the Kubernetes binaries (unit, BPF and lab tiers, demo)
+#   scripts/install.sh --no-bpffs  do not mount bpffs (image builds; see Dockerfile)
 #
 # Environment: VIPFARM_VENV (default <repo>/.venv), VIPFARM_CACHE (default /var/cache/vipfarm).
 set -euo pipefail
@@ -11,10 +12,12 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VIPFARM_VENV:-$REPO/.venv}"
 WITH_K8S=1
+WITH_BPFFS=1
 for arg in "$@"; do
   case "$arg" in
     --no-k8s) WITH_K8S=0 ;;
-    *) echo "install.sh: unknown option $arg (known: --no-k8s)" >&2; exit 2 ;;
+    --no-bpffs) WITH_BPFFS=0 ;;     # image builds: the host's bpffs is mounted at run time
+    *) echo "install.sh: unknown option $arg (known: --no-k8s, --no-bpffs)" >&2; exit 2 ;;
   esac
 done
 say() { echo "[install] $*"; }
@@ -59,7 +62,7 @@ else
 fi
 
 # 3. bpffs ----------------------------------------------------------------------------------
-if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" {found=1} END {exit !found}' /proc/mounts; then
+if [ "$WITH_BPFFS" = 1 ] && ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" {found=1} END {exit !found}' /proc/mounts; then
   mount -t bpf bpf /sys/fs/bpf
   say "mounted bpffs at /sys/fs/bpf"
 fi
