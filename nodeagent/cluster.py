@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from vipfarm.reconcile import owned_by, selects
+from vipfarm.reconcile import FarmRef, conflicting_claims, owned_by, selects
 from vipfarm.spec import FarmSpecError, parse_farm
 
 from .bpf_program import DataplaneError
@@ -114,6 +114,11 @@ class ClusterAgent:
         """The farms to serve with their buckets, and the report for each selected farm."""
         items: list[FarmOwnership] = []
         reports: dict[str, dict] = {}
+        # The operator's conflict rule, applied locally too: a Farm whose VIP an earlier Farm
+        # holds must never reach the dataplane, even before the operator has marked it.
+        refs = [FarmRef(n, b["metadata"].get("creationTimestamp", ""),
+                        tuple((b.get("spec") or {}).get("virtualIPs") or ()),
+                        bool(b["metadata"].get("deletionTimestamp"))) for n, b in self.farms.items()]
         for name, body in sorted(self.farms.items()):
             spec = body.get("spec") or {}
             if not selects(spec.get("nodeSelector") or {}, self.labels):
@@ -127,7 +132,9 @@ class ClusterAgent:
                 reports[name] = {"ready": False, "reason": "InvalidSpec", "lastError": str(e)[:1000]}
                 continue
             owned, epoch, servable = owned_by(body.get("status"), self.node)
-            if not servable:
+            claims = conflicting_claims(name, body["metadata"].get("creationTimestamp", ""),
+                                        tuple(str(v) for v in farm.virtual_ips), refs)
+            if not servable or claims:
                 reports[name] = {"ready": False, "reason": "Conflict", "appliedEpoch": epoch}
                 continue
             items.append(FarmOwnership(farm, owned))
