@@ -136,8 +136,8 @@ class InterfaceDataplane:
             log.warning("event=xdp_mode_change iface=%s old=%s new=%s", self.iface, self.state.mode, mode)
             try:
                 bcc.BPF.remove_xdp(self.iface, MODE_FLAGS[self.state.mode])
-            except Exception:
-                pass
+            except Exception as e:   # already gone: nothing to detach
+                log.info("event=xdp_detach_skipped iface=%s mode=%s error=%s", self.iface, self.state.mode, e)
         # Without XDP_FLAGS_UPDATE_IF_NOEXIST the kernel swaps an attached program atomically.
         bcc.BPF.attach_xdp(self.iface, fn, MODE_FLAGS[mode])
 
