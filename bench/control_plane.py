@@ -28,7 +28,14 @@ Phases, in order:
              ends with the admin token; the difference, by resource, is attributed: farms,
              farms/status and events are the operator's; clusterkopfpeerings are Kopf's peering
              keep-alive (reported apart); leases are kube-apiserver's own identity lease.
+  probe      one agent refreshes its entry (same report, new reportedAt, as a real agent does
+             every 30 s) on 20 Farms: the operator's API requests per refresh, extrapolated to
+             64 agents x 200 Farms.
   rss        the operator's VmRSS is sampled every second throughout; VmHWM read at the end.
+  floor      with the operator stopped: the API server's own cost of one node's worth of status
+             writes (decide()'s output for node-17 NotReady / Ready, written serially and 8 in
+             flight), on the 200 Farms as they are and on 200 slim Farms (status without the
+             members list and agents, no Kopf annotations). Skip with --no-write-floor.
 
 The reaction time is measured by polling (LIST of all Farms every --poll seconds), so it
 carries up to one poll interval plus one LIST of resolution; the operator's own log
@@ -56,12 +63,15 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from vipfarm.apiserver_harness import ApiServer, _pdeathsig_prefix  # noqa: E402
 from vipfarm.assignment import NO_OWNER, Assignment  # noqa: E402
+from vipfarm.reconcile import decide, node_info  # noqa: E402
+from vipfarm.spec import parse_farm  # noqa: E402
 
 NS = "vipfarm-system"
 GROUP, VERSION, PLURAL = "vipfarm.io", "v1alpha1", "farms"
@@ -71,6 +81,7 @@ REACTION_TARGET_S = 5.0
 RSS_TARGET_MB = 150.0
 WRITES_TARGET_PER_MIN = 1.0          # "about zero": at most one stray write a minute
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
+STATUS = f"{GROUP}/{PLURAL}/status"
 T_START = time.monotonic()
 
 
@@ -128,32 +139,49 @@ class RssSampler(threading.Thread):
 
 
 # -- API server metrics -----------------------------------------------------------------------
-_METRIC = re.compile(r'^apiserver_request_total\{([^}]*)\}\s+([0-9.e+]+)$')
+_METRIC = re.compile(r'^apiserver_request_(total|duration_seconds_sum|duration_seconds_count)\{([^}]*)\}\s+(\S+)$')
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def scrape_writes(api: ApiServer) -> Counter:
-    """apiserver_request_total for write verbs, keyed (group/resource[/subresource], verb)."""
-    req = urllib.request.Request(f"{api.url}/metrics", headers={"Authorization": f"Bearer {api.admin_token}"})
-    ctx = ssl.create_default_context(cafile=api.ca_file)
-    with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
-        text = r.read().decode()
-    out: Counter = Counter()
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if not m:
-            continue
-        labels = dict(_LABEL.findall(m.group(1)))
-        verb = labels.get("verb", "")
-        if verb not in WRITE_VERBS:
-            continue
-        res = labels.get("resource", "")
-        if labels.get("group"):
-            res = f"{labels['group']}/{res}"
-        if labels.get("subresource"):
-            res += "/" + labels["subresource"]
-        out[(res, verb)] += int(float(m.group(2)))
-    return out
+class Metrics:
+    """apiserver_request_total and the request latency sums, keyed (group/resource[/sub], verb)."""
+
+    def __init__(self, api: ApiServer):
+        req = urllib.request.Request(f"{api.url}/metrics", headers={"Authorization": f"Bearer {api.admin_token}"})
+        ctx = ssl.create_default_context(cafile=api.ca_file)
+        with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
+            text = r.read().decode()
+        self.count: Counter = Counter()       # requests (apiserver_request_total)
+        self.lat_sum: Counter = Counter()     # seconds (apiserver_request_duration_seconds_sum)
+        self.lat_n: Counter = Counter()
+        for line in text.splitlines():
+            m = _METRIC.match(line)
+            if not m:
+                continue
+            labels = dict(_LABEL.findall(m.group(2)))
+            res = labels.get("resource", "")
+            if labels.get("group"):
+                res = f"{labels['group']}/{res}"
+            if labels.get("subresource"):
+                res += "/" + labels["subresource"]
+            key = (res, labels.get("verb", ""))
+            value = float(m.group(3))
+            {"total": self.count, "duration_seconds_sum": self.lat_sum,
+             "duration_seconds_count": self.lat_n}[m.group(1)][key] += value
+
+    def since(self, before: "Metrics") -> "Metrics":
+        out = object.__new__(Metrics)
+        for attr in ("count", "lat_sum", "lat_n"):
+            a, b = getattr(self, attr), getattr(before, attr)
+            setattr(out, attr, Counter({k: a[k] - b.get(k, 0) for k in a if a[k] - b.get(k, 0) > 0}))
+        return out
+
+    def writes(self) -> Counter:
+        return Counter({k: int(v) for k, v in self.count.items() if k[1] in WRITE_VERBS})
+
+    def mean_ms(self, res: str, verb: str) -> float | None:
+        n = self.lat_n.get((res, verb), 0)
+        return 1000 * self.lat_sum[(res, verb)] / n if n else None
 
 
 def diff(after: Counter, before: Counter) -> Counter:
@@ -178,7 +206,7 @@ def fmt_writes(c: Counter) -> str:
 
 # -- the operator's log -----------------------------------------------------------------------
 _LOGTIME = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ')
-_HANDLER = re.compile(r"Handler '([^'/]+)[^']*' succeeded")
+_HANDLER = re.compile(r"(?:Handler|Timer) '([^'/]+)[^']*' succeeded")
 
 
 def log_lines(path: str, t_from: float, t_to: float) -> list[tuple[float, str]]:
@@ -323,7 +351,9 @@ class Bench:
             if t > deadline:
                 raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}: {ok}/{n_farms}")
             self.check_operator()
-            time.sleep(self.args.poll)
+            # At least --poll, and at least one LIST's duration: the poller uses at most about
+            # half of the API server's time for itself (a LIST of 200 Farms is ~9 MB).
+            time.sleep(max(self.args.poll, self.list_seconds[phase][-1]))
 
     def all_ready(self, farm: dict) -> bool:
         return (farm.get("status") or {}).get("readyText") == self.full
@@ -355,7 +385,7 @@ class Bench:
         out = []
         for k in range(runs):
             self.sampler.phase = f"{phase}-notready"
-            m0, c0 = scrape_writes(self.api), proc_cpu_s(self.operator.pid)
+            m0, c0 = Metrics(self.api), proc_cpu_s(self.operator.pid)
             a0 = sum(proc_cpu_s(p) for p in self.api.pids())
             w0, t0 = time.time(), time.monotonic()
             self.set_ready(self.victim, False)
@@ -364,14 +394,15 @@ class Bench:
             w1 = time.time()
             cpu = proc_cpu_s(self.operator.pid) - c0
             api_cpu = sum(proc_cpu_s(p) for p in self.api.pids()) - a0
-            writes = diff(scrape_writes(self.api), m0)
+            m = Metrics(self.api).since(m0)
             # The operator's log a little past detection: the last write may land after the poll.
             time.sleep(0.3)
             br = operator_breakdown(self.oplog, w0, w1)
             say(f"  run {k + 1}: {self.victim} NotReady -> 0 buckets on all {n_farms} farm(s) in {dt:.2f}s "
                 f"(operator: node event +{_f(br['node_changed'])}s, first write +{_f(br['first_write'])}s, "
                 f"last write +{_f(br['last_write'])}s, {br['writes']} status writes, CPU {cpu:.2f}s; "
-                f"apiserver+etcd CPU {api_cpu:.2f}s)")
+                f"apiserver+etcd CPU {api_cpu:.2f}s; mean API latency: status PATCH "
+                f"{_f(m.mean_ms(STATUS, 'PATCH'), 0)} ms, event POST {_f(m.mean_ms('events', 'POST'), 0)} ms)")
             self.sampler.phase = f"{phase}-recover"
             t1 = time.monotonic()
             self.set_ready(self.victim, True)
@@ -380,7 +411,8 @@ class Bench:
                                    t1, self.args.timeout)
             say(f"  run {k + 1}: {self.victim} Ready again -> back on all {n_farms} farm(s) in {back:.2f}s")
             out.append({"seconds": dt, "recover": back, "operator": br, "cpu": cpu, "api_cpu": api_cpu,
-                        "writes": writes})
+                        "writes": m.writes(), "status_ms": m.mean_ms(STATUS, "PATCH"),
+                        "event_ms": m.mean_ms("events", "POST")})
         return out
 
     # -- phases -------------------------------------------------------------------------------
@@ -407,7 +439,7 @@ class Bench:
         self.sampler.phase = "scale-create"
         farms = [farm_body(f"farm-{i:03d}", [f"203.0.113.{i}", f"2001:db8::{i:x}"], "scale", self.args.buckets)
                  for i in range(1, n + 1)]
-        c0, m0 = proc_cpu_s(self.operator.pid), scrape_writes(self.api)
+        c0, m0 = proc_cpu_s(self.operator.pid), Metrics(self.api)
         w0, t0 = time.time(), time.monotonic()
         self.create_farms(farms)
         created = time.monotonic() - t0
@@ -415,7 +447,7 @@ class Bench:
         conv = self.poll_until(f"READY {self.full}", "scale", n, self.all_ready, t0, self.args.timeout)
         br = operator_breakdown(self.oplog, w0, time.time())
         cpu = proc_cpu_s(self.operator.pid) - c0
-        writes = diff(scrape_writes(self.api), m0)
+        writes = Metrics(self.api).since(m0).writes()
         say(f"  all {n} Farms READY {self.full} {conv:.1f}s after the first create "
             f"(operator: {br['writes']} status writes, CPU {cpu:.1f}s, handlers {br['handlers']})")
         return {"converge": conv, "created": created, "operator": br, "cpu": cpu, "writes": writes}
@@ -425,13 +457,13 @@ class Bench:
         self.sampler.phase = "settle"
         time.sleep(self.args.settle)
         self.sampler.phase = "steady"
-        m0, c0 = scrape_writes(self.api), proc_cpu_s(self.operator.pid)
+        m0, c0 = Metrics(self.api), proc_cpu_s(self.operator.pid)
         w0, t0 = time.time(), time.monotonic()
         time.sleep(self.args.window)
-        m1, c1 = scrape_writes(self.api), proc_cpu_s(self.operator.pid)
+        m1, c1 = Metrics(self.api), proc_cpu_s(self.operator.pid)
         elapsed = time.monotonic() - t0
         self.check_operator()
-        d = diff(m1, m0)
+        d = m1.since(m0).writes()
         by: dict[str, Counter] = defaultdict(Counter)
         for k, v in d.items():
             by[classify(k[0])][k] += v
@@ -446,8 +478,102 @@ class Bench:
                 "operator": br}
 
 
-def _f(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
+    def refresh_probe(self) -> dict:
+        """What one agent's periodic refresh costs the operator: one agent (node-03) rewrites its
+        entry (same report, new reportedAt, as nodeagent/cluster.py does every 30 s) on
+        --probe-farms Farms; count the API requests the operator makes in response."""
+        k = min(self.args.probe_farms, self.args.farms)
+        say(f"agent refresh probe: node-03 refreshes its report on {k} Farms")
+        self.sampler.phase = "probe"
+        m0 = Metrics(self.api)
+        w0 = time.time()
+        node = self.nodes[min(3, len(self.nodes) - 1)]
+        for i in range(1, k + 1):
+            self.custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, PLURAL, f"farm-{i:03d}",
+                {"status": {"agents": {node: {"ready": True, "reason": "", "lastError": "",
+                                              "dataplaneMode": "native", "reportedAt": utcnow()}}}},
+                _content_type="application/merge-patch+json")
+        time.sleep(self.args.probe_wait)
+        m = Metrics(self.api).since(m0)
+        br = operator_breakdown(self.oplog, w0, time.time())
+        ops = Counter({key: int(v) for key, v in m.count.items()
+                       if key[0].startswith("vipfarm.io/farms") and key[1] not in ("WATCH", "LIST")})
+        ops[(STATUS, "PATCH")] -= k          # the probe's own writes
+        ops = +ops
+        per = {f"{res} {verb}": v / k for (res, verb), v in sorted(ops.items())}
+        writes_per = sum(v for (res, verb), v in ops.items() if verb in WRITE_VERBS) / k
+        say(f"  per agent refresh the operator made: " + ", ".join(f"{key} {v:.2f}" for key, v in per.items())
+            + f"; reconciles (handlers) {br['handlers']}; status writes {br['writes']}")
+        return {"farms": k, "per": per, "writes_per": writes_per, "handlers": br["handlers"],
+                "status_writes": br["writes"]}
+
+
+    # -- the API server's cost of the writes themselves (operator stopped) ----------------------
+    def _node_infos(self, victim_ready: bool) -> list:
+        return [node_info(n, {MEMBER_LABEL: "true"}, {},
+                          [{"type": "Ready", "status": "True" if victim_ready or n != self.victim else "False"}], False)
+                for n in self.nodes]
+
+    def _write_statuses(self, statuses: list[tuple[str, dict]], conc: int) -> tuple[float, float]:
+        from kubernetes import client
+        apis = [client.CustomObjectsApi(self.api.api_client()) for _ in range(conc)]
+
+        def one(job):
+            i, (name, st) = job
+            apis[i % conc].patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, {"status": st},
+                                                              _content_type="application/merge-patch+json")
+        a0, t0 = sum(proc_cpu_s(p) for p in self.api.pids()), time.monotonic()
+        with ThreadPoolExecutor(conc) as ex:
+            list(ex.map(one, enumerate(statuses)))
+        return time.monotonic() - t0, sum(proc_cpu_s(p) for p in self.api.pids()) - a0
+
+    def _decisions(self, items: list[dict], victim_ready: bool, keep=None) -> tuple[list, float]:
+        nodes, out = self._node_infos(victim_ready), []
+        t = time.perf_counter()
+        for f in items:
+            st = decide(parse_farm(f), int(f["metadata"].get("generation", 1)), f["metadata"]["creationTimestamp"],
+                        nodes, [], f.get("status") or {}, utcnow()).status
+            out.append((f["metadata"]["name"], {k: v for k, v in st.items() if keep is None or k in keep}))
+        return out, 1000 * (time.perf_counter() - t) / max(1, len(items))
+
+    def write_floor(self) -> dict:
+        """How long the API server itself needs for one node's worth of status writes: with the
+        operator stopped, write what decide() gives for node-17 NotReady (serially, as the
+        operator's node handler does), then for node-17 Ready (N writes in flight); the same on
+        slim Farms whose status has no members/agents list and no Kopf annotations."""
+        conc = self.args.write_concurrency
+        say(f"API write floor (operator stopped): {self.args.farms} status writes, serial and {conc} in flight")
+        out: dict = {}
+        items = self.list_farms("scale")
+        out["full_kb"] = len(json.dumps(items[0])) / 1000
+        out["mf_kb"] = len(json.dumps(items[0]["metadata"].get("managedFields"))) / 1000
+        ds, out["decide_ms"] = self._decisions(items, False)
+        serial, cpu1 = self._write_statuses(ds, 1)
+        ds, _ = self._decisions(self.list_farms("scale"), True)
+        parallel, cpu2 = self._write_statuses(ds, conc)
+        out["full"] = {"serial_s": serial, "parallel_s": parallel, "cpu_ms": 1000 * (cpu1 + cpu2) / (2 * len(ds))}
+        say(f"  full Farms: serial {serial:.2f}s, {conc} in flight {parallel:.2f}s, "
+            f"{out['full']['cpu_ms']:.0f} ms apiserver+etcd CPU per write")
+        keep = ("observedGeneration", "phase", "epoch", "assignment", "readyMembers", "totalMembers", "readyText",
+                "vipText", "conditions")
+        slim = [farm_body(f"slim-{i:03d}", [f"203.0.113.{i}", f"2001:db8::{i:x}"], "slim", self.args.buckets)
+                for i in range(1, self.args.farms + 1)]
+        for body in slim:
+            self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, body)
+        self._write_statuses(self._decisions(self.list_farms("slim"), True, keep)[0], conc)
+        serial, cpu1 = self._write_statuses(self._decisions(self.list_farms("slim"), False, keep)[0], 1)
+        parallel, cpu2 = self._write_statuses(self._decisions(self.list_farms("slim"), True, keep)[0], conc)
+        out["slim_kb"] = len(json.dumps(self.list_farms("slim")[0])) / 1000
+        out["slim"] = {"serial_s": serial, "parallel_s": parallel, "cpu_ms": 1000 * (cpu1 + cpu2) / (2 * len(slim))}
+        out["n"] = len(ds)
+        say(f"  slim Farms: serial {serial:.2f}s, {conc} in flight {parallel:.2f}s, "
+            f"{out['slim']['cpu_ms']:.0f} ms apiserver+etcd CPU per write")
+        return out
+
+
+def _f(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def verdict(ok: bool) -> str:
@@ -465,6 +591,11 @@ def main(argv=None) -> int:
     ap.add_argument("--poll", type=float, default=0.25, help="pause between LIST polls, seconds")
     ap.add_argument("--progress", type=float, default=3, help="progress print interval, seconds")
     ap.add_argument("--timeout", type=float, default=150, help="per-wait timeout, seconds")
+    ap.add_argument("--probe-farms", type=int, default=20, help="Farms in the agent refresh probe")
+    ap.add_argument("--probe-wait", type=float, default=6, help="seconds to let the operator react to the probe")
+    ap.add_argument("--write-concurrency", type=int, default=8, help="writes in flight in the write floor")
+    ap.add_argument("--no-write-floor", dest="write_floor", action="store_false",
+                    help="skip the API write floor measurement (operator stopped)")
     ap.add_argument("--keep-log", metavar="DIR", help="copy the operator log to DIR")
     args = ap.parse_args(argv)
     if args.nodes > 253 or args.farms > 249:
@@ -487,13 +618,15 @@ def main(argv=None) -> int:
             say(f"scale: NotReady reaction x{args.runs}")
             runs = bench.notready_runs("scale", args.farms, args.runs)
             steady = bench.steady()
+            probe = bench.refresh_probe()
             hwm = proc_status_kb(bench.operator.pid, "VmHWM") / 1024
             bench.stop_operator()
+            floor = bench.write_floor() if args.write_floor else None
             if args.keep_log:
                 os.makedirs(args.keep_log, exist_ok=True)
                 shutil.copy(bench.oplog, os.path.join(args.keep_log, "operator.log"))
             say("stopping the API server")
-        report(args, bench, base, scale, runs, steady, hwm)
+        report(args, bench, base, scale, runs, steady, probe, hwm, floor)
     finally:
         if bench is not None:
             bench.stop_operator()
@@ -501,7 +634,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def report(args, bench: Bench, base: dict, scale: dict, runs: list[dict], steady: dict, hwm: float) -> None:
+def report(args, bench: Bench, base: dict, scale: dict, runs: list[dict], steady: dict, probe: dict,
+           hwm: float, floor: dict | None) -> None:
     secs = [r["seconds"] for r in runs]
     bsecs = [r["seconds"] for r in base["runs"]]
     rec = [r["recover"] for r in runs]
@@ -509,6 +643,7 @@ def report(args, bench: Bench, base: dict, scale: dict, runs: list[dict], steady
     steady_rss = bench.sampler.mb("steady")
     peak = max(bench.sampler.mb())
     op_min = steady["per_min"].get("operator", 0.0)
+    refresh_min = probe["writes_per"] * args.nodes * args.farms * 2      # each agent, each farm, every 30 s
     rows = [
         ("initial convergence (create -> all READY)", f"{scale['converge']:.1f} s ({args.farms} farms)",
          f"{base['converge']:.2f} s (1 farm)", "-", "info"),
@@ -521,6 +656,10 @@ def report(args, bench: Bench, base: dict, scale: dict, runs: list[dict], steady
          f"{statistics.median(brec):.2f} s", "-", "info"),
         ("operator writes/min, steady (farms, events)", f"{op_min:.1f}", "-",
          f"~0 (<= {WRITES_TARGET_PER_MIN:.0f})", verdict(op_min <= WRITES_TARGET_PER_MIN)),
+        ("operator writes per agent refresh (probe)", f"{probe['writes_per']:.2f}", "-", "~0",
+         verdict(probe["writes_per"] <= 0.05)),
+        (f"  = at {args.nodes} agents x {args.farms} farms / 30 s", f"{refresh_min:.0f} writes/min", "-", "~0",
+         verdict(refresh_min <= WRITES_TARGET_PER_MIN)),
         ("Kopf peering keep-alive writes/min", f"{steady['per_min'].get('peering', 0.0):.1f}", "-", "-", "info"),
         ("operator CPU, steady", f"{steady['cpu_pct']:.1f} % of a core", "-", "-", "info"),
         ("operator RSS, steady (median of 1 s samples)", f"{statistics.median(steady_rss):.1f} MB", "-",
@@ -540,8 +679,8 @@ def report(args, bench: Bench, base: dict, scale: dict, runs: list[dict], steady
     print(f"NotReady runs at scale: {', '.join(f'{s:.2f}' for s in secs)} s; baseline (1 farm): "
           f"{', '.join(f'{s:.2f}' for s in bsecs)} s")
     print(f"LIST of the {args.farms} farms: median {statistics.median(bench.list_seconds['scale']) * 1000:.0f} ms, "
-          f"largest {bench.list_bytes['scale'] / 1e6:.1f} MB; poll pause {args.poll} s (the reaction's resolution "
-          f"is one pause plus one LIST)")
+          f"largest {bench.list_bytes['scale'] / 1e6:.1f} MB; pause between LISTs max({args.poll} s, last LIST): "
+          f"the reaction's resolution is about two LISTs")
     print("Where the time goes (operator log, seconds after the Node patch):")
     for i, r in enumerate(runs, 1):
         br = r["operator"]
@@ -550,12 +689,25 @@ def report(args, bench: Bench, base: dict, scale: dict, runs: list[dict], steady
         print(f"  run {i}: node event seen +{_f(br['node_changed'])}, first status write +{_f(br['first_write'])}, "
               f"last +{_f(br['last_write'])} ({br['writes']} writes, {rate}); operator CPU {r['cpu']:.2f} s, "
               f"apiserver+etcd CPU {r['api_cpu']:.2f} s; handlers {br['handlers']}; "
-              f"API writes {fmt_writes(r['writes'])}")
+              f"API writes {fmt_writes(r['writes'])}; mean API latency: Farm status PATCH "
+              f"{_f(r['status_ms'], 0)} ms, event POST {_f(r['event_ms'], 0)} ms")
         if br["n_warnings"]:
             print(f"    {br['n_warnings']} warning/error lines, e.g. {br['warnings'][0][:200]}")
     print(f"Initial convergence: {scale['created']:.1f} s to create + report {args.farms} farms; "
           f"operator CPU {scale['cpu']:.1f} s; {scale['operator']['writes']} status writes; "
           f"handlers {scale['operator']['handlers']}; API writes {fmt_writes(scale['writes'])}")
+    print(f"Agent refresh probe ({probe['farms']} farms): per refresh " + ", ".join(
+        f"{k} {v:.2f}" for k, v in probe["per"].items()) + f"; handlers {probe['handlers']}; "
+          f"status writes {probe['status_writes']}")
+    if floor:
+        print(f"API write floor, operator stopped ({floor['n']} status writes, the operator's own decide() output; "
+              f"decide() {floor['decide_ms']:.1f} ms/farm):")
+        for label, key in (("full Farms as above (~%.0f kB, managedFields %.0f kB)" % (floor["full_kb"], floor["mf_kb"]), "full"),
+                           ("slim Farms: status without members/agents, no Kopf annotations (~%.0f kB)"
+                            % floor["slim_kb"], "slim")):
+            r = floor[key]
+            print(f"  {label}: serial {r['serial_s']:.2f} s, {args.write_concurrency} in flight "
+                  f"{r['parallel_s']:.2f} s; apiserver+etcd CPU {r['cpu_ms']:.0f} ms per write")
     print(f"Steady window ({steady['elapsed']:.0f} s) writes by class: " + "; ".join(
         f"{cls}: {fmt_writes(c)}" for cls, c in sorted(steady["by"].items())))
 
