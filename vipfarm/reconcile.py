@@ -191,12 +191,18 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
     member_status = []
     for n in candidates:
         r = reports[n.name]
-        member_status.append({
-            "node": n.name, "ready": n.name in live, "reason": "Conflict" if claims else reasons[n.name],
-            "weight": n.weight, "buckets": counts.get(n.name, 0),
-            "dataplaneMode": r.dataplane_mode if r else "", "lastError": r.last_error if r else "",
-            "checks": dict(r.checks) if r else {},
-        })
+        entry = {"node": n.name, "ready": n.name in live,
+                 "reason": "Conflict" if claims else reasons[n.name],
+                 "weight": n.weight, "buckets": counts.get(n.name, 0)}
+        # Empty fields are left out: a Farm's status is rewritten on every change, and its
+        # size is what the API server pays for (bench/RESULTS.md, control plane).
+        if r and r.dataplane_mode:
+            entry["dataplaneMode"] = r.dataplane_mode
+        if r and r.last_error:
+            entry["lastError"] = r.last_error
+        if r and r.checks:
+            entry["checks"] = dict(r.checks)
+        member_status.append(entry)
 
     ready_n, total = len(live), len(candidates)
     if claims:

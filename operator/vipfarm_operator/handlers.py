@@ -6,11 +6,13 @@ and post the events.
 """
 from __future__ import annotations
 
+import contextvars
 import datetime
 import logging
 import os
 import random
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -22,7 +24,8 @@ from . import kube
 
 GROUP, VERSION, PLURAL = "vipfarm.io", "v1alpha1", "farms"
 FINALIZER = "vipfarm.io/release"
-RECONCILE_INTERVAL = float(os.environ.get("VIPFARM_RECONCILE_INTERVAL", "20"))
+RECONCILE_INTERVAL = float(os.environ.get("VIPFARM_RECONCILE_INTERVAL", "60"))
+FANOUT_WORKERS = int(os.environ.get("VIPFARM_FANOUT_WORKERS", "8"))
 RELEASE_TIMEOUT = float(os.environ.get("VIPFARM_RELEASE_TIMEOUT", "60"))
 
 log = logging.getLogger("vipfarm.operator")
@@ -134,8 +137,29 @@ def farm_changed(body, node_index, farm_index, logger, **_):
     reconcile(kube.get_farm(body["metadata"]["name"]) or dict(body), node_index, farm_index, logger)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="status.agents")
-def agents_reported(body, node_index, farm_index, logger, **_):
+def agents_view(status: dict | None) -> dict:
+    """What of the agents' reports the decisions read (not reportedAt, which a refresh bumps)."""
+    agents = (status or {}).get("agents") or {}
+    return {n: {k: v for k, v in (r or {}).items() if k != "reportedAt"} for n, r in agents.items()}
+
+
+_agents_seen: dict[str, dict] = {}
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def agents_reported(type, body, node_index, farm_index, logger, **_):
+    """Reconcile when an agent's report changed in substance.
+
+    A raw event handler, not on.field: Kopf then keeps no per-object record of status, so an
+    agent's periodic refresh costs the operator no API call at all.
+    """
+    if type in (None, "DELETED") or body["metadata"].get("deletionTimestamp"):
+        return
+    name = body["metadata"]["name"]
+    view = agents_view(body.get("status"))
+    if _agents_seen.get(name) == view:
+        return
+    _agents_seen[name] = view
     reconcile(dict(body), node_index, farm_index, logger)
 
 
@@ -159,10 +183,14 @@ def node_event(name, body, type, node_index, farm_index, farm_bodies, logger, **
     _node_summaries[name] = summary
     logger.info("event=node_changed node=%s ready=%s", name, summary and summary.ready)
     nodes = _with(node_index, name, summary)
-    for farm_name, bodies in list(farm_bodies.items()):
-        farm_body = next(iter(bodies))
-        if not farm_body["metadata"].get("deletionTimestamp"):
-            reconcile(farm_body, nodes, farm_index, logger)
+    bodies = [next(iter(b)) for b in list(farm_bodies.values())]
+    bodies = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
+    # Status writes dominate (one PATCH per affected Farm): keep several in flight.
+    with ThreadPoolExecutor(max_workers=FANOUT_WORKERS, thread_name_prefix="fanout") as pool:
+        # Each task runs in a copy of this handler's context, which carries Kopf's event queue.
+        for f in [pool.submit(contextvars.copy_context().run, reconcile, b, nodes, farm_index, logger)
+                  for b in bodies]:
+            f.result()
 
 
 def _with(node_index, name, summary):
@@ -193,4 +221,5 @@ def farm_deleted(body, meta, logger, **_):
         kube.post_event(fresh, "ReleaseTimeout", f"gave up waiting for {', '.join(pending)} after "
                                                  f"{RELEASE_TIMEOUT:.0f}s; their nodes may keep the VIP", "Warning")
     _written.pop(name, None)
+    _agents_seen.pop(name, None)
     logger.info("event=farm_released farm=%s", name)
