@@ -175,17 +175,22 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
 
     new = assign(prev, members, farm.buckets)
     changed = prev is None or prev.owner_names() != new.owner_names() or prev.members != new.members
+    rebalance = ""
     if changed and (prev is not None or any(m.live for m in members)):
         epoch += 1
-        n_moved = moved(prev, new)
         counts = new.counts()
-        events.append(Event("Rebalanced", f"assignment epoch {epoch}: {n_moved} of {farm.buckets} buckets "
-                                          f"moved; " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))))
+        rebalance = (f"assignment epoch {epoch}: {moved(prev, new)} of {farm.buckets} buckets moved; "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     prev_live = {m.get("node") for m in status.get("members") or [] if m.get("ready")}
+    # One event per change (the API server pays for each): a membership change carries the
+    # rebalance it caused; a rebalance alone (e.g. a weight change) gets its own reason.
     if prev_live != live:
         joined, left = sorted(live - prev_live), sorted(prev_live - live)
         parts = ([f"joined: {', '.join(joined)}"] if joined else []) + ([f"left: {', '.join(left)}"] if left else [])
-        events.append(Event("MembershipChanged", "; ".join(parts) + f" ({len(live)} serving)"))
+        message = "; ".join(parts) + f" ({len(live)} serving)" + (f"; {rebalance}" if rebalance else "")
+        events.append(Event("MembershipChanged", message))
+    elif rebalance:
+        events.append(Event("Rebalanced", rebalance))
 
     counts = new.counts()
     member_status = []

@@ -22,7 +22,9 @@ def api() -> client.CustomObjectsApi:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            _api = client.CustomObjectsApi()
+            cfg = client.Configuration.get_default_copy()
+            cfg.connection_pool_maxsize = 16      # the node fan-out keeps 8 writes in flight
+            _api = client.CustomObjectsApi(client.ApiClient(cfg))
         return _api
 
 

@@ -41,7 +41,16 @@ def test_three_ready_members_get_a_weighted_balanced_assignment():
     assert d.status["epoch"] == 1
     assert {c["type"]: c["status"] for c in d.status["conditions"]} == {
         "Ready": "True", "Degraded": "False", "Conflict": "False"}
-    assert [e.reason for e in d.events] == ["Rebalanced", "MembershipChanged"]
+    assert [e.reason for e in d.events] == ["MembershipChanged"]
+    assert "joined: n1, n2, n3" in d.events[0].message and "epoch 1" in d.events[0].message
+
+
+def test_a_weight_change_alone_is_a_rebalanced_event():
+    first = decide(farm(), 1, "t1", NODES, [], agents("n1", "n2", "n3"), NOW)
+    heavier = [NodeInfo("n1", weight=2), NodeInfo("n2", weight=2), NodeInfo("n3")]
+    d = decide(farm(), 1, "t1", heavier, [], dict(first.status, **agents("n1", "n2", "n3")), NOW)
+    assert [e.reason for e in d.events] == ["Rebalanced"]
+    assert "epoch 2" in d.events[0].message
 
 
 def test_members_without_an_agent_report_get_no_buckets():
