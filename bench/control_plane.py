@@ -503,7 +503,7 @@ class Bench:
         ops = +ops
         per = {f"{res} {verb}": v / k for (res, verb), v in sorted(ops.items())}
         writes_per = sum(v for (res, verb), v in ops.items() if verb in WRITE_VERBS) / k
-        say(f"  per agent refresh the operator made: " + ", ".join(f"{key} {v:.2f}" for key, v in per.items())
+        say("  per agent refresh the operator made: " + ", ".join(f"{key} {v:.2f}" for key, v in per.items())
             + f"; reconciles (handlers) {br['handlers']}; status writes {br['writes']}")
         return {"farms": k, "per": per, "writes_per": writes_per, "handlers": br["handlers"],
                 "status_writes": br["writes"]}

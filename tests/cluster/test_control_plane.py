@@ -15,7 +15,6 @@ import time
 from collections import Counter
 
 import pytest
-import yaml
 
 from vipfarm.assignment import Assignment
 from vipfarm.lab import Lab, client_ips
