@@ -71,10 +71,10 @@ sys.path.insert(0, REPO)
 from vipfarm.apiserver_harness import ApiServer, _pdeathsig_prefix  # noqa: E402
 from vipfarm.assignment import NO_OWNER, Assignment  # noqa: E402
 from vipfarm.reconcile import decide, node_info  # noqa: E402
+from vipfarm.spec import GROUP, PLURAL, VERSION  # noqa: E402
 from vipfarm.spec import parse_farm  # noqa: E402
 
 NS = "vipfarm-system"
-GROUP, VERSION, PLURAL = "vipfarm.io", "v1alpha1", "farms"
 MEMBER_LABEL = "vipfarm.io/member"
 BENCH_LABEL = "bench.vipfarm.io/phase"
 REACTION_TARGET_S = 5.0

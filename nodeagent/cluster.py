@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import queue
@@ -25,20 +24,15 @@ import threading
 import time
 from typing import Any
 
-from vipfarm.reconcile import FarmRef, conflicting_claims, owned_by, selects
-from vipfarm.spec import FarmSpecError, parse_farm
+from vipfarm.reconcile import conflicting_claims, farm_ref, owned_by, selects, utc_now
+from vipfarm.spec import GROUP, PLURAL, VERSION, FarmSpecError, parse_farm
 
 from .bpf_program import DataplaneError
 from .netconfig import InterfaceError
 from .node import NodeDataplanes
 from .plan import FarmOwnership
 
-GROUP, VERSION, PLURAL = "vipfarm.io", "v1alpha1", "farms"
 log = logging.getLogger("vipfarm.agent.cluster")
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 class ClusterAgent:
@@ -116,9 +110,7 @@ class ClusterAgent:
         reports: dict[str, dict] = {}
         # The operator's conflict rule, applied locally too: a Farm whose VIP an earlier Farm
         # holds must never reach the dataplane, even before the operator has marked it.
-        refs = [FarmRef(n, b["metadata"].get("creationTimestamp", ""),
-                        tuple((b.get("spec") or {}).get("virtualIPs") or ()),
-                        bool(b["metadata"].get("deletionTimestamp"))) for n, b in self.farms.items()]
+        refs = [farm_ref(b) for b in self.farms.values()]
         for name, body in sorted(self.farms.items()):
             spec = body.get("spec") or {}
             if not selects(spec.get("nodeSelector") or {}, self.labels):
@@ -160,7 +152,7 @@ class ClusterAgent:
         last = self.reported.get(farm)
         if last and last[0] == report and time.monotonic() - last[1] < self.refresh_s:
             return
-        body = {"status": {"agents": {self.node: dict(report, reportedAt=_now())}}}
+        body = {"status": {"agents": {self.node: dict(report, reportedAt=utc_now())}}}
         try:
             self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, farm, body,
                                                            _content_type="application/merge-patch+json")

@@ -25,6 +25,17 @@ def owner_words(owned: frozenset[int] | set[int], buckets: int) -> list[int]:
     return words
 
 
+def buckets_from_words(words: list[int]) -> set[int]:
+    """The inverse of owner_words: the buckets whose bit is set."""
+    owned = set()
+    for w, bits in enumerate(words):
+        while bits:
+            low = bits & -bits
+            owned.add(w * 64 + low.bit_length() - 1)
+            bits ^= low
+    return owned
+
+
 @dataclass
 class Counters:
     accepted: int = 0
@@ -63,14 +74,8 @@ class FilterTables:
     def owned_buckets(self, slot: int) -> set[int]:
         half = slot * 2 + self.active_half(slot)
         mask = self.tables[ctypes.c_uint32(half)].mask
-        owned = set()
-        for w in range((mask + 64) // 64):
-            bits = self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)].value
-            while bits:
-                low = bits & -bits
-                owned.add(w * 64 + low.bit_length() - 1)
-                bits ^= low
-        return owned
+        return buckets_from_words([self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)].value
+                                   for w in range((mask + 64) // 64)])
 
     def counters(self, slot: int) -> Counters:
         c = Counters()

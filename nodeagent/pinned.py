@@ -8,6 +8,7 @@ import ctypes
 import os
 
 from .bpf_layout import COUNTER_NAMES, NCOUNTERS, TABLE_WORDS
+from .filter_tables import buckets_from_words
 
 _SYS_BPF = 321
 _BPF_MAP_LOOKUP_ELEM = 1
@@ -79,9 +80,6 @@ def read_owned(pin_dir: str, slot: int) -> set[int]:
         half = slot * 2 + (int.from_bytes(m.lookup(slot, 4), "little") & 1)
     with PinnedMap(os.path.join(pin_dir, "vf_tables")) as m:
         mask = int.from_bytes(m.lookup(half, 8)[4:8], "little")
-    owned = set()
     with PinnedMap(os.path.join(pin_dir, "vf_owner")) as m:
-        for w in range((mask + 64) // 64):
-            bits = int.from_bytes(m.lookup(half * TABLE_WORDS + w, 8), "little")
-            owned |= {w * 64 + b for b in range(64) if bits >> b & 1}
-    return owned
+        return buckets_from_words([int.from_bytes(m.lookup(half * TABLE_WORDS + w, 8), "little")
+                                   for w in range((mask + 64) // 64)])

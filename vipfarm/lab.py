@@ -221,11 +221,7 @@ class Lab:
             return ""
 
     def agent_log(self, k: int) -> str:
-        try:
-            with open(os.path.join(self.workdir, f"agent-n{k}.log"), errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return self.log(f"agent-n{k}.log")
 
     def wait_agent_ready(self, k: int, proc: subprocess.Popen, timeout: float = 90, after: int = 0) -> None:
         deadline = time.time() + timeout

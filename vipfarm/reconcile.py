@@ -13,6 +13,7 @@ an empty assignment, so no node serves it.
 """
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -67,6 +68,20 @@ class Decision:
     status: dict[str, Any]
     events: list[Event]
     assignment: Assignment | None
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC with a Z, as status timestamps need (the CRD rejects a naive time)."""
+    return (datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+            .isoformat().replace("+00:00", "Z"))
+
+
+def farm_ref(body: Mapping[str, Any]) -> "FarmRef":
+    """A Farm object (as the API returns it), reduced to what conflict detection reads."""
+    md = body.get("metadata") or {}
+    return FarmRef(md.get("name", ""), md.get("creationTimestamp", ""),
+                   tuple((body.get("spec") or {}).get("virtualIPs") or ()),
+                   deleting=bool(md.get("deletionTimestamp")))
 
 
 def node_info(name: str, labels: Mapping[str, str] | None, annotations: Mapping[str, str] | None,

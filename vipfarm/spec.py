@@ -12,7 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-API_VERSION = "vipfarm.io/v1alpha1"
+GROUP = "vipfarm.io"
+VERSION = "v1alpha1"
+PLURAL = "farms"
+API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "Farm"
 
 DEFAULT_BUCKETS = 1024

@@ -17,12 +17,11 @@ from typing import Any
 
 import kopf
 
-from vipfarm.reconcile import FarmRef, decide, node_info
-from vipfarm.spec import FarmSpecError, parse_farm
+from vipfarm.reconcile import FarmRef, NodeInfo, decide, farm_ref, node_info, utc_now
+from vipfarm.spec import GROUP, PLURAL, VERSION, FarmSpecError, parse_farm
 
 from . import kube
 
-GROUP, VERSION, PLURAL = "vipfarm.io", "v1alpha1", "farms"
 FINALIZER = "vipfarm.io/release"
 RECONCILE_INTERVAL = float(os.environ.get("VIPFARM_RECONCILE_INTERVAL", "60"))
 FANOUT_WORKERS = int(os.environ.get("VIPFARM_FANOUT_WORKERS", "8"))
@@ -40,10 +39,6 @@ _node_summaries: dict[str, Any] = {}
 def _lock(name: str) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(name, threading.Lock())
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @kopf.on.startup()
@@ -64,18 +59,15 @@ def configure(settings: kopf.OperatorSettings, **_):
 
 
 # -- inputs -----------------------------------------------------------------------------------
+def _node_summary(name: str, body) -> NodeInfo:
+    md, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
+    return node_info(name, md.get("labels"), md.get("annotations"), status.get("conditions"),
+                     spec.get("unschedulable"))
+
+
 @kopf.index("", "v1", "nodes")
 def node_index(name, body, **_):
-    md, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
-    return {name: node_info(name, md.get("labels"), md.get("annotations"),
-                            status.get("conditions"), spec.get("unschedulable"))}
-
-
-@kopf.index(GROUP, VERSION, PLURAL)
-def farm_index(name, body, meta, **_):
-    return {name: FarmRef(name, meta.get("creationTimestamp", ""),
-                          tuple(body.get("spec", {}).get("virtualIPs") or ()),
-                          deleting=bool(meta.get("deletionTimestamp")))}
+    return {name: _node_summary(name, body)}
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -89,12 +81,12 @@ def _nodes(node_index) -> list:
     return [next(iter(v)) for v in node_index.values()]
 
 
-def _others(farm_index) -> list[FarmRef]:
-    return [next(iter(v)) for v in farm_index.values()]
+def _others(farm_bodies) -> list[FarmRef]:
+    return [farm_ref(next(iter(v))) for v in farm_bodies.values()]
 
 
 # -- the reconcile ------------------------------------------------------------------------
-def reconcile(body: dict, node_index, farm_index, logger=log) -> None:
+def reconcile(body: dict, node_index, farm_bodies, logger=log) -> None:
     name = body["metadata"]["name"]
     with _lock(name):
         status = dict(body.get("status") or {})
@@ -107,12 +99,12 @@ def reconcile(body: dict, node_index, farm_index, logger=log) -> None:
             # Admission normally stops this; a Farm stored before a CRD upgrade can still get here.
             kube.patch_status(name, {"phase": "Invalid", "observedGeneration": body["metadata"].get("generation", 0),
                                      "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
-                                                     "message": str(e)[:30000], "lastTransitionTime": now()}]})
+                                                     "message": str(e)[:30000], "lastTransitionTime": utc_now()}]})
             kube.post_event(body, "InvalidSpec", str(e)[:1000], "Warning")
             return
         d = decide(farm, int(body["metadata"].get("generation", 0)),
                    body["metadata"].get("creationTimestamp", ""), _nodes(node_index),
-                   _others(farm_index), status, now())
+                   _others(farm_bodies), status, utc_now())
         current = {k: v for k, v in status.items() if k in d.status}
         if _strip_times(current) != _strip_times(d.status):
             kube.patch_status(name, d.status)
@@ -133,8 +125,8 @@ def _strip_times(status: dict) -> dict:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def farm_changed(body, node_index, farm_index, logger, **_):
-    reconcile(kube.get_farm(body["metadata"]["name"]) or dict(body), node_index, farm_index, logger)
+def farm_changed(body, node_index, farm_bodies, logger, **_):
+    reconcile(kube.get_farm(body["metadata"]["name"]) or dict(body), node_index, farm_bodies, logger)
 
 
 def agents_view(status: dict | None) -> dict:
@@ -147,7 +139,7 @@ _agents_seen: dict[str, dict] = {}
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def agents_reported(type, body, node_index, farm_index, logger, **_):
+def agents_reported(type, body, node_index, farm_bodies, logger, **_):
     """Reconcile when an agent's report changed in substance.
 
     A raw event handler, not on.field: Kopf then keeps no per-object record of status, so an
@@ -160,24 +152,22 @@ def agents_reported(type, body, node_index, farm_index, logger, **_):
     if _agents_seen.get(name) == view:
         return
     _agents_seen[name] = view
-    reconcile(dict(body), node_index, farm_index, logger)
+    reconcile(dict(body), node_index, farm_bodies, logger)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
-def periodic(body, node_index, farm_index, logger, **_):
+def periodic(body, node_index, farm_bodies, logger, **_):
     if body["metadata"].get("deletionTimestamp"):
         return
-    reconcile(dict(body), node_index, farm_index, logger)
+    reconcile(dict(body), node_index, farm_bodies, logger)
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(name, body, type, node_index, farm_index, farm_bodies, logger, **_):
+def node_event(name, body, type, node_index, farm_bodies, logger, **_):
     """Reconcile the Farms a Node affects, only when what membership reads has changed."""
     if type is None:      # the initial listing; resume handlers cover it
         return
-    md, spec, st = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
-    summary = None if type == "DELETED" else node_info(name, md.get("labels"), md.get("annotations"),
-                                                       st.get("conditions"), spec.get("unschedulable"))
+    summary = None if type == "DELETED" else _node_summary(name, body)
     if _node_summaries.get(name) == summary:
         return
     _node_summaries[name] = summary
@@ -188,7 +178,7 @@ def node_event(name, body, type, node_index, farm_index, farm_bodies, logger, **
     # Status writes dominate (one PATCH per affected Farm): keep several in flight.
     with ThreadPoolExecutor(max_workers=FANOUT_WORKERS, thread_name_prefix="fanout") as pool:
         # Each task runs in a copy of this handler's context, which carries Kopf's event queue.
-        for f in [pool.submit(contextvars.copy_context().run, reconcile, b, nodes, farm_index, logger)
+        for f in [pool.submit(contextvars.copy_context().run, reconcile, b, nodes, farm_bodies, logger)
                   for b in bodies]:
             f.result()
 

@@ -8,7 +8,8 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-GROUP, VERSION, PLURAL = "vipfarm.io", "v1alpha1", "farms"
+from vipfarm.spec import GROUP, PLURAL, VERSION
+
 log = logging.getLogger("vipfarm.operator.kube")
 _api = None
 _api_lock = threading.Lock()

@@ -58,7 +58,8 @@ def words_as_bytes(words) -> bytes:
     return b"".join((w & 0xFFFFFFFF).to_bytes(4, "little") for w in words)
 
 
-@pytest.mark.parametrize("data,seed,expected", [
+# Published MurmurHash3 x86_32 vectors.
+VECTORS = [
     (b"", 0, 0),
     (b"", 1, 0x514E28B7),
     (b"", 0xFFFFFFFF, 0x81F16F39),
@@ -69,19 +70,15 @@ def words_as_bytes(words) -> bytes:
     (b"\x21\x43", 0, 0xA0F7B07A),
     (b"\x21", 0, 0x72661CF4),
     (b"\x00\x00\x00\x00", 0, 0x2362F9DE),
-])
+]
+
+
+@pytest.mark.parametrize("data,seed,expected", VECTORS)
 def test_reference_murmur3_matches_published_vectors(data, seed, expected):
     assert murmur3_32(data, seed) == expected
 
 
-@pytest.mark.parametrize("data,seed,expected", [
-    (b"", 0, 0),
-    (b"", 1, 0x514E28B7),
-    (b"\xff\xff\xff\xff", 0, 0x76293B50),
-    (b"\x21\x43\x65\x87", 0, 0xF55B516B),
-    (b"\x21\x43\x65\x87", 0x5082EDEE, 0x2362F9DE),
-    (b"\x00\x00\x00\x00", 0, 0x2362F9DE),
-])
+@pytest.mark.parametrize("data,seed,expected", [v for v in VECTORS if len(v[0]) % 4 == 0])
 def test_hash_words_matches_published_vectors_for_whole_words(data, seed, expected):
     words = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
     assert hash_words(words, seed) == expected
