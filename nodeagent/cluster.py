@@ -1,15 +1,19 @@
-"""vipfarm-agent --cluster: serve the Farms that select this node, report into their status.
+"""vipfarm-agent --cluster: serve the Farms that select this node, report into its FarmNode.
 
 * The node name comes from --node or NODE_NAME (the downward API in the DaemonSet).
 * Farms come from a list+watch of farms.vipfarm.io; a Farm is served when its nodeSelector
   matches this Node's labels. The buckets come from status.assignment (the operator's), so
   until the operator assigns, the node holds the VIP and drops its traffic.
-* API writes are bounded: one merge patch of status.agents.<node> when the report changes,
-  plus a refresh at most once per --refresh seconds (>= 30). Liveness never rides on them.
+* Reports go into one FarmNode object named after the node (farmnodes.vipfarm.io, created
+  by the agent, owned by the Node): status.farms.<farm> per selected Farm. The agent never
+  writes a Farm. Writes are bounded and paced (nodeagent/report.py): a merge patch of the
+  entries that changed, and otherwise one refresh per --refresh seconds (>= 30). Liveness
+  never rides on them.
 * When the API server is unreachable the dataplane keeps its last programming, untouched,
   and the watch reconnects with backoff.
 * A Farm being deleted is removed from the dataplane (VIP, filter entries) and reported
-  `released`, which lets the operator's finalizer go.
+  `released`, which lets the operator's finalizer go; once the Farm is gone its entry is
+  removed from the FarmNode.
 * SIGTERM/SIGINT: the agent exits and leaves the dataplane in place for its successor (a
   DaemonSet restart must not drop traffic). Take a node out with cordon or the
   vipfarm.io/drain annotation; pass --leave-on-exit to clean up on exit instead.
@@ -24,9 +28,11 @@ import threading
 import time
 from typing import Any
 
+from vipfarm import __version__
 from vipfarm.reconcile import conflicting_claims, farm_ref, owned_by, selects, utc_now
-from vipfarm.spec import GROUP, PLURAL, VERSION, FarmSpecError, parse_farm
+from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION, FarmSpecError, parse_farm
 
+from . import report as pacing
 from .bpf_program import DataplaneError
 from .netconfig import InterfaceError
 from .node import NodeDataplanes
@@ -51,8 +57,16 @@ class ClusterAgent:
         self.dataplanes = NodeDataplanes(node, pin_root, state_root)
         self.farms: dict[str, dict[str, Any]] = {}
         self.labels: dict[str, str] = {}
+        self.node_uid: str | None = None
         self.labels_at = 0.0
-        self.reported: dict[str, tuple[dict, float]] = {}   # farm -> (report, monotonic time)
+        # The FarmNode's status.farms as last written (None until read or created), the
+        # reports wanted now, and the pacing clock (nodeagent/report.py).
+        self.written: dict[str, dict] | None = None
+        self.wanted: dict[str, dict] = {}
+        self.last_write = float("-inf")
+        self.last_event = 0.0
+        self.pending_since: float | None = None
+        self.write_failures = 0
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.api_writes = 0
@@ -64,6 +78,7 @@ class ClusterAgent:
         try:
             n = self.core.read_node(self.node)
             self.labels = dict(n.metadata.labels or {})
+            self.node_uid = n.metadata.uid
             self.labels_at = time.monotonic()
         except Exception as e:
             if force:
@@ -144,25 +159,76 @@ class ClusterAgent:
             log.error("event=program_failed node=%s error=%s", self.node, e)
             for i in items:
                 reports[i.farm.name].update({"ready": False, "reason": "DataplaneError", "lastError": str(e)[:1000]})
-        for name, report in reports.items():
-            self._report(name, report)
+        if reports != self.wanted:
+            for name, r in sorted(reports.items()):
+                if (self.wanted.get(name) or {}).get("ready") != r.get("ready") or \
+                        (self.wanted.get(name) or {}).get("reason") != r.get("reason"):
+                    log.info("event=report_changed farm=%s node=%s ready=%s reason=%s epoch=%s", name,
+                             self.node, r.get("ready"), r.get("reason"), r.get("appliedEpoch"))
+            self.wanted = reports
 
-    def _report(self, farm: str, report: dict) -> None:
-        """Write status.agents.<node> when it changed, or when the refresh period passed."""
-        last = self.reported.get(farm)
-        if last and last[0] == report and time.monotonic() - last[1] < self.refresh_s:
-            return
-        body = {"status": {"agents": {self.node: dict(report, reportedAt=utc_now())}}}
+    # -- the FarmNode -----------------------------------------------------------------------
+    def _report_delay(self) -> float:
+        """Seconds until the FarmNode should be written (0: now)."""
+        now = time.monotonic()
+        written = self.written if self.written is not None else {}
+        pending = bool(pacing.farms_patch(written, self.wanted)) or self.written is None
+        if pending and self.pending_since is None:
+            self.pending_since = now
+        if not pending:
+            self.pending_since = None
+        return pacing.seconds_until_write(
+            now, pending=pending, urgent=self.written is None or pacing.is_urgent(written, self.wanted),
+            last_write=self.last_write, last_event=self.last_event,
+            pending_since=self.pending_since if self.pending_since is not None else now,
+            refresh_s=self.refresh_s)
+
+    def _write_report(self) -> None:
+        """One merge patch of the FarmNode status: the changed entries, counts, reportedAt."""
+        from kubernetes.client.rest import ApiException
         try:
-            self.custom.patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, farm, body,
-                                                           _content_type="application/merge-patch+json")
-            self.api_writes += 1
-            self.reported[farm] = (report, time.monotonic())
-            if not last or last[0] != report:
-                log.info("event=reported farm=%s node=%s ready=%s reason=%s epoch=%s", farm, self.node,
-                         report.get("ready"), report.get("reason"), report.get("appliedEpoch"))
+            if self.written is None:
+                self.written = self._read_or_create_farmnode()
+            delta = pacing.farms_patch(self.written, self.wanted)
+            body = pacing.status_patch(delta, self.wanted, utc_now(), __version__)
+            try:
+                self._patch_farmnode(body)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                self.written = self._read_or_create_farmnode()   # deleted under us: start again
+                body = pacing.status_patch(pacing.farms_patch(self.written, self.wanted), self.wanted,
+                                           utc_now(), __version__)
+                self._patch_farmnode(body)
+            self.written = {k: dict(v) for k, v in self.wanted.items()}
+            self.pending_since = None
+            self.write_failures = 0
+            self.last_write = time.monotonic()
         except Exception as e:
-            log.warning("event=report_failed farm=%s node=%s error=%s", farm, self.node, _short(e))
+            self.write_failures += 1
+            backoff = min(30.0, 2.0 ** self.write_failures)
+            log.warning("event=report_failed node=%s error=%s retry_in=%.0fs", self.node, _short(e), backoff)
+            # Pacing counts from the last write: pretend it is later, so retries back off.
+            self.last_write = time.monotonic() + backoff - pacing.URGENT_GAP
+
+    def _patch_farmnode(self, body: dict) -> None:
+        self.custom.patch_cluster_custom_object_status(GROUP, VERSION, REPORT_PLURAL, self.node, body,
+                                                       _content_type="application/merge-patch+json")
+        self.api_writes += 1
+
+    def _read_or_create_farmnode(self) -> dict[str, dict]:
+        """status.farms of this node's FarmNode, creating the object when it is missing."""
+        from kubernetes.client.rest import ApiException
+        try:
+            obj = self.custom.get_cluster_custom_object(GROUP, VERSION, REPORT_PLURAL, self.node)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            obj = self.custom.create_cluster_custom_object(
+                GROUP, VERSION, REPORT_PLURAL, pacing.farmnode_object(self.node, self.node_uid, API_VERSION))
+            self.api_writes += 1
+            log.info("event=farmnode_created node=%s", self.node)
+        return {k: dict(v) for k, v in ((obj.get("status") or {}).get("farms") or {}).items() if v}
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -174,18 +240,21 @@ class ClusterAgent:
         print(f"vipfarm-agent: node {self.node} in cluster mode", flush=True)
         while not self.stopping.is_set():
             try:
-                kind, obj = self.events.get(timeout=5)
+                kind, obj = self.events.get(timeout=max(0.05, min(5.0, self._report_delay())))
             except queue.Empty:
-                self._apply()          # refreshes and retries, bounded by refresh_s
-                continue
-            self._absorb(kind, obj)
-            time.sleep(0.05)           # coalesce bursts of watch events
-            while True:
-                try:
-                    self._absorb(*self.events.get_nowait())
-                except queue.Empty:
-                    break
-            self._apply()
+                self._apply()          # retries a failed dataplane change
+            else:
+                self._absorb(kind, obj)
+                time.sleep(0.05)       # coalesce bursts of watch events
+                while True:
+                    try:
+                        self._absorb(*self.events.get_nowait())
+                    except queue.Empty:
+                        break
+                self.last_event = time.monotonic()
+                self._apply()
+            if self._report_delay() == 0:
+                self._write_report()
         if self.leave_on_exit:
             self.dataplanes.stop()
         log.info("event=agent_stopped node=%s dataplane=%s", self.node,
@@ -197,7 +266,6 @@ class ClusterAgent:
             self.farms = dict(obj)
         elif kind == "DELETED":
             self.farms.pop(obj["metadata"]["name"], None)
-            self.reported.pop(obj["metadata"]["name"], None)
         else:
             self.farms[obj["metadata"]["name"]] = obj
 

@@ -453,11 +453,21 @@ class ApiServer:
         from kubernetes import config
         return config.new_client_from_config(config_file=kubeconfig or self.admin_kubeconfig)
 
-    def mint_token(self, namespace: str, serviceaccount: str, duration: str = "2h") -> str:
-        """A real bound ServiceAccount token (TokenRequest). The SA must exist: nothing creates
-        ServiceAccounts automatically here (no controller-manager)."""
+    def mint_token(self, namespace: str, serviceaccount: str, duration: str = "2h",
+                   node: str | None = None) -> str:
+        """A real ServiceAccount token (TokenRequest). The SA must exist: nothing creates
+        ServiceAccounts automatically here (no controller-manager).
+
+        node: bind the token to that Node object (it must exist), so the API server adds the
+        user extra authentication.kubernetes.io/node-name, as it does for a DaemonSet pod's
+        pod-bound token. Deleting the Node revokes the token (after ~10 s of auth caching).
+        """
+        extra: list[str] = []
+        if node:
+            uid = self.kubectl("get", "node", node, "-o", "jsonpath={.metadata.uid}").stdout.strip()
+            extra = ["--bound-object-kind=Node", f"--bound-object-name={node}", f"--bound-object-uid={uid}"]
         return self.kubectl("-n", namespace, "create", "token", serviceaccount,
-                            f"--duration={duration}").stdout.strip()
+                            f"--duration={duration}", *extra).stdout.strip()
 
     def kubeconfig_for_token(self, token: str, path: str, server: str | None = None,
                              namespace: str | None = None) -> str:

@@ -4,7 +4,7 @@ the status to write and the events to emit. No I/O here; operator/ adapts it to 
 Membership, per node matching spec.nodeSelector:
   * the Node must be Ready, not cordoned (spec.unschedulable) and not annotated
     vipfarm.io/drain=true: otherwise it is a member that is not ready;
-  * its agent must have reported ready in status.agents.<node>;
+  * its agent must have reported ready for this Farm in FarmNode <node> (status.farms.<farm>);
   * its weight comes from the annotation (or label) vipfarm.io/weight, default 1.
 A live member gets buckets; the assignment changes only as much as balance requires
 (vipfarm.assignment), and its epoch increases by one each time it changes.
@@ -109,6 +109,21 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+# The fields of an agent's report that decisions read. appliedEpoch is left out on purpose:
+# every agent bumps it after every rebalance, and that must not make the operator re-decide.
+DECISION_FIELDS = ("ready", "reason", "dataplaneMode", "lastError", "released", "checks")
+
+
+def decision_view(farms: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """A FarmNode's status.farms, reduced to what decisions read (farm -> report)."""
+    return {f: {k: r[k] for k in DECISION_FIELDS if k in r} for f, r in (farms or {}).items() if r}
+
+
+def farms_changed(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The Farms whose decision view differs between two views of one FarmNode."""
+    return {f for f in set(old) | set(new) if old.get(f) != new.get(f)}
+
+
 def agent_report(raw: Mapping[str, Any] | None) -> AgentReport | None:
     if not raw:
         return None
@@ -168,12 +183,14 @@ def _member_reason(node: NodeInfo, report: AgentReport | None) -> str:
 
 
 def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], others: list[FarmRef],
-           status: Mapping[str, Any] | None, now: str) -> Decision:
-    """The status a Farm should have, and the events that explain the change."""
+           status: Mapping[str, Any] | None, reports: Mapping[str, Mapping[str, Any]], now: str) -> Decision:
+    """The status a Farm should have, and the events that explain the change.
+
+    reports: node name -> that node's agent report for this Farm (FarmNode status.farms.<farm>).
+    """
     status = dict(status or {})
     events: list[Event] = []
     prev, epoch = previous_assignment(status)
-    agents = status.get("agents") or {}
     prev_conditions = list(status.get("conditions") or [])
     vips = tuple(str(v) for v in farm.virtual_ips)
 
@@ -183,8 +200,8 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
             events.append(Event("InvalidWeight", n.weight_problem, "Warning"))
     claims = conflicting_claims(farm.name, created, vips, others)
 
-    reports = {n.name: agent_report(agents.get(n.name)) for n in candidates}
-    reasons = {n.name: _member_reason(n, reports[n.name]) for n in candidates}
+    parsed = {n.name: agent_report(reports.get(n.name)) for n in candidates}
+    reasons = {n.name: _member_reason(n, parsed[n.name]) for n in candidates}
     live = {n.name for n in candidates if reasons[n.name] == "Ready"} if not claims else set()
     members = [Member(n.name, n.weight, n.name in live) for n in candidates]
 
@@ -210,7 +227,7 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
     counts = new.counts()
     member_status = []
     for n in candidates:
-        r = reports[n.name]
+        r = parsed[n.name]
         entry = {"node": n.name, "ready": n.name in live,
                  "reason": "Conflict" if claims else reasons[n.name],
                  "weight": n.weight, "buckets": counts.get(n.name, 0)}

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 GROUP = "vipfarm.io"
 VERSION = "v1alpha1"
 PLURAL = "farms"
+REPORT_PLURAL = "farmnodes"     # FarmNode: one per Node, its agent's reports (crds/farmnodes.vipfarm.io.yaml)
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "Farm"
 

@@ -1,44 +1,62 @@
 """Kopf handlers: thin adapters from Kubernetes events to vipfarm.reconcile.decide().
 
-Everything the operator decides is in vipfarm.reconcile (pure, unit-tested). Here we only
-collect inputs (the Farm, the Nodes, the other Farms), write the status when it changed,
-and post the events.
+Everything the operator decides is in vipfarm.reconcile (pure, unit-tested). Here:
+
+* watch handlers keep three caches (Nodes reduced to NodeInfo, Farms, and each FarmNode's
+  reports reduced to what decisions read) and queue the names of the Farms an event can
+  affect;
+* a pool of workers (VIPFARM_WORKERS, 8) takes Farm names from the queue, decides from the
+  newest caches and writes the status when it changed. A name is queued at most once and
+  processed by one worker at a time (workqueue.py), so a burst of events costs each Farm one
+  reconcile, and a Node change keeps 8 status writes in flight;
+* Kubernetes Events go out after the status writes: they wait while the queue is busy
+  (at most EVENT_DELAY seconds), so they never slow down the writes the agents act on;
+* Kopf provides the watches, the finalizer (deletion waits for every agent's `released`),
+  the periodic resync timer, and peering (one active replica; a paused replica's handlers
+  and timers do not run, so it queues nothing).
 """
 from __future__ import annotations
 
-import contextvars
 import datetime
 import logging
 import os
+import queue
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import Any
 
 import kopf
 
-from vipfarm.reconcile import FarmRef, NodeInfo, decide, farm_ref, node_info, utc_now
-from vipfarm.spec import GROUP, PLURAL, VERSION, FarmSpecError, parse_farm
+from vipfarm.reconcile import decide, decision_view, farm_ref, farms_changed, node_info, selects, utc_now
+from vipfarm.spec import GROUP, PLURAL, REPORT_PLURAL, VERSION, FarmSpecError, parse_farm
 
 from . import kube
+from .workqueue import WorkQueue
 
 FINALIZER = "vipfarm.io/release"
 RECONCILE_INTERVAL = float(os.environ.get("VIPFARM_RECONCILE_INTERVAL", "60"))
-FANOUT_WORKERS = int(os.environ.get("VIPFARM_FANOUT_WORKERS", "8"))
+WORKERS = int(os.environ.get("VIPFARM_WORKERS", os.environ.get("VIPFARM_FANOUT_WORKERS", "8")))
 RELEASE_TIMEOUT = float(os.environ.get("VIPFARM_RELEASE_TIMEOUT", "60"))
+REPORT_COALESCE = 0.2     # agent reports arrive in bursts: let them merge
+EVENT_DELAY = 10.0        # events wait at most this long for the status writes to finish
+RETRY_MAX = 30.0
 
 log = logging.getLogger("vipfarm.operator")
-_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
+
+# -- caches, written by the watch handlers, read by the workers ----------------------------
+_nodes: dict[str, Any] = {}            # node name -> NodeInfo
+_farms: dict[str, dict] = {}           # farm name -> {metadata, spec, status}
+_reports: dict[str, dict] = {}         # node name -> {farm name -> report (decision fields)}
+_farm_seen: dict[str, tuple] = {}      # farm name -> what in it makes a reconcile necessary
 # The status this operator last wrote per Farm: watch events may lag behind our own writes,
 # and the previous assignment must be the newest one for minimal movement.
 _written: dict[str, dict[str, Any]] = {}
-_node_summaries: dict[str, Any] = {}
+_failures: dict[str, int] = {}
 
-
-def _lock(name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(name, threading.Lock())
+_queue = WorkQueue()
+_events: "queue.Queue[tuple[float, dict, str, str, str]]" = queue.Queue(maxsize=10000)
+_started = threading.Event()
 
 
 @kopf.on.startup()
@@ -54,65 +72,183 @@ def configure(settings: kopf.OperatorSettings, **_):
     # Kopf pauses every replica when two live ones share a priority: pick a random one.
     settings.peering.priority = int(prio) if prio else random.randint(1, 2**30)
     settings.peering.clusterwide = True
-    log.info("event=operator_starting peering=%s priority=%s", settings.peering.name,
-             settings.peering.priority)
+    log.info("event=operator_starting peering=%s priority=%s workers=%d", settings.peering.name,
+             settings.peering.priority, WORKERS)
 
 
-# -- inputs -----------------------------------------------------------------------------------
-def _node_summary(name: str, body) -> NodeInfo:
+@kopf.on.startup()
+def prime_caches(**_):
+    """Fill the caches from one LIST of each kind before any reconcile: a Farm decided on a
+    partial view of the Nodes would move buckets for nothing. Kopf retries this on failure,
+    and its watches start only after it."""
+    try:
+        nodes, reports, farms = kube.list_nodes(), kube.list_farmnodes(), kube.list_farms()
+    except Exception as e:
+        raise kopf.TemporaryError(f"listing Nodes, FarmNodes and Farms failed: {e}", delay=2)
+    for body in nodes:
+        _cache_node(body["metadata"]["name"], body)
+    for body in reports:
+        _reports[body["metadata"]["name"]] = decision_view((body.get("status") or {}).get("farms"))
+    for body in farms:
+        _cache_farm(body["metadata"]["name"], body)
+        _queue.add(body["metadata"]["name"])
+    log.info("event=caches_primed nodes=%d farmnodes=%d farms=%d", len(nodes), len(reports), len(farms))
+    if not _started.is_set():
+        _started.set()
+        for i in range(WORKERS):
+            threading.Thread(target=_work, name=f"reconcile-{i}", daemon=True).start()
+        threading.Thread(target=_post_events, name="events", daemon=True).start()
+        threading.Thread(target=_prune_forever, name="prune", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop(**_):
+    _queue.shutdown()
+
+
+# -- watch handlers: update a cache, queue what it affects -------------------------------
+@kopf.on.event("", "v1", "nodes")
+def node_event(name, body, type, **_):
+    """Queue the Farms that select a Node (before or after), when what membership reads changed."""
+    old = _nodes.get(name)
+    if type == "DELETED":
+        _nodes.pop(name, None)
+        new = None
+    else:
+        new = _cache_node(name, body)
+    if old == new:
+        return
+    log.info("event=node_changed node=%s ready=%s", name, new and new.ready)
+    _queue_selecting(old, new)
+
+
+def _queue_selecting(*nodes) -> None:
+    """Queue every Farm whose nodeSelector matches one of these NodeInfos."""
+    labels = [n.labels for n in nodes if n is not None]
+    for farm, f in list(_farms.items()):
+        selector = (f.get("spec") or {}).get("nodeSelector") or {}
+        if any(selects(selector, lab) for lab in labels):
+            _queue.add(farm)
+
+
+def _cache_node(name: str, body) -> Any:
     md, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
-    return node_info(name, md.get("labels"), md.get("annotations"), status.get("conditions"),
-                     spec.get("unschedulable"))
+    _nodes[name] = node_info(name, md.get("labels"), md.get("annotations"), status.get("conditions"),
+                             spec.get("unschedulable"))
+    return _nodes[name]
 
 
-@kopf.index("", "v1", "nodes")
-def node_index(name, body, **_):
-    return {name: _node_summary(name, body)}
+@kopf.on.event(GROUP, VERSION, REPORT_PLURAL)
+def farmnode_event(name, body, type, **_):
+    """Queue the Farms whose report from this node changed in substance (not appliedEpoch,
+    not reportedAt: those change all the time and decide nothing)."""
+    new = {} if type == "DELETED" else decision_view((body.get("status") or {}).get("farms"))
+    old = _reports.get(name, {})
+    if type == "DELETED":
+        _reports.pop(name, None)
+    else:
+        _reports[name] = new
+    for farm in farms_changed(old, new):
+        _queue.add(farm, delay=REPORT_COALESCE)
 
 
-@kopf.index(GROUP, VERSION, PLURAL)
-def farm_bodies(name, body, **_):
-    return {name: {"metadata": dict(body.get("metadata", {})), "spec": dict(body.get("spec", {})),
-                   "status": dict(body.get("status", {})), "apiVersion": body.get("apiVersion"),
-                   "kind": body.get("kind")}}
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def farm_event(name, body, type, **_):
+    """Cache the Farm; queue it when its spec, labels or deletion changed (not our own status
+    writes, which come back here as events too)."""
+    if type == "DELETED":
+        _requeue_conflicting(name)
+        _forget_farm(name)
+        return
+    md = body.get("metadata", {})
+    _cache_farm(name, body)
+    seen = (md.get("generation"), md.get("creationTimestamp"), bool(md.get("deletionTimestamp")),
+            (body.get("status") or {}).get("observedGeneration") is None)
+    if _farm_seen.get(name) != seen:
+        _farm_seen[name] = seen
+        _queue.add(name)
+        _requeue_conflicting(name)
 
 
-def _nodes(node_index) -> list:
-    return [next(iter(v)) for v in node_index.values()]
+def _cache_farm(name: str, body) -> None:
+    _farms[name] = {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
+                    "status": dict(body.get("status") or {}), "apiVersion": body.get("apiVersion"),
+                    "kind": body.get("kind")}
 
 
-def _others(farm_bodies) -> list[FarmRef]:
-    return [farm_ref(next(iter(v))) for v in farm_bodies.values()]
+def _forget_farm(name: str) -> None:
+    for cache in (_farms, _farm_seen, _written, _failures):
+        cache.pop(name, None)
 
 
-# -- the reconcile ------------------------------------------------------------------------
-def reconcile(body: dict, node_index, farm_bodies, logger=log) -> None:
-    name = body["metadata"]["name"]
-    with _lock(name):
-        status = dict(body.get("status") or {})
-        mine = _written.get(name)
-        if mine and int(mine.get("epoch", 0)) >= int(status.get("epoch", 0) or 0):
-            status.update({k: v for k, v in mine.items() if k != "agents"})
-        try:
-            farm = parse_farm(body)
-        except FarmSpecError as e:
-            # Admission normally stops this; a Farm stored before a CRD upgrade can still get here.
-            kube.patch_status(name, {"phase": "Invalid", "observedGeneration": body["metadata"].get("generation", 0),
-                                     "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
-                                                     "message": str(e)[:30000], "lastTransitionTime": utc_now()}]})
-            kube.post_event(body, "InvalidSpec", str(e)[:1000], "Warning")
+def _requeue_conflicting(name: str) -> None:
+    """A new, changed or vanishing Farm can start or end another one's VIP conflict."""
+    mine = set((_farms.get(name, {}).get("spec") or {}).get("virtualIPs") or ())
+    for other, f in list(_farms.items()):
+        if other != name and mine & set((f.get("spec") or {}).get("virtualIPs") or ()):
+            _queue.add(other)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
+def periodic(name, body, **_):
+    """Resync: a missed event, or a status someone else edited, is repaired within the interval."""
+    if not body["metadata"].get("deletionTimestamp"):
+        _queue.add(name)
+
+
+# -- workers ---------------------------------------------------------------------------------
+def _work() -> None:
+    while True:
+        name = _queue.get()
+        if name is None:
             return
-        d = decide(farm, int(body["metadata"].get("generation", 0)),
-                   body["metadata"].get("creationTimestamp", ""), _nodes(node_index),
-                   _others(farm_bodies), status, utc_now())
-        current = {k: v for k, v in status.items() if k in d.status}
-        if _strip_times(current) != _strip_times(d.status):
-            kube.patch_status(name, d.status)
-            _written[name] = d.status
-            logger.info("event=status_written farm=%s phase=%s epoch=%s ready=%s",
-                        name, d.status["phase"], d.status["epoch"], d.status["readyText"])
-        for ev in d.events:
-            kube.post_event(body, ev.reason, ev.message, ev.type)
+        try:
+            reconcile(name)
+            _failures.pop(name, None)
+        except Exception as e:     # retried with backoff; the API may be restarting
+            n = _failures[name] = _failures.get(name, 0) + 1
+            delay = min(RETRY_MAX, 0.5 * 2 ** n)
+            log.warning("event=reconcile_failed farm=%s attempt=%d retry_in=%.1fs error=%s",
+                        name, n, delay, str(e).replace("\n", " ")[:300])
+            _queue.add(name, delay=delay)
+        finally:
+            _queue.done(name)
+
+
+def reconcile(name: str) -> None:
+    body = _farms.get(name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    status = dict(body.get("status") or {})
+    mine = _written.get(name)
+    if mine and int(mine.get("epoch", 0)) >= int(status.get("epoch", 0) or 0):
+        status.update(mine)
+    generation = int(body["metadata"].get("generation", 0))
+    try:
+        farm = parse_farm(body)
+    except FarmSpecError as e:
+        # Admission normally stops this; a Farm stored before a CRD upgrade can still get here.
+        invalid = {"phase": "Invalid", "observedGeneration": generation,
+                   "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+                                   "message": str(e)[:30000], "lastTransitionTime": utc_now()}]}
+        if status.get("phase") != "Invalid" or status.get("observedGeneration") != generation:
+            kube.patch_status(name, invalid)
+            _written[name] = invalid
+            _event(body, "InvalidSpec", str(e)[:1000], "Warning")
+        return
+    reports = {node: farms[name] for node, farms in list(_reports.items()) if name in farms}
+    d = decide(farm, generation, body["metadata"].get("creationTimestamp", ""), list(_nodes.values()),
+               [farm_ref(b) for b in list(_farms.values())], status, reports, utc_now())
+    current = {k: v for k, v in status.items() if k in d.status}
+    if _strip_times(current) != _strip_times(d.status):
+        if not kube.patch_status(name, d.status):
+            _farms.pop(name, None)       # deleted meanwhile
+            return
+        _written[name] = d.status
+        log.info("event=status_written farm=%s phase=%s epoch=%s ready=%s",
+                 name, d.status["phase"], d.status["epoch"], d.status["readyText"])
+    for ev in d.events:
+        _event(body, ev.reason, ev.message, ev.type)
 
 
 def _strip_times(status: dict) -> dict:
@@ -122,94 +258,81 @@ def _strip_times(status: dict) -> dict:
     return out
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-def farm_changed(body, node_index, farm_bodies, logger, **_):
-    reconcile(kube.get_farm(body["metadata"]["name"]) or dict(body), node_index, farm_bodies, logger)
+# -- stale cache entries ----------------------------------------------------------------
+PRUNE_INTERVAL = float(os.environ.get("VIPFARM_PRUNE_INTERVAL", "300"))
 
 
-def agents_view(status: dict | None) -> dict:
-    """What of the agents' reports the decisions read (not reportedAt, which a refresh bumps)."""
-    agents = (status or {}).get("agents") or {}
-    return {n: {k: v for k, v in (r or {}).items() if k != "reportedAt"} for n, r in agents.items()}
+def _prune_forever() -> None:
+    while True:
+        time.sleep(PRUNE_INTERVAL)
+        try:
+            prune_stale()
+        except Exception as e:
+            log.warning("event=prune_failed error=%s", str(e).replace("\n", " ")[:300])
 
 
-_agents_seen: dict[str, dict] = {}
+def prune_stale() -> None:
+    """Drop cache entries for objects that no longer exist.
 
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def agents_reported(type, body, node_index, farm_bodies, logger, **_):
-    """Reconcile when an agent's report changed in substance.
-
-    A raw event handler, not on.field: Kopf then keeps no per-object record of status, so an
-    agent's periodic refresh costs the operator no API call at all.
+    A paused (standby) replica stops watching; when it takes over, Kopf lists again, which
+    brings every live object back but says nothing of those deleted meanwhile. An entry
+    missing from a LIST is dropped only after a GET confirms it is gone (404), so an object
+    created after the LIST is never lost.
     """
-    if type in (None, "DELETED") or body["metadata"].get("deletionTimestamp"):
-        return
-    name = body["metadata"]["name"]
-    view = agents_view(body.get("status"))
-    if _agents_seen.get(name) == view:
-        return
-    _agents_seen[name] = view
-    reconcile(dict(body), node_index, farm_bodies, logger)
+    for kind, cache, listing in (("Node", _nodes, kube.list_nodes), ("FarmNode", _reports, kube.list_farmnodes),
+                                 ("Farm", _farms, kube.list_farms)):
+        live = {b["metadata"]["name"] for b in listing()}
+        for name in [n for n in list(cache) if n not in live]:
+            if kube.exists(kind, name):
+                continue
+            log.info("event=cache_pruned kind=%s name=%s", kind, name)
+            if kind == "Node":
+                _queue_selecting(_nodes.pop(name, None))
+            elif kind == "FarmNode":
+                for farm in _reports.pop(name, {}):
+                    _queue.add(farm)
+            else:
+                _requeue_conflicting(name)
+                _forget_farm(name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
-def periodic(body, node_index, farm_bodies, logger, **_):
-    if body["metadata"].get("deletionTimestamp"):
-        return
-    reconcile(dict(body), node_index, farm_bodies, logger)
+# -- events ----------------------------------------------------------------------------------
+def _event(body: dict, reason: str, message: str, type_: str = "Normal") -> None:
+    try:
+        _events.put_nowait((time.monotonic(), body, reason, message, type_))
+    except queue.Full:
+        log.warning("event=event_dropped reason=%s farm=%s (event queue full)", reason,
+                    body["metadata"].get("name"))
 
 
-@kopf.on.event("", "v1", "nodes")
-def node_event(name, body, type, node_index, farm_bodies, logger, **_):
-    """Reconcile the Farms a Node affects, only when what membership reads has changed."""
-    if type is None:      # the initial listing; resume handlers cover it
-        return
-    summary = None if type == "DELETED" else _node_summary(name, body)
-    if _node_summaries.get(name) == summary:
-        return
-    _node_summaries[name] = summary
-    logger.info("event=node_changed node=%s ready=%s", name, summary and summary.ready)
-    nodes = _with(node_index, name, summary)
-    bodies = [next(iter(b)) for b in list(farm_bodies.values())]
-    bodies = [b for b in bodies if not b["metadata"].get("deletionTimestamp")]
-    # Status writes dominate (one PATCH per affected Farm): keep several in flight.
-    with ThreadPoolExecutor(max_workers=FANOUT_WORKERS, thread_name_prefix="fanout") as pool:
-        # Each task runs in a copy of this handler's context, which carries Kopf's event queue.
-        for f in [pool.submit(contextvars.copy_context().run, reconcile, b, nodes, farm_bodies, logger)
-                  for b in bodies]:
-            f.result()
+def _post_events() -> None:
+    while True:
+        queued_at, body, reason, message, type_ = _events.get()
+        # Status writes first: the agents act on them, events are for people.
+        _queue.wait_idle(max(0.0, queued_at + EVENT_DELAY - time.monotonic()))
+        kube.post_event(body, reason, message, type_)
 
 
-def _with(node_index, name, summary):
-    """The node index with one node replaced by its newest summary (indexes may lag)."""
-    out = {k: v for k, v in node_index.items() if k != name}
-    if summary is not None:
-        out[name] = [summary]
-    return out
-
-
+# -- deletion ----------------------------------------------------------------------------------
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def farm_deleted(body, meta, logger, **_):
     """Hold the finalizer until every member's agent has released the VIP and filter entries."""
     name = meta["name"]
-    fresh = kube.get_farm(name) or dict(body)
-    status = fresh.get("status") or {}
-    members = [m.get("node") for m in status.get("members") or []]
-    agents = status.get("agents") or {}
-    pending = [n for n in members if n in agents and not agents[n].get("released")]
-    deleted_at = meta.get("deletionTimestamp")
+    members = [m.get("node") for m in (body.get("status") or {}).get("members") or []]
+    mine = _written.get(name)
+    if mine:
+        members = sorted(set(members) | {m.get("node") for m in mine.get("members") or []})
+    pending = [n for n in members if name in _reports.get(n, {}) and not _reports[n][name].get("released")]
     waited = 0.0
-    if deleted_at:
-        t = datetime.datetime.fromisoformat(deleted_at.replace("Z", "+00:00"))
+    if meta.get("deletionTimestamp"):
+        t = datetime.datetime.fromisoformat(meta["deletionTimestamp"].replace("Z", "+00:00"))
         waited = (datetime.datetime.now(datetime.timezone.utc) - t).total_seconds()
     if pending and waited < RELEASE_TIMEOUT:
         raise kopf.TemporaryError(f"waiting for agents to release Farm {name}: {', '.join(pending)}", delay=1)
     if pending:
-        kube.post_event(fresh, "ReleaseTimeout", f"gave up waiting for {', '.join(pending)} after "
-                                                 f"{RELEASE_TIMEOUT:.0f}s; their nodes may keep the VIP", "Warning")
+        kube.post_event(body, "ReleaseTimeout", f"gave up waiting for {', '.join(pending)} after "
+                                                f"{RELEASE_TIMEOUT:.0f}s; their nodes may keep the VIP", "Warning")
     _written.pop(name, None)
-    _agents_seen.pop(name, None)
+    _failures.pop(name, None)
+    _requeue_conflicting(name)
     logger.info("event=farm_released farm=%s", name)

@@ -1,55 +1,92 @@
 """The operator's Kubernetes API calls (the kubernetes client), kept apart from decisions."""
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 
-import kopf
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from vipfarm.spec import GROUP, PLURAL, VERSION
+from vipfarm.spec import GROUP, PLURAL, REPORT_PLURAL, VERSION
 
 log = logging.getLogger("vipfarm.operator.kube")
-_api = None
-_api_lock = threading.Lock()
+COMPONENT = "vipfarm-operator"
+_clients: dict[str, object] = {}
+_lock = threading.Lock()
 
 
-def api() -> client.CustomObjectsApi:
-    global _api
-    with _api_lock:
-        if _api is None:
+def _api_client() -> client.ApiClient:
+    with _lock:
+        if "api" not in _clients:
             try:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
             cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = 16      # the node fan-out keeps 8 writes in flight
-            _api = client.CustomObjectsApi(client.ApiClient(cfg))
-        return _api
+            cfg.connection_pool_maxsize = 16      # 8 workers keep 8 writes in flight
+            _clients["api"] = client.ApiClient(cfg)
+        return _clients["api"]
 
 
-def get_farm(name: str) -> dict | None:
+def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(_api_client())
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(_api_client())
+
+
+def list_farms() -> list[dict]:
+    return custom().list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", [])
+
+
+def list_farmnodes() -> list[dict]:
+    return custom().list_cluster_custom_object(GROUP, VERSION, REPORT_PLURAL).get("items", [])
+
+
+def list_nodes() -> list[dict]:
+    return [_api_client().sanitize_for_serialization(n) for n in core().list_node().items]
+
+
+def exists(kind: str, name: str) -> bool:
+    """Whether the object is there (any error but 404 counts as there: never drop on doubt)."""
     try:
-        return api().get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        if kind == "Node":
+            core().read_node(name)
+        else:
+            custom().get_cluster_custom_object(GROUP, VERSION, PLURAL if kind == "Farm" else REPORT_PLURAL, name)
+        return True
+    except ApiException as e:
+        return e.status != 404
+
+
+def patch_status(name: str, status: dict) -> bool:
+    """Merge-patch a Farm's status; False when the Farm is gone (404). Other errors raise."""
+    try:
+        custom().patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, {"status": status},
+                                                    _content_type="application/merge-patch+json")
+        return True
     except ApiException as e:
         if e.status == 404:
-            return None
-        raise
-
-
-def patch_status(name: str, status: dict) -> None:
-    try:
-        api().patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, {"status": status},
-                                                 _content_type="application/merge-patch+json")
-    except ApiException as e:
-        if e.status == 404:
-            return      # deleted meanwhile
-        raise kopf.TemporaryError(f"writing the status of Farm {name} failed: {e.status} {e.reason}", delay=2)
+            return False
+        raise RuntimeError(f"writing the status of Farm {name} failed: {e.status} {e.reason}") from None
 
 
 def post_event(body: dict, reason: str, message: str, type_: str = "Normal") -> None:
+    """A core/v1 Event about a Farm. Farms are cluster scoped, so their events go to
+    `default`, as kubectl expects (`kubectl describe farm` finds them there)."""
+    md = body.get("metadata") or {}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ev = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{md.get('name', 'farm')}."),
+        involved_object=client.V1ObjectReference(api_version=body.get("apiVersion") or f"{GROUP}/{VERSION}",
+                                                 kind=body.get("kind") or "Farm", name=md.get("name"),
+                                                 uid=md.get("uid")),
+        reason=reason, message=message[:1024], type=type_, count=1,
+        first_timestamp=now, last_timestamp=now, source=client.V1EventSource(component=COMPONENT),
+        reporting_component=COMPONENT, reporting_instance=COMPONENT)
     try:
-        kopf.event(body, type=type_, reason=reason, message=message)
+        core().create_namespaced_event("default", ev)
     except Exception as e:   # events are best effort; never fail a reconcile for one
-        log.warning("event=event_post_failed reason=%s error=%s", reason, e)
+        log.warning("event=event_post_failed reason=%s error=%s", reason, str(e).replace("\n", " ")[:200])

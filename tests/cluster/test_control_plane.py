@@ -57,6 +57,11 @@ class Cluster:
     def get_farm(self, name="web") -> dict:
         return json.loads(self.kubectl("get", "farm", name, "-o", "json").stdout)
 
+    def report(self, node: str, farm: str = "web") -> dict:
+        """The agent's report for a Farm, from the FarmNode named after the node."""
+        obj = json.loads(self.kubectl("get", "farmnode", node, "-o", "json").stdout)
+        return ((obj.get("status") or {}).get("farms") or {}).get(farm) or {}
+
     def assignment(self, name="web") -> tuple[Assignment, int]:
         st = self.get_farm(name).get("status") or {}
         a = st.get("assignment") or {}
@@ -97,7 +102,8 @@ def cluster(apiserver):
     res = api.helm("install", "vipfarm", "charts/vipfarm", "--namespace", NS, "--create-namespace",
                    "--wait=false")
     assert "STATUS: deployed" in res.stdout, res.stdout + res.stderr
-    api.kubectl("wait", "--for=condition=Established", "crd/farms.vipfarm.io", "--timeout=60s")
+    api.kubectl("wait", "--for=condition=Established", "crd/farms.vipfarm.io", "crd/farmnodes.vipfarm.io",
+                "--timeout=60s")
     with Lab(nodes=3, clients=60) as lab:
         c = Cluster(api, lab)
         for k in (1, 2, 3):
@@ -109,12 +115,17 @@ def cluster(apiserver):
         op_cfg = api.kubeconfig_for_token(api.mint_token(NS, "vipfarm-operator"),
                                           os.path.join(lab.workdir, "operator.kubeconfig"))
         c.operators = [c.start_operator(i, op_cfg) for i in (0, 1)]
-        agent_token = api.mint_token(NS, "vipfarm-agent")
-        c.agent_kubeconfig_root = api.kubeconfig_for_token(agent_token, os.path.join(lab.workdir, "agent-root.kubeconfig"))
+        # Each agent's token is bound to its Node, as a DaemonSet pod's token is bound to a pod
+        # on it: the API server then names the node in the token's user info, which the chart's
+        # admission policy checks. An unbound token is kept to show it is refused.
+        tokens = {k: api.mint_token(NS, "vipfarm-agent", node=f"n{k}") for k in (1, 2, 3)}
+        c.agent_kubeconfig_root = api.kubeconfig_for_token(tokens[1], os.path.join(lab.workdir, "agent-root.kubeconfig"))
+        c.unbound_agent_kubeconfig = api.kubeconfig_for_token(api.mint_token(NS, "vipfarm-agent"),
+                                                              os.path.join(lab.workdir, "agent-unbound.kubeconfig"))
         lab.start_servers(tcp_ports=(80,), udp_ports=())
         for k in (1, 2, 3):
             url = api.forward_into(lab.node(k), 6443)
-            cfg = api.kubeconfig_for_token(agent_token, os.path.join(lab.workdir, f"agent-n{k}.kubeconfig"), server=url)
+            cfg = api.kubeconfig_for_token(tokens[k], os.path.join(lab.workdir, f"agent-n{k}.kubeconfig"), server=url)
             c.agents[k] = lab.start_cluster_agent(k, cfg)
         try:
             yield c
@@ -170,8 +181,23 @@ def test_a_farm_gets_status_ready_3_of_3_and_a_weighted_balanced_assignment(clus
     conds = {c["type"]: c["status"] for c in st["conditions"]}
     assert conds == {"Ready": "True", "Degraded": "False", "Conflict": "False"}
     wait_for("agents apply the epoch", lambda: all(
-        (cluster.get_farm()["status"].get("agents") or {}).get(f"n{k}", {}).get("appliedEpoch") == epoch
-        for k in (1, 2, 3)))
+        cluster.report(f"n{k}").get("appliedEpoch") == epoch for k in (1, 2, 3)))
+
+
+def test_each_agent_reports_in_the_farmnode_of_its_node_and_the_farm_stays_slim(cluster):
+    for k in (1, 2, 3):
+        obj = json.loads(cluster.kubectl("get", "farmnode", f"n{k}", "-o", "json").stdout)
+        owner = obj["metadata"]["ownerReferences"][0]
+        node_uid = cluster.kubectl("get", "node", f"n{k}", "-o", "jsonpath={.metadata.uid}").stdout
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("Node", f"n{k}", node_uid)
+        web = obj["status"]["farms"]["web"]
+        assert web["ready"] is True and web["dataplaneMode"] == "generic", web
+        assert obj["status"]["farmCount"] == 1 and obj["status"]["readyCount"] == 1
+    assert "agents" not in cluster.get_farm()["status"]
+    members = {m["node"]: m for m in cluster.get_farm()["status"]["members"]}
+    assert {n: m["dataplaneMode"] for n, m in members.items()} == {"n1": "generic", "n2": "generic", "n3": "generic"}
+    header = cluster.kubectl("get", "farmnodes").stdout.splitlines()[0].split()
+    assert header == ["NAME", "FARMS", "READY", "REPORTED", "AGE"], header
 
 
 def test_kubectl_get_farms_shows_the_columns(cluster):
@@ -234,13 +260,27 @@ def test_a_second_farm_claiming_the_same_vip_gets_conflict(cluster):
 
 def test_the_agent_token_has_what_it_needs_and_is_refused_the_rest(cluster):
     cfg = cluster.agent_kubeconfig_root
-    k = lambda *a: cluster.kubectl(*a, kubeconfig=cfg, check=False)   # noqa: E731
+    k = lambda *a, **kw: cluster.kubectl(*a, kubeconfig=cfg, check=False, **kw)   # noqa: E731
     assert k("get", "farms").returncode == 0
     assert k("get", "nodes").returncode == 0
-    patch = json.dumps({"status": {"agents": {"n1": {"checks": {"rbac-test": "ok"}}}}})
-    assert k("patch", "farm", "web", "--subresource=status", "--type=merge", "-p", patch).returncode == 0
+    assert k("get", "farmnodes").returncode == 0
+    # Its own node's FarmNode: yes. (A field nobody reads, so the agent's state is untouched.)
+    own = json.dumps({"status": {"agentVersion": "rbac-test"}})
+    res = k("patch", "farmnode", "n1", "--subresource=status", "--type=merge", "-p", own)
+    assert res.returncode == 0, res.stderr
+    # Another node's, or a new one: the chart's admission policy says no, and says why.
+    for r in (k("patch", "farmnode", "n2", "--subresource=status", "--type=merge", "-p", own),
+              k("create", "-f", "-", input=json.dumps({"apiVersion": "vipfarm.io/v1alpha1", "kind": "FarmNode",
+                                                       "metadata": {"name": "n9"}}))):
+        assert r.returncode != 0 and "vipfarm-agent on node n1 may only write FarmNode n1" in r.stderr, r.stderr
+    # A token that names no node may read but not write.
+    unbound = cluster.kubectl("patch", "farmnode", "n1", "--subresource=status", "--type=merge", "-p", own,
+                              kubeconfig=cluster.unbound_agent_kubeconfig, check=False)
+    assert unbound.returncode != 0 and "not bound to a node" in unbound.stderr, unbound.stderr
     refused = [
+        k("patch", "farm", "web", "--subresource=status", "--type=merge", "-p", '{"status":{"phase":"Ready"}}'),
         k("patch", "farm", "web", "--type=merge", "-p", '{"spec":{"buckets":512}}'),
+        k("delete", "farmnode", "n1", "--dry-run=server"),
         k("delete", "farm", "web", "--dry-run=server"),
         k("delete", "node", "n1", "--dry-run=server"),
         k("get", "secrets", "-n", "kube-system"),
@@ -307,3 +347,6 @@ def test_deleting_the_farm_releases_the_vip_and_detaches_xdp_everywhere(cluster)
         link = lab.run(lab.node(k), ["ip", "-o", "link", "show", "dev", "eth0"]).stdout
         assert "xdp" not in link, f"n{k} still has XDP attached"
         assert not os.path.exists(os.path.join(lab.pin_root, f"n{k}", "eth0"))
+    wait_for("the agents to drop the Farm from their FarmNodes", lambda: all(
+        "web" not in (json.loads(cluster.kubectl("get", "farmnode", f"n{k}", "-o", "json").stdout)
+                      .get("status", {}).get("farms") or {}) for k in (1, 2, 3)))
