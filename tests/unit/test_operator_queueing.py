@@ -1,0 +1,110 @@
+"""What the operator's watch handlers queue, and the stale-cache pruning, without an API server.
+
+The handlers are plain functions under Kopf's decorators; the API calls (operator kube.py)
+are replaced by fakes here. The real-server behaviour is in tests/cluster.
+"""
+from __future__ import annotations
+
+import pytest
+
+from vipfarm_operator import handlers, kube
+from vipfarm_operator.workqueue import WorkQueue
+
+
+def node(name, ready=True, labels=None):
+    return {"metadata": {"name": name, "labels": labels or {"vipfarm.io/member": "true"}},
+            "spec": {}, "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def farm(name, vips=("203.0.113.10",), generation=1, selector=None):
+    return {"apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm",
+            "metadata": {"name": name, "generation": generation, "creationTimestamp": "2026-11-25T00:00:00Z"},
+            "spec": {"virtualIPs": list(vips), "nodeSelector": selector or {"vipfarm.io/member": "true"}},
+            "status": {"observedGeneration": generation}}
+
+
+def drain(q: WorkQueue) -> list[str]:
+    out = []
+    while (key := q.get(timeout=0)) is not None:
+        out.append(key)
+        q.done(key)
+    return sorted(out)
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(monkeypatch):
+    for cache in ("_nodes", "_farms", "_reports", "_farm_seen", "_written", "_failures"):
+        monkeypatch.setattr(handlers, cache, {})
+    monkeypatch.setattr(handlers, "_queue", WorkQueue())
+    monkeypatch.setattr(handlers, "REPORT_COALESCE", 0.0)
+    yield
+
+
+def test_a_node_change_queues_only_the_farms_that_select_it():
+    handlers.farm_event(name="web", body=farm("web"), type=None)
+    handlers.farm_event(name="db", body=farm("db", vips=("203.0.113.11",), selector={"role": "db"}), type=None)
+    handlers.node_event(name="n1", body=node("n1"), type=None)
+    drain(handlers._queue)
+    handlers.node_event(name="n1", body=node("n1", ready=False), type="MODIFIED")
+    assert drain(handlers._queue) == ["web"]
+    handlers.node_event(name="n1", body=node("n1", ready=False), type="MODIFIED")   # nothing new
+    assert drain(handlers._queue) == []
+
+
+def test_a_label_change_queues_the_farms_the_node_leaves_and_joins():
+    handlers.farm_event(name="web", body=farm("web"), type=None)
+    handlers.farm_event(name="db", body=farm("db", vips=("203.0.113.11",), selector={"role": "db"}), type=None)
+    handlers.node_event(name="n1", body=node("n1"), type=None)
+    drain(handlers._queue)
+    handlers.node_event(name="n1", body=node("n1", labels={"role": "db"}), type="MODIFIED")
+    assert drain(handlers._queue) == ["db", "web"]
+
+
+def test_our_own_status_writes_do_not_requeue_a_farm_but_a_spec_change_does():
+    handlers.farm_event(name="web", body=farm("web"), type=None)
+    assert drain(handlers._queue) == ["web"]
+    written = farm("web")
+    written["status"].update(phase="Ready", epoch=1)
+    handlers.farm_event(name="web", body=written, type="MODIFIED")
+    assert drain(handlers._queue) == []
+    handlers.farm_event(name="web", body=farm("web", generation=2), type="MODIFIED")
+    assert drain(handlers._queue) == ["web"]
+
+
+def test_a_farm_sharing_a_vip_is_requeued_when_the_other_comes_or_goes():
+    handlers.farm_event(name="web", body=farm("web"), type=None)
+    drain(handlers._queue)
+    handlers.farm_event(name="copy", body=farm("copy"), type="ADDED")
+    assert drain(handlers._queue) == ["copy", "web"]
+    handlers.farm_event(name="copy", body=farm("copy"), type="DELETED")
+    assert drain(handlers._queue) == ["web"]
+
+
+def test_farmnode_reports_queue_only_farms_whose_decision_fields_changed():
+    report = {"status": {"farms": {"web": {"ready": True, "appliedEpoch": 1}, "db": {"ready": True}}}}
+    handlers.farmnode_event(name="n1", body=report, type=None)
+    assert drain(handlers._queue) == ["db", "web"]
+    report["status"]["farms"]["web"]["appliedEpoch"] = 2          # after every rebalance
+    report["status"]["reportedAt"] = "2026-11-25T00:01:00Z"      # every refresh
+    handlers.farmnode_event(name="n1", body=report, type="MODIFIED")
+    assert drain(handlers._queue) == []
+    report["status"]["farms"]["db"] = {"ready": False, "reason": "DataplaneError"}
+    handlers.farmnode_event(name="n1", body=report, type="MODIFIED")
+    assert drain(handlers._queue) == ["db"]
+    handlers.farmnode_event(name="n1", body=report, type="DELETED")
+    assert drain(handlers._queue) == ["db", "web"] and "n1" not in handlers._reports
+
+
+def test_prune_drops_only_what_a_get_confirms_is_gone(monkeypatch):
+    handlers.farm_event(name="web", body=farm("web"), type=None)
+    for n in ("n1", "n2", "n3"):
+        handlers.node_event(name=n, body=node(n), type=None)
+    drain(handlers._queue)
+    # n2 was deleted while this replica was paused; n3 was created after the LIST was taken.
+    monkeypatch.setattr(kube, "list_nodes", lambda: [node("n1")])
+    monkeypatch.setattr(kube, "list_farmnodes", lambda: [])
+    monkeypatch.setattr(kube, "list_farms", lambda: [farm("web")])
+    monkeypatch.setattr(kube, "exists", lambda kind, name: (kind, name) == ("Node", "n3"))
+    handlers.prune_stale()
+    assert sorted(handlers._nodes) == ["n1", "n3"]
+    assert drain(handlers._queue) == ["web"]
