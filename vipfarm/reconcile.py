@@ -228,11 +228,14 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
     member_status = []
     for n in candidates:
         r = parsed[n.name]
-        entry = {"node": n.name, "ready": n.name in live,
-                 "reason": "Conflict" if claims else reasons[n.name],
-                 "weight": n.weight, "buckets": counts.get(n.name, 0)}
-        # Empty fields are left out: a Farm's status is rewritten on every change, and its
-        # size is what the API server pays for (bench/RESULTS.md, control plane).
+        # Fields at their usual value are left out (no reason when ready, no weight when 1,
+        # no empty error): a Farm's status is rewritten on every change, and its size is what
+        # the API server pays for (bench/RESULTS.md, control plane).
+        entry: dict[str, Any] = {"node": n.name, "ready": n.name in live, "buckets": counts.get(n.name, 0)}
+        if not entry["ready"]:
+            entry["reason"] = "Conflict" if claims else reasons[n.name]
+        if n.weight != 1:
+            entry["weight"] = n.weight
         if r and r.dataplane_mode:
             entry["dataplaneMode"] = r.dataplane_mode
         if r and r.last_error:

@@ -18,6 +18,7 @@ Everything the operator decides is in vipfarm.reconcile (pure, unit-tested). Her
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import queue
@@ -36,23 +37,23 @@ from .workqueue import WorkQueue
 
 FINALIZER = "vipfarm.io/release"
 RECONCILE_INTERVAL = float(os.environ.get("VIPFARM_RECONCILE_INTERVAL", "60"))
-WORKERS = int(os.environ.get("VIPFARM_WORKERS", os.environ.get("VIPFARM_FANOUT_WORKERS", "8")))
+WORKERS = int(os.environ.get("VIPFARM_WORKERS", "8"))
 RELEASE_TIMEOUT = float(os.environ.get("VIPFARM_RELEASE_TIMEOUT", "60"))
 REPORT_COALESCE = 0.2     # agent reports arrive in bursts: let them merge
 EVENT_DELAY = 10.0        # events wait at most this long for the status writes to finish
 RETRY_MAX = 30.0
+RELEASE_POLL = 10.0       # the finalizer waits this long in one go for the agents' `released`
 
 log = logging.getLogger("vipfarm.operator")
 
 # -- caches, written by the watch handlers, read by the workers ----------------------------
 _nodes: dict[str, Any] = {}            # node name -> NodeInfo
-_farms: dict[str, dict] = {}           # farm name -> {metadata, spec, status}
+_farms: dict[str, dict] = {}           # farm name -> {metadata, spec, status, ours}
 _reports: dict[str, dict] = {}         # node name -> {farm name -> report (decision fields)}
 _farm_seen: dict[str, tuple] = {}      # farm name -> what in it makes a reconcile necessary
-# The status this operator last wrote per Farm: watch events may lag behind our own writes,
-# and the previous assignment must be the newest one for minimal movement.
-_written: dict[str, dict[str, Any]] = {}
 _failures: dict[str, int] = {}
+_interned: dict[str, dict] = {}        # one shared dict per distinct report (most are alike)
+_META = ("name", "uid", "generation", "creationTimestamp", "deletionTimestamp", "resourceVersion")
 
 _queue = WorkQueue()
 _events: "queue.Queue[tuple[float, dict, str, str, str]]" = queue.Queue(maxsize=10000)
@@ -88,7 +89,7 @@ def prime_caches(**_):
     for body in nodes:
         _cache_node(body["metadata"]["name"], body)
     for body in reports:
-        _reports[body["metadata"]["name"]] = decision_view((body.get("status") or {}).get("farms"))
+        _reports[body["metadata"]["name"]] = _view(body)
     for body in farms:
         _cache_farm(body["metadata"]["name"], body)
         _queue.add(body["metadata"]["name"])
@@ -142,7 +143,7 @@ def _cache_node(name: str, body) -> Any:
 def farmnode_event(name, body, type, **_):
     """Queue the Farms whose report from this node changed in substance (not appliedEpoch,
     not reportedAt: those change all the time and decide nothing)."""
-    new = {} if type == "DELETED" else decision_view((body.get("status") or {}).get("farms"))
+    new = {} if type == "DELETED" else _view(body)
     old = _reports.get(name, {})
     if type == "DELETED":
         _reports.pop(name, None)
@@ -162,22 +163,47 @@ def farm_event(name, body, type, **_):
         return
     md = body.get("metadata", {})
     _cache_farm(name, body)
-    seen = (md.get("generation"), md.get("creationTimestamp"), bool(md.get("deletionTimestamp")),
-            (body.get("status") or {}).get("observedGeneration") is None)
+    seen = (md.get("generation"), md.get("creationTimestamp"), bool(md.get("deletionTimestamp")))
     if _farm_seen.get(name) != seen:
         _farm_seen[name] = seen
         _queue.add(name)
         _requeue_conflicting(name)
 
 
+def _view(farmnode) -> dict[str, dict]:
+    """A FarmNode's reports as decisions read them. 200 Farms x 64 nodes of reports are mostly
+    the same few dicts: share one object per distinct report (operator RSS, bench/RESULTS.md)."""
+    view = decision_view((farmnode.get("status") or {}).get("farms"))
+    if len(_interned) > 10000:
+        _interned.clear()
+    return {f: _interned.setdefault(json.dumps(r, sort_keys=True), r) for f, r in view.items()}
+
+
 def _cache_farm(name: str, body) -> None:
-    _farms[name] = {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
-                    "status": dict(body.get("status") or {}), "apiVersion": body.get("apiVersion"),
-                    "kind": body.get("kind")}
+    """Keep what reconciles read. The status is the newest one known: a watch event can lag
+    behind our own write, and minimal movement needs the newest previous assignment, so a
+    status we wrote is kept until an event brings a newer epoch."""
+    md = body.get("metadata") or {}
+    status, ours = dict(body.get("status") or {}), False
+    old = _farms.get(name)
+    if old and old["ours"] and _epoch(old["status"]) >= _epoch(status):
+        status, ours = old["status"], True
+    _farms[name] = {"metadata": {k: md[k] for k in _META if k in md}, "spec": dict(body.get("spec") or {}),
+                    "status": status, "ours": ours, "apiVersion": body.get("apiVersion"), "kind": body.get("kind")}
+
+
+def _epoch(status: dict) -> int:
+    return int((status or {}).get("epoch", 0) or 0)
+
+
+def _remember_written(name: str, status: dict) -> None:
+    cur = _farms.get(name)
+    if cur is not None:
+        cur["status"], cur["ours"] = status, True
 
 
 def _forget_farm(name: str) -> None:
-    for cache in (_farms, _farm_seen, _written, _failures):
+    for cache in (_farms, _farm_seen, _failures):
         cache.pop(name, None)
 
 
@@ -220,9 +246,6 @@ def reconcile(name: str) -> None:
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     status = dict(body.get("status") or {})
-    mine = _written.get(name)
-    if mine and int(mine.get("epoch", 0)) >= int(status.get("epoch", 0) or 0):
-        status.update(mine)
     generation = int(body["metadata"].get("generation", 0))
     try:
         farm = parse_farm(body)
@@ -233,7 +256,7 @@ def reconcile(name: str) -> None:
                                    "message": str(e)[:30000], "lastTransitionTime": utc_now()}]}
         if status.get("phase") != "Invalid" or status.get("observedGeneration") != generation:
             kube.patch_status(name, invalid)
-            _written[name] = invalid
+            _remember_written(name, invalid)
             _event(body, "InvalidSpec", str(e)[:1000], "Warning")
         return
     reports = {node: farms[name] for node, farms in list(_reports.items()) if name in farms}
@@ -244,7 +267,7 @@ def reconcile(name: str) -> None:
         if not kube.patch_status(name, d.status):
             _farms.pop(name, None)       # deleted meanwhile
             return
-        _written[name] = d.status
+        _remember_written(name, d.status)
         log.info("event=status_written farm=%s phase=%s epoch=%s ready=%s",
                  name, d.status["phase"], d.status["epoch"], d.status["readyText"])
     for ev in d.events:
@@ -318,11 +341,19 @@ def _post_events() -> None:
 def farm_deleted(body, meta, logger, **_):
     """Hold the finalizer until every member's agent has released the VIP and filter entries."""
     name = meta["name"]
-    members = [m.get("node") for m in (body.get("status") or {}).get("members") or []]
-    mine = _written.get(name)
-    if mine:
-        members = sorted(set(members) | {m.get("node") for m in mine.get("members") or []})
-    pending = [n for n in members if name in _reports.get(n, {}) and not _reports[n][name].get("released")]
+    known = (_farms.get(name) or {}).get("status") or {}
+    members = sorted({m.get("node") for m in ((body.get("status") or {}).get("members") or [])
+                      + (known.get("members") or [])})
+
+    def unreleased() -> list[str]:
+        return [n for n in members if not (_reports.get(n, {}).get(name) or {"released": True}).get("released")]
+
+    # Agents usually release within a second or two: wait here briefly rather than have Kopf
+    # log a temporary failure (at ERROR) and retry.
+    deadline = time.monotonic() + RELEASE_POLL
+    while unreleased() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pending = unreleased()
     waited = 0.0
     if meta.get("deletionTimestamp"):
         t = datetime.datetime.fromisoformat(meta["deletionTimestamp"].replace("Z", "+00:00"))
@@ -332,7 +363,6 @@ def farm_deleted(body, meta, logger, **_):
     if pending:
         kube.post_event(body, "ReleaseTimeout", f"gave up waiting for {', '.join(pending)} after "
                                                 f"{RELEASE_TIMEOUT:.0f}s; their nodes may keep the VIP", "Warning")
-    _written.pop(name, None)
     _failures.pop(name, None)
     _requeue_conflicting(name)
     logger.info("event=farm_released farm=%s", name)

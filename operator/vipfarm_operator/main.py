@@ -3,9 +3,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import sys
+
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena; with 8 workers plus Kopf's
+    executor the RSS grows with fragmentation, not data. Two arenas hold it down (the
+    usual MALLOC_ARENA_MAX=2 of multi-threaded Python services), set before threads start."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, n)
+    except OSError:      # not glibc: nothing to tune
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--liveness", default=os.environ.get("VIPFARM_LIVENESS", ""),
                    help="e.g. http://0.0.0.0:8080/healthz")
     args = p.parse_args(argv)
+    limit_malloc_arenas()
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     import kopf

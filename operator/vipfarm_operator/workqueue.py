@@ -1,9 +1,9 @@
 """A keyed work queue, as in client-go: each Farm name is queued at most once and processed
 by at most one worker at a time, however many events ask for it.
 
-Handlers only add names; workers always reconcile from the newest cached objects. So a
-burst of events (a Node flapping, 64 agents reporting) costs each Farm one reconcile, and a
-Node change fans out to all workers at once.
+Handlers only add names; workers always reconcile from the newest cached objects. Events
+that arrive while a Farm is still queued (or within a delayed add's window) cost it no extra
+reconcile, and a Node change fans out to all workers at once.
 """
 from __future__ import annotations
 

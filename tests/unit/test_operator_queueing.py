@@ -33,7 +33,7 @@ def drain(q: WorkQueue) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def fresh_state(monkeypatch):
-    for cache in ("_nodes", "_farms", "_reports", "_farm_seen", "_written", "_failures"):
+    for cache in ("_nodes", "_farms", "_reports", "_farm_seen", "_failures", "_interned"):
         monkeypatch.setattr(handlers, cache, {})
     monkeypatch.setattr(handlers, "_queue", WorkQueue())
     monkeypatch.setattr(handlers, "REPORT_COALESCE", 0.0)
@@ -108,3 +108,24 @@ def test_prune_drops_only_what_a_get_confirms_is_gone(monkeypatch):
     handlers.prune_stale()
     assert sorted(handlers._nodes) == ["n1", "n3"]
     assert drain(handlers._queue) == ["web"]
+
+
+def test_a_status_we_wrote_is_kept_until_an_event_brings_a_newer_epoch():
+    handlers.farm_event(name="web", body=farm("web"), type=None)
+    ours = {"epoch": 5, "phase": "Ready"}
+    handlers._remember_written("web", ours)
+    lagging = farm("web")
+    lagging["status"].update(epoch=4, phase="Degraded")
+    handlers.farm_event(name="web", body=lagging, type="MODIFIED")
+    assert handlers._farms["web"]["status"] == ours
+    newer = farm("web")
+    newer["status"].update(epoch=6, phase="Degraded")
+    handlers.farm_event(name="web", body=newer, type="MODIFIED")
+    assert handlers._farms["web"]["status"]["epoch"] == 6 and not handlers._farms["web"]["ours"]
+
+
+def test_identical_reports_share_one_object():
+    same = {"ready": True, "dataplaneMode": "native", "appliedEpoch": 1}
+    handlers.farmnode_event(name="n1", body={"status": {"farms": {"a": dict(same), "b": dict(same)}}}, type=None)
+    handlers.farmnode_event(name="n2", body={"status": {"farms": {"a": dict(same, appliedEpoch=2)}}}, type=None)
+    assert handlers._reports["n1"]["a"] is handlers._reports["n1"]["b"] is handlers._reports["n2"]["a"]

@@ -58,7 +58,7 @@ def test_a_weight_change_alone_is_a_rebalanced_event():
 def test_members_without_an_agent_report_get_no_buckets():
     d = decide(farm(), 1, "t1", NODES, [], {}, reports("n1"), NOW)
     assert d.assignment.counts() == {"n1": 1024, "n2": 0, "n3": 0}
-    assert {m["node"]: m["reason"] for m in d.status["members"]}["n2"] == "AgentMissing"
+    assert {m["node"]: m.get("reason") for m in d.status["members"]}["n2"] == "AgentMissing"
     assert d.status["phase"] == "Degraded"
 
 
@@ -79,7 +79,7 @@ def test_cordon_and_drain_annotation_take_a_node_out():
     for n2 in (NodeInfo("n2", unschedulable=True), NodeInfo("n2", draining=True)):
         d = decide(farm(), 1, "t1", [NodeInfo("n1"), n2], [], {}, reports("n1", "n2"), NOW)
         assert d.assignment.counts()["n2"] == 0
-        assert {m["node"]: m["reason"] for m in d.status["members"]}["n2"] in ("Cordoned", "Draining")
+        assert {m["node"]: m.get("reason") for m in d.status["members"]}["n2"] in ("Cordoned", "Draining")
 
 
 def test_an_unchanged_world_keeps_the_epoch_and_emits_nothing():
@@ -131,3 +131,13 @@ def test_a_farm_appearing_or_vanishing_from_a_farmnode_is_a_change():
     assert farms_changed(old, decision_view({"web": {"ready": True}, "new": {"ready": False}})) == {"new"}
     assert farms_changed(old, decision_view({})) == {"web"}
     assert farms_changed(old, decision_view({"web": None})) == {"web"}
+
+
+def test_member_entries_leave_out_fields_at_their_usual_value():
+    nodes = [NodeInfo("n1"), NodeInfo("n2", weight=2), NodeInfo("n3", ready=False)]
+    r = dict(reports("n1", "n2", "n3"))
+    r["n1"] = {"ready": True, "dataplaneMode": "native"}
+    members = {m["node"]: m for m in decide(farm(), 1, "t1", nodes, [], {}, r, NOW).status["members"]}
+    assert members["n1"] == {"node": "n1", "ready": True, "buckets": 341, "dataplaneMode": "native"}
+    assert members["n2"] == {"node": "n2", "ready": True, "buckets": 683, "weight": 2}
+    assert members["n3"] == {"node": "n3", "ready": False, "buckets": 0, "reason": "NodeNotReady"}
