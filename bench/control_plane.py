@@ -767,6 +767,11 @@ def main(argv=None) -> int:
     if args.probe_refreshes < 1:
         ap.error("--probe-refreshes must be at least 1")
 
+    def on_signal(signum, _frame):
+        raise SystemExit(f"control_plane.py: interrupted by signal {signum}; cleaning up")
+    for sig in (signal.SIGTERM, signal.SIGHUP):      # SIGINT already raises KeyboardInterrupt
+        signal.signal(sig, on_signal)
+
     workdir = tempfile.mkdtemp(prefix="vipfarm-bench-cp-")
     say(f"starting etcd + kube-apiserver (work dir {workdir})")
     bench = None
@@ -790,6 +795,7 @@ def main(argv=None) -> int:
                 bench.stop_operator()
                 floor = bench.write_floor() if args.write_floor else None
             finally:
+                bench.stop_operator()      # while the API server is still up: Kopf exits promptly
                 if args.keep_log:
                     os.makedirs(args.keep_log, exist_ok=True)
                     shutil.copy(bench.oplog, os.path.join(args.keep_log, "operator.log"))
