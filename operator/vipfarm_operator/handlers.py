@@ -39,6 +39,7 @@ FINALIZER = "vipfarm.io/release"
 RECONCILE_INTERVAL = float(os.environ.get("VIPFARM_RECONCILE_INTERVAL", "60"))
 WORKERS = int(os.environ.get("VIPFARM_WORKERS", "8"))
 RELEASE_TIMEOUT = float(os.environ.get("VIPFARM_RELEASE_TIMEOUT", "60"))
+PRUNE_INTERVAL = float(os.environ.get("VIPFARM_PRUNE_INTERVAL", "300"))
 REPORT_COALESCE = 0.2     # agent reports arrive in bursts: let them merge
 EVENT_DELAY = 10.0        # events wait at most this long for the status writes to finish
 RETRY_MAX = 30.0
@@ -81,7 +82,8 @@ def configure(settings: kopf.OperatorSettings, **_):
 def prime_caches(**_):
     """Fill the caches from one LIST of each kind before any reconcile: a Farm decided on a
     partial view of the Nodes would move buckets for nothing. Kopf retries this on failure,
-    and its watches start only after it."""
+    and its watches start only after it. Nothing is queued here: a standby replica runs this
+    too, and only the active one's watch handlers queue work (Kopf pauses the others)."""
     try:
         nodes, reports, farms = kube.list_nodes(), kube.list_farmnodes(), kube.list_farms()
     except Exception as e:
@@ -92,7 +94,6 @@ def prime_caches(**_):
         _reports[body["metadata"]["name"]] = _view(body)
     for body in farms:
         _cache_farm(body["metadata"]["name"], body)
-        _queue.add(body["metadata"]["name"])
     log.info("event=caches_primed nodes=%d farmnodes=%d farms=%d", len(nodes), len(reports), len(farms))
     if not _started.is_set():
         _started.set()
@@ -155,8 +156,8 @@ def farmnode_event(name, body, type, **_):
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def farm_event(name, body, type, **_):
-    """Cache the Farm; queue it when its spec, labels or deletion changed (not our own status
-    writes, which come back here as events too)."""
+    """Cache the Farm; queue it when first seen or when its spec (generation) or deletion
+    changed, not for our own status writes, which come back here as events too."""
     if type == "DELETED":
         _requeue_conflicting(name)
         _forget_farm(name)
@@ -282,9 +283,6 @@ def _strip_times(status: dict) -> dict:
 
 
 # -- stale cache entries ----------------------------------------------------------------
-PRUNE_INTERVAL = float(os.environ.get("VIPFARM_PRUNE_INTERVAL", "300"))
-
-
 def _prune_forever() -> None:
     while True:
         time.sleep(PRUNE_INTERVAL)
@@ -300,7 +298,9 @@ def prune_stale() -> None:
     A paused (standby) replica stops watching; when it takes over, Kopf lists again, which
     brings every live object back but says nothing of those deleted meanwhile. An entry
     missing from a LIST is dropped only after a GET confirms it is gone (404), so an object
-    created after the LIST is never lost.
+    created after the LIST is never lost. Nothing is queued here (this thread also runs in a
+    standby replica, which must not write): the active replica's periodic resync reconciles
+    the Farms within VIPFARM_RECONCILE_INTERVAL.
     """
     for kind, cache, listing in (("Node", _nodes, kube.list_nodes), ("FarmNode", _reports, kube.list_farmnodes),
                                  ("Farm", _farms, kube.list_farms)):
@@ -309,14 +309,10 @@ def prune_stale() -> None:
             if kube.exists(kind, name):
                 continue
             log.info("event=cache_pruned kind=%s name=%s", kind, name)
-            if kind == "Node":
-                _queue_selecting(_nodes.pop(name, None))
-            elif kind == "FarmNode":
-                for farm in _reports.pop(name, {}):
-                    _queue.add(farm)
-            else:
-                _requeue_conflicting(name)
+            if kind == "Farm":
                 _forget_farm(name)
+            else:
+                cache.pop(name, None)
 
 
 # -- events ----------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_farmnode_reports_queue_only_farms_whose_decision_fields_changed():
     assert drain(handlers._queue) == ["db", "web"] and "n1" not in handlers._reports
 
 
-def test_prune_drops_only_what_a_get_confirms_is_gone(monkeypatch):
+def test_prune_drops_only_what_a_get_confirms_is_gone_and_queues_nothing(monkeypatch):
     handlers.farm_event(name="web", body=farm("web"), type=None)
     for n in ("n1", "n2", "n3"):
         handlers.node_event(name=n, body=node(n), type=None)
@@ -107,7 +107,7 @@ def test_prune_drops_only_what_a_get_confirms_is_gone(monkeypatch):
     monkeypatch.setattr(kube, "exists", lambda kind, name: (kind, name) == ("Node", "n3"))
     handlers.prune_stale()
     assert sorted(handlers._nodes) == ["n1", "n3"]
-    assert drain(handlers._queue) == ["web"]
+    assert drain(handlers._queue) == []      # it may run in a standby: the resync timer reconciles
 
 
 def test_a_status_we_wrote_is_kept_until_an_event_brings_a_newer_epoch():
