@@ -35,9 +35,11 @@ test-cluster: install
 demo: install-fast
 	$(VENV)/bin/vipfarm demo
 
-bench: install-fast
+## Every benchmark (about 10 minutes); figures and method in bench/RESULTS.md.
+bench: install
 	$(PY) bench/filter_cost.py
 	$(PY) bench/drop_path.py
+	$(PY) bench/control_plane.py
 
 clean:
 	rm -rf .pytest_cache .hypothesis build *.egg-info
