@@ -189,17 +189,13 @@ class ClusterAgent:
         try:
             if self.written is None:
                 self.written = self._read_or_create_farmnode()
-            delta = pacing.farms_patch(self.written, self.wanted)
-            body = pacing.status_patch(delta, self.wanted, utc_now(), __version__)
             try:
-                self._patch_farmnode(body)
+                self._patch_farmnode(self.written)
             except ApiException as e:
                 if e.status != 404:
                     raise
                 self.written = self._read_or_create_farmnode()   # deleted under us: start again
-                body = pacing.status_patch(pacing.farms_patch(self.written, self.wanted), self.wanted,
-                                           utc_now(), __version__)
-                self._patch_farmnode(body)
+                self._patch_farmnode(self.written)
             self.written = {k: dict(v) for k, v in self.wanted.items()}
             self.pending_since = None
             self.write_failures = 0
@@ -211,7 +207,9 @@ class ClusterAgent:
             # Pacing counts from the last write: pretend it is later, so retries back off.
             self.last_write = time.monotonic() + backoff - pacing.URGENT_GAP
 
-    def _patch_farmnode(self, body: dict) -> None:
+    def _patch_farmnode(self, written: dict[str, dict]) -> None:
+        """Merge-patch what differs from `written` (the FarmNode as last known) to the wanted reports."""
+        body = pacing.status_patch(pacing.farms_patch(written, self.wanted), self.wanted, utc_now(), __version__)
         self.custom.patch_cluster_custom_object_status(GROUP, VERSION, REPORT_PLURAL, self.node, body,
                                                        _content_type="application/merge-patch+json")
         self.api_writes += 1

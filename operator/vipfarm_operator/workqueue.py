@@ -34,11 +34,8 @@ class WorkQueue:
                 return
             if delay > 0:
                 heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), key))
-            elif key in self._processing:
-                self._again.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
+            else:
+                self._enqueue(key)
             self._cv.notify_all()
 
     def get(self, timeout: float | None = None) -> Hashable | None:
@@ -67,12 +64,8 @@ class WorkQueue:
             self._processing.discard(key)
             if key in self._again:
                 self._again.discard(key)
-                if key not in self._queued:
-                    self._queued.add(key)
-                    self._ready.append(key)
-                self._cv.notify_all()
-            else:
-                self._cv.notify_all()     # wake wait_idle()
+                self._enqueue(key)
+            self._cv.notify_all()     # a worker for the requeued key, or wait_idle()
 
     def idle(self) -> bool:
         with self._cv:
@@ -102,8 +95,12 @@ class WorkQueue:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, key = heapq.heappop(self._delayed)
-            if key in self._processing:
-                self._again.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._ready.append(key)
+            self._enqueue(key)
+
+    def _enqueue(self, key: Hashable) -> None:
+        """Make key ready once; if a worker has it, it comes back when that worker is done."""
+        if key in self._processing:
+            self._again.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._ready.append(key)
