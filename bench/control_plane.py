@@ -104,7 +104,7 @@ sys.path.insert(0, REPO)
 
 from nodeagent.report import farmnode_object, status_patch  # noqa: E402
 from vipfarm import __version__  # noqa: E402
-from vipfarm.apiserver_harness import ApiServer, _pdeathsig_prefix  # noqa: E402
+from tests.support.apiserver import ApiServer, _pdeathsig_prefix  # noqa: E402
 from vipfarm.assignment import NO_OWNER, Assignment  # noqa: E402
 from vipfarm.reconcile import decide, node_info  # noqa: E402
 from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION  # noqa: E402

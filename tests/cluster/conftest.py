@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from vipfarm.apiserver_harness import ApiServer, HarnessError
+from tests.support.apiserver import ApiServer, HarnessError
 
 
 @pytest.fixture(scope="session")

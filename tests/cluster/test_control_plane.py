@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from vipfarm.assignment import Assignment
-from vipfarm.lab import Lab, client_ips
+from nodeagent.lab.namespaces import Lab, client_ips
 
 pytestmark = pytest.mark.cluster
 NS = "vipfarm-system"
@@ -80,7 +80,7 @@ class Cluster:
         args = ["tcp", "--vip", VIP, "--port", "80", "--per-src", str(per_src)]
         for s in client_ips(60):
             args += ["--src", s]
-        return json.loads(self.lab.python(self.lab.client, "vipfarm.labtraffic", *args, timeout=300).stdout)
+        return json.loads(self.lab.python(self.lab.client, "nodeagent.lab.traffic", *args, timeout=300).stdout)
 
     def operator_logs(self) -> list[str]:
         return [self.lab.log(f"operator-{i}.log") for i in range(len(self.operators))]

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from pyroute2 import IPRoute, netns
 
-from vipfarm.apiserver_harness import ApiServer, binary_version, kubectl_binary
+from tests.support.apiserver import ApiServer, binary_version, kubectl_binary
 
 pytestmark = pytest.mark.cluster
 

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from nodeagent.pinned import read_counters, read_owned
-from vipfarm.lab import Lab, client_ips, farm_yaml
+from nodeagent.lab.namespaces import Lab, client_ips, farm_yaml
 
 FARMS = {
     "web": dict(vips=["203.0.113.10", "2001:db8::10"], weights={"n1": 1, "n2": 2, "n3": 1}),
@@ -44,7 +44,7 @@ class FarmLab:
             args += ["--src", s]
         for k, v in opts.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        res = self.lab.python(self.lab.client, "vipfarm.labtraffic", *args, timeout=300)
+        res = self.lab.python(self.lab.client, "nodeagent.lab.traffic", *args, timeout=300)
         return json.loads(res.stdout)
 
     def pin_dir(self, k: int) -> str:

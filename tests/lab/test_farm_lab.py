@@ -94,7 +94,7 @@ def test_a_ping_to_the_vip_gets_exactly_one_reply(farm_lab):
 
 @pytest.mark.parametrize("vip", [WEB, WEB6])
 def test_arp_and_ns_for_the_vip_return_the_virtual_mac_and_nothing_else(farm_lab, vip):
-    res = farm_lab.lab.python(farm_lab.lab.client, "vipfarm.labtraffic", "neigh", "--vip", vip)
+    res = farm_lab.lab.python(farm_lab.lab.client, "nodeagent.lab.traffic", "neigh", "--vip", vip)
     import json
     answers = json.loads(res.stdout)["answers"]
     vmac = default_virtual_mac("web", "unicast-flood")
@@ -105,7 +105,7 @@ def test_arp_and_ns_for_the_vip_return_the_virtual_mac_and_nothing_else(farm_lab
 
 
 def test_an_ipv6_vip_spreads_tcp_over_the_nodes(farm_lab):
-    from vipfarm.lab import client_ips6
+    from nodeagent.lab.namespaces import client_ips6
     results = farm_lab.traffic("tcp", WEB6, 80, client_ips6(60), per_src=3)
     assert failures(results) == []
     assert set(nodes_of(results)) == {"n1", "n2", "n3"}
@@ -134,7 +134,7 @@ def test_a_bad_farm_file_is_rejected_with_the_field_and_nothing_changes(farm_lab
     lab = farm_lab.lab
     bad = lab.write_farm("bad", open(farm_lab.files[0]).read().replace("buckets: 1024", "buckets: 1000"))
     lo_before = lab.run(lab.node(1), ["ip", "-o", "addr", "show", "dev", "lo"]).stdout
-    res = lab.run(lab.node(1), [sys.executable, "-m", "nodeagent.agent", "--node", "n1", "--farm-file", bad,
+    res = lab.run(lab.node(1), [sys.executable, "-m", "nodeagent.main", "--node", "n1", "--farm-file", bad,
                                 "--pin-root", lab.pin_root + "-bad", "--state-root", lab.state_root + "-bad"],
                   check=False)
     assert res.returncode == 2
@@ -148,7 +148,7 @@ def test_sigkill_and_restart_under_steady_load_fails_no_connection(farm_lab):
     lab = farm_lab.lab
     owned_before = farm_lab.owned(1, "web")
     load = subprocess.Popen(
-        lab.command(lab.client, [sys.executable, "-m", "vipfarm.labtraffic", "steady", "--vip", WEB,
+        lab.command(lab.client, [sys.executable, "-m", "nodeagent.lab.traffic", "steady", "--vip", WEB,
                                  "--port", "80", "--seconds", "14", "--rate", "40", "--timeout", "3"]
                     + sum((["--src", s] for s in farm_lab.sources(60)), [])),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from nodeagent.pinned import read_counters
-from vipfarm.lab import Lab, client_ips, farm_yaml
+from nodeagent.lab.namespaces import Lab, client_ips, farm_yaml
 from vipfarm.spec import default_virtual_mac
 
 pytestmark = pytest.mark.lab
@@ -38,7 +38,7 @@ def test_the_agent_answers_arp_and_ns_that_the_filter_punts(native_lab, vip):
     lab = native_lab
     pin = lambda k: f"{lab.pin_root}/n{k}/eth0"   # noqa: E731
     before = [read_counters(pin(k), 0)["neigh_punted"] for k in (1, 2)]
-    answers = json.loads(lab.python(lab.client, "vipfarm.labtraffic", "neigh", "--vip", vip).stdout)["answers"]
+    answers = json.loads(lab.python(lab.client, "nodeagent.lab.traffic", "neigh", "--vip", vip).stdout)["answers"]
     vmac = default_virtual_mac("nat", "unicast-flood")
     assert len(answers) == 2 and {a["mac"] for a in answers} == {vmac}, answers
     assert all(a.get("checksum_ok", True) for a in answers)
@@ -50,7 +50,7 @@ def test_native_mode_spreads_tcp_with_no_failure(native_lab):
     args = ["tcp", "--vip", VIP, "--port", "80", "--per-src", "5"]
     for s in client_ips(40):
         args += ["--src", s]
-    results = json.loads(native_lab.python(native_lab.client, "vipfarm.labtraffic", *args).stdout)
+    results = json.loads(native_lab.python(native_lab.client, "nodeagent.lab.traffic", *args).stdout)
     assert [r for r in results if r["error"]] == []
     assert set(Counter(r["node"] for r in results)) == {"n1", "n2"}
 

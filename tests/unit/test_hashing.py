@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodeagent.filter_model import FilterModel
+from tests.support.filter_model import FilterModel
 from nodeagent.plan import FarmOwnership, build_plan
-from tests import framegen
+from tests.support import framegen
 from vipfarm.hashing import bucket_of, client_hash, client_words, hash_words
 from vipfarm.spec import parse_farm
 

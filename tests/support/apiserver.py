@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN_DIR = os.path.join(os.environ.get("VIPFARM_CACHE", "/var/cache/vipfarm"), "bin")
 CLONE_NEWNET = 0x40000000
 LOCALHOST = "127.0.0.1"

@@ -1,10 +1,10 @@
 """Traffic programs run inside lab namespaces: a named echo server and bounded clients.
 
-  python -m vipfarm.labtraffic serve --name n1 --tcp 80 --udp 5000
-  python -m vipfarm.labtraffic tcp --vip 203.0.113.10 --port 80 --src A --src B --per-src 10
-  python -m vipfarm.labtraffic udp --vip 203.0.113.10 --port 5000 --src A --per-src 10
-  python -m vipfarm.labtraffic steady --vip ... --port 80 --src ... --seconds 8 --rate 50
-  python -m vipfarm.labtraffic neigh --vip 203.0.113.10 --iface eth0
+  python -m nodeagent.lab.traffic serve --name n1 --tcp 80 --udp 5000
+  python -m nodeagent.lab.traffic tcp --vip 203.0.113.10 --port 80 --src A --src B --per-src 10
+  python -m nodeagent.lab.traffic udp --vip 203.0.113.10 --port 5000 --src A --per-src 10
+  python -m nodeagent.lab.traffic steady --vip ... --port 80 --src ... --seconds 8 --rate 50
+  python -m nodeagent.lab.traffic neigh --vip 203.0.113.10 --iface eth0
 Every client is bounded in count and time and prints one JSON document on stdout.
 """
 from __future__ import annotations

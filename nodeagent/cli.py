@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from .spec import FarmSpecError, load_farm_file
+from vipfarm.spec import FarmSpecError, load_farm_file
 
 
 def cmd_validate(args) -> int:
@@ -47,7 +47,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .lab.demo import run_demo
     return run_demo(nodes=args.nodes, connections=args.connections)
 
 

@@ -1,33 +1,24 @@
-"""vipfarm-agent: the node agent.
+"""Standalone mode: the agent serves Farm files whose spec.nodes lists the members (no Kubernetes).
 
-Standalone mode (no Kubernetes):  vipfarm-agent --farm-file farm.yaml --node n1
-  Runs in the foreground. SIGTERM/SIGINT: graceful leave (VIPs removed, XDP detached,
-  sysctls restored). SIGHUP: re-read the farm files and move only the buckets that must move.
-  SIGKILL leaves the pinned dataplane in place for the next agent to adopt.
+  vipfarm-agent --farm-file farm.yaml --node n1
+Runs in the foreground. SIGTERM/SIGINT: graceful leave (VIPs removed, XDP detached,
+sysctls restored). SIGHUP: re-read the farm files and move only the buckets that must move.
+SIGKILL leaves the pinned dataplane in place for the next agent to adopt.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
-import sys
 import threading
 
 from vipfarm.assignment import Assignment, Member, assign
 from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
 from .bpf_program import DataplaneError
-from .dataplane import PIN_ROOT, STATE_ROOT
-from .netconfig import InterfaceError
 from .node import NodeDataplanes
 from .plan import FarmOwnership
 
 log = logging.getLogger("vipfarm.agent")
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
 
 
 def members_of(farm: Farm) -> list[Member]:
@@ -114,40 +105,3 @@ class StandaloneAgent:
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True
         self.wake.set()
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vipfarm-agent", description="vipfarm node agent")
-    p.add_argument("--farm-file", action="append", default=[],
-                   help="standalone mode: a Farm YAML whose spec.nodes lists the members (repeatable)")
-    p.add_argument("--node", help="this node's name as listed in spec.nodes (standalone)")
-    p.add_argument("--cluster", action="store_true", help="cluster mode: watch Farm resources")
-    p.add_argument("--pin-root", default=PIN_ROOT, help="bpffs directory for pinned maps")
-    p.add_argument("--state-root", default=STATE_ROOT, help="directory for the agent's local state")
-    p.add_argument("--refresh", type=float, default=60.0,
-                   help="cluster mode: rewrite an unchanged status report at most this often (s, >= 30)")
-    p.add_argument("--leave-on-exit", action="store_true",
-                   help="cluster mode: remove VIPs and XDP on SIGTERM instead of leaving them for the next agent")
-    p.add_argument("--log-level", default="info")
-    args = p.parse_args(argv)
-    setup_logging(args.log_level)
-    if args.cluster:
-        from .cluster import run_cluster_agent
-        return run_cluster_agent(args)
-    if not args.farm_file or not args.node:
-        p.error("standalone mode needs --farm-file FILE and --node NAME (or use --cluster)")
-    try:
-        return StandaloneAgent(args.farm_file, args.node, args.pin_root, args.state_root).run()
-    except FarmSpecError as e:
-        print(f"vipfarm-agent: {e}\nNothing was changed on this node.", file=sys.stderr)
-        return 2
-    except KeyError as e:
-        print(f"vipfarm-agent: {e.args[0]}\nNothing was changed on this node.", file=sys.stderr)
-        return 2
-    except (DataplaneError, InterfaceError) as e:
-        print(f"vipfarm-agent: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

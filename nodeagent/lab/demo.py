@@ -16,7 +16,7 @@ from collections import Counter
 
 from nodeagent.pinned import read_counters, read_owned
 
-from .lab import Lab, client_ips, farm_yaml
+from .namespaces import Lab, client_ips, farm_yaml
 
 VIP = "203.0.113.10"
 VIP6 = "2001:db8::10"
@@ -45,7 +45,7 @@ def run_demo(nodes: int = 3, connections: int = 600) -> int:
             print(f"  n{k} ready after {time.time() - t0:.1f}s")
 
         step(f"ARP who-has {VIP} from the client")
-        res = lab.python(lab.client, "vipfarm.labtraffic", "neigh", "--vip", VIP)
+        res = lab.python(lab.client, "nodeagent.lab.traffic", "neigh", "--vip", VIP)
         for a in json.loads(res.stdout)["answers"]:
             print(f"  reply from node MAC {a['eth_src']}: {VIP} is-at {a['mac']} (the virtual MAC)")
 
@@ -54,7 +54,7 @@ def run_demo(nodes: int = 3, connections: int = 600) -> int:
         args = ["tcp", "--vip", VIP, "--port", "80", "--per-src", str(per_src)]
         for s in client_ips(60):
             args += ["--src", s]
-        results = json.loads(lab.python(lab.client, "vipfarm.labtraffic", *args, timeout=600).stdout)
+        results = json.loads(lab.python(lab.client, "nodeagent.lab.traffic", *args, timeout=600).stdout)
         counts = Counter(r["node"] or "FAILED" for r in results)
         total = len(results)
         pin = lambda k: f"{lab.pin_root}/n{k}/eth0"   # noqa: E731

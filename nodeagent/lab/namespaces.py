@@ -23,7 +23,17 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, netns
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _code_path() -> str:
+    """PYTHONPATH for the lab's child processes: the folders this very code was imported from
+    (a checkout, a worktree or site-packages), so children run the same code as the parent."""
+    import nodeagent
+    import vipfarm
+    roots = [os.path.dirname(os.path.dirname(os.path.abspath(m.__file__))) for m in (vipfarm, nodeagent)]
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(roots + extra))
+
 NODE_NET = "198.51.100.0/24"
 VIP_ROUTE4 = "203.0.113.0/24"
 VIP_ROUTE6 = "2001:db8::/64"
@@ -172,17 +182,22 @@ class Lab:
 
     def spawn(self, ns: str, argv: list[str], log_name: str | None = None,
               extra_env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
-        out = open(os.path.join(self.workdir, log_name), "ab") if log_name else subprocess.DEVNULL
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(extra_env or {}))
-        p = subprocess.Popen(self.command(ns, argv), stdout=out, stderr=subprocess.STDOUT, env=env,
-                             cwd=REPO, **kw)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_code_path(), **(extra_env or {}))
+        if log_name:
+            # The child keeps its own copy of the descriptor; the parent's is closed at once.
+            with open(os.path.join(self.workdir, log_name), "ab") as out:
+                p = subprocess.Popen(self.command(ns, argv), stdout=out, stderr=subprocess.STDOUT,
+                                     env=env, cwd=self.workdir, **kw)
+        else:
+            p = subprocess.Popen(self.command(ns, argv), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.STDOUT, env=env, cwd=self.workdir, **kw)
         self.procs.append(p)
         return p
 
     def run(self, ns: str, argv: list[str], timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_code_path())
         res = subprocess.run(self.command(ns, argv), capture_output=True, text=True, timeout=timeout,
-                             env=env, cwd=REPO)
+                             env=env, cwd=self.workdir)
         if check and res.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} in {ns} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return res
@@ -192,7 +207,7 @@ class Lab:
 
     def start_servers(self, tcp_ports=(80, 8080), udp_ports=(5000,)) -> None:
         for k in range(1, self.nodes + 1):
-            args = [sys.executable, "-m", "vipfarm.labtraffic", "serve", "--name", f"n{k}"]
+            args = [sys.executable, "-m", "nodeagent.lab.traffic", "serve", "--name", f"n{k}"]
             for p in tcp_ports:
                 args += ["--tcp", str(p)]
             for p in udp_ports:
@@ -201,14 +216,14 @@ class Lab:
         time.sleep(0.5)
 
     def start_agent(self, k: int, farm_files: list[str]) -> subprocess.Popen:
-        args = [sys.executable, "-m", "nodeagent.agent", "--node", f"n{k}",
+        args = [sys.executable, "-m", "nodeagent.main", "--node", f"n{k}",
                 "--pin-root", self.pin_root, "--state-root", self.state_root]
         for f in farm_files:
             args += ["--farm-file", f]
         return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log")
 
     def start_cluster_agent(self, k: int, kubeconfig: str, refresh: int = 30) -> subprocess.Popen:
-        args = [sys.executable, "-m", "nodeagent.agent", "--cluster", "--refresh", str(refresh),
+        args = [sys.executable, "-m", "nodeagent.main", "--cluster", "--refresh", str(refresh),
                 "--pin-root", self.pin_root, "--state-root", self.state_root]
         return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log",
                           extra_env={"NODE_NAME": f"n{k}", "KUBECONFIG": kubeconfig})
