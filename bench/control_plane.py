@@ -106,7 +106,8 @@ from nodeagent.report import farmnode_object, status_patch  # noqa: E402
 from vipfarm import __version__  # noqa: E402
 from tests.support.apiserver import ApiServer, _pdeathsig_prefix  # noqa: E402
 from vipfarm.assignment import NO_OWNER, Assignment  # noqa: E402
-from vipfarm.reconcile import decide, node_info  # noqa: E402
+from vipfarm.decisions import decide  # noqa: E402
+from vipfarm.membership import node_info  # noqa: E402
 from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION  # noqa: E402
 from vipfarm.spec import parse_farm  # noqa: E402
 

@@ -4,7 +4,7 @@
 #define VIPFARM_CONSTS_H
 
 #define VF_MAX_FARMS        32          /* farm slots per interface */
-#define VF_MAX_VIPS         256         /* VIP entries per interface, all farms together */
+#define VF_MAX_VIPS_PER_IFACE 256         /* VIP entries per interface, all farms together */
 #define VF_MAX_RULES        8           /* rules per VIP (a farm's rules are copied to each VIP) */
 #define VF_MAX_BUCKETS      65536
 #define VF_TABLE_WORDS      (VF_MAX_BUCKETS / 64)   /* u64 words in one owner bitmap */
@@ -30,7 +30,7 @@
 
 #define VF_NA_FRAME_LEN       86    /* eth 14 + ipv6 40 + NA 24 + target link-layer option 8 */
 
-/* VF_ANSWER_NEIGH (compile-time, set by the agent):
+/* VF_ANSWER_NEIGH (a -D flag from nodeagent/bpf_program.py):
  *   1: answer ARP/NS for a VIP from XDP with XDP_TX (generic mode);
  *   0: pass them up so the agent answers over AF_PACKET (native mode, where veth peers
  *      behind a bridge lose XDP_TX frames). */

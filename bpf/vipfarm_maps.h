@@ -10,7 +10,7 @@
 #endif
 
 /* VIP -> farm slot and rules. */
-VF_TABLE("hash", struct vf_vip_key, struct vf_vip, vf_vips, VF_MAX_VIPS);
+VF_TABLE("hash", struct vf_vip_key, struct vf_vip, vf_vips, VF_MAX_VIPS_PER_IFACE);
 /* farm slot -> virtual MAC. */
 VF_TABLE("array", __u32, struct vf_farm, vf_farms, VF_MAX_FARMS);
 /* farm slot -> which half (0/1) of its owner table is live; one aligned u32 write flips it. */

@@ -5,7 +5,7 @@
  * the bucket; everyone else drops it. ARP requests and neighbour solicitations for a VIP are
  * answered with the farm's virtual MAC. Everything else passes untouched.
  *
- * Compile-time defines (set by nodeagent/dataplane.py):
+ * Compile-time defines (passed as -D flags by nodeagent/bpf_program.py):
  *   VF_IFACE_MAC0..5 the NIC's own MAC, one byte each
  *   VF_ANSWER_NEIGH  1: answer ARP/NS here with XDP_TX; 0: pass them up to the agent
  *   VF_PIN_DIR       bpffs directory where the maps are pinned (absent in tests)

@@ -29,7 +29,10 @@ import time
 from typing import Any
 
 from vipfarm import __version__
-from vipfarm.reconcile import conflicting_claims, farm_ref, owned_by, selects, utc_now
+from vipfarm.conflicts import claimed_elsewhere, farm_ref
+from vipfarm.farm_status import served_buckets
+from vipfarm.membership import selects
+from vipfarm.timestamps import utc_now
 from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION, FarmSpecError, parse_farm
 
 from . import report as pacing
@@ -138,14 +141,13 @@ class ClusterAgent:
             except FarmSpecError as e:
                 reports[name] = {"ready": False, "reason": "InvalidSpec", "lastError": str(e)[:1000]}
                 continue
-            owned, epoch, servable = owned_by(body.get("status"), self.node)
-            claims = conflicting_claims(name, body["metadata"].get("creationTimestamp", ""),
-                                        tuple(str(v) for v in farm.virtual_ips), refs)
-            if not servable or claims:
-                reports[name] = {"ready": False, "reason": "Conflict", "appliedEpoch": epoch}
+            served = served_buckets(body.get("status"), self.node)
+            claims = claimed_elsewhere(farm_ref(body), refs)
+            if not served.servable or claims:
+                reports[name] = {"ready": False, "reason": "Conflict", "appliedEpoch": served.epoch}
                 continue
-            items.append(FarmOwnership(farm, owned))
-            reports[name] = {"ready": True, "reason": "", "appliedEpoch": epoch, "lastError": ""}
+            items.append(FarmOwnership(farm, served.buckets))
+            reports[name] = {"ready": True, "reason": "", "appliedEpoch": served.epoch, "lastError": ""}
         return items, reports
 
     def _apply(self) -> None:

@@ -9,9 +9,10 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from vipfarm.conflicts import first_duplicate
 from vipfarm.spec import Farm
 
-from .bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, MAX_FARMS, MAX_VIPS, FAMILY_V4, FAMILY_V6
+from .bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, MAX_FARMS, MAX_VIPS_PER_IFACE, FAMILY_V4, FAMILY_V6
 
 PROTO_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
 AFFINITY_CODES = {"ClientIP": AFF_CLIENTIP, "ClientIPPort": AFF_CLIENTIPPORT}
@@ -91,22 +92,23 @@ def allocate_slots(names: list[str], previous: dict[str, int]) -> dict[str, int]
 
 def build_plan(items: list[FarmOwnership], slots: dict[str, int]) -> FilterPlan:
     """The filter contents for the farms of one interface."""
+    ordered = sorted(items, key=lambda i: i.farm.name)
+    duplicate = first_duplicate((i.farm.name, i.farm.virtual_ips) for i in ordered)
+    if duplicate:
+        vip, first, second = duplicate
+        raise ValueError(f"virtual IP {vip} is claimed by farms {first!r} and {second!r}; "
+                         f"remove it from one of them")
     farms: list[FarmEntry] = []
     vips: list[VipEntry] = []
-    seen: dict[tuple[int, bytes], str] = {}
-    for item in sorted(items, key=lambda i: i.farm.name):
+    for item in ordered:
         f = item.farm
         slot = slots[f.name]
         rules = tuple(RuleEntry(PROTO_NUMBERS[r.protocol], AFFINITY_CODES[r.affinity],
                                 r.ports.low, r.ports.high) for r in f.rules)
         farms.append(FarmEntry(slot, f.name, mac_bytes(f.virtual_mac), f.seed, f.buckets, item.owned))
         for ip in f.virtual_ips:
-            key = vip_key(ip)
-            if key in seen:
-                raise ValueError(f"virtual IP {ip} is claimed by farms {seen[key]!r} and {f.name!r}; "
-                                 f"remove it from one of them")
-            seen[key] = f.name
-            vips.append(VipEntry(key[0], key[1], slot, rules))
-    if len(vips) > MAX_VIPS:
-        raise ValueError(f"{len(vips)} virtual IPs on one interface; the filter holds {MAX_VIPS}")
+            family, addr = vip_key(ip)
+            vips.append(VipEntry(family, addr, slot, rules))
+    if len(vips) > MAX_VIPS_PER_IFACE:
+        raise ValueError(f"{len(vips)} virtual IPs on one interface; the filter holds {MAX_VIPS_PER_IFACE}")
     return FilterPlan(tuple(farms), tuple(vips))

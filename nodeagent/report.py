@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from vipfarm.reconcile import decision_view, farms_changed
+from vipfarm.reports import decision_view, farms_changed
 
 URGENT_GAP = 1.0
 QUIET = 2.0

@@ -29,7 +29,11 @@ from typing import Any
 
 import kopf
 
-from vipfarm.reconcile import decide, decision_view, farm_ref, farms_changed, node_info, selects, utc_now
+from vipfarm.conflicts import farm_ref, share_a_vip
+from vipfarm.decisions import decide
+from vipfarm.membership import node_info, selects
+from vipfarm.reports import decision_view, farms_changed
+from vipfarm.timestamps import utc_now
 from vipfarm.spec import GROUP, PLURAL, REPORT_PLURAL, VERSION, FarmSpecError, parse_farm
 
 from . import kube
@@ -210,9 +214,12 @@ def _forget_farm(name: str) -> None:
 
 def _requeue_conflicting(name: str) -> None:
     """A new, changed or vanishing Farm can start or end another one's VIP conflict."""
-    mine = set((_farms.get(name, {}).get("spec") or {}).get("virtualIPs") or ())
+    cached = _farms.get(name)
+    if cached is None:
+        return
+    mine = farm_ref(cached)
     for other, f in list(_farms.items()):
-        if other != name and mine & set((f.get("spec") or {}).get("virtualIPs") or ()):
+        if share_a_vip(mine, farm_ref(f)):
             _queue.add(other)
 
 

@@ -55,7 +55,7 @@ def header_constants() -> dict[str, int]:
 
 
 CONSTS = header_constants()
-MIRRORED = ["MAX_FARMS", "MAX_VIPS", "MAX_RULES", "MAX_BUCKETS", "TABLE_WORDS", "GLOBAL_SLOT",
+MIRRORED = ["MAX_FARMS", "MAX_VIPS_PER_IFACE", "MAX_RULES", "MAX_BUCKETS", "TABLE_WORDS", "GLOBAL_SLOT",
             "NCOUNTERS", "AFF_CLIENTIP", "AFF_CLIENTIPPORT", "FAMILY_V4", "FAMILY_V6",
             "MAX_EXT_HDRS", "MAX_EXT_OFFSET", "NA_FRAME_LEN"] + sorted(n for n in CONSTS if n.startswith("CNT_"))
 # Defined in the header but, by design, not a value the agent mirrors.
@@ -115,4 +115,4 @@ def test_spec_limits_fit_the_filter():
     assert spec.MAX_RULES == bpf_layout.MAX_RULES
     assert spec.MAX_BUCKETS == bpf_layout.MAX_BUCKETS
     # one farm's VIPs must fit in the per-interface VIP table
-    assert spec.MAX_VIPS <= bpf_layout.MAX_VIPS
+    assert spec.MAX_VIPS <= bpf_layout.MAX_VIPS_PER_IFACE

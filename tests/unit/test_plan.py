@@ -5,7 +5,7 @@ import ipaddress
 
 import pytest
 
-from nodeagent.bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, FAMILY_V4, FAMILY_V6, MAX_FARMS, MAX_VIPS
+from nodeagent.bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, FAMILY_V4, FAMILY_V6, MAX_FARMS, MAX_VIPS_PER_IFACE
 from nodeagent.plan import FarmOwnership, RuleEntry, allocate_slots, build_plan, mac_bytes
 from vipfarm.spec import parse_farm
 
@@ -108,11 +108,11 @@ def test_plan_does_not_depend_on_the_order_of_farms():
 def test_more_vips_than_the_filter_holds_is_refused():
     per_farm = 16
     farms = []
-    for f in range(MAX_VIPS // per_farm + 1):
+    for f in range(MAX_VIPS_PER_IFACE // per_farm + 1):
         vips = [str(ipaddress.IPv4Address(f"10.{f}.0.1") + i) for i in range(per_farm)]
         farms.append(FarmOwnership(farm(f"f{f}", vips), frozenset()))
     slots = {item.farm.name: i for i, item in enumerate(farms)}
-    with pytest.raises(ValueError, match=f"holds {MAX_VIPS}"):
+    with pytest.raises(ValueError, match=f"holds {MAX_VIPS_PER_IFACE}"):
         build_plan(farms, slots)
 
 
