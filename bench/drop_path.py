@@ -76,6 +76,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nodeagent.bpf_program import compile_filter, import_bcc, load_filter  # noqa: E402
+from nodeagent.bpf_syscall import BPF_F_TEST_XDP_LIVE_FRAMES, ProgTestRunAttr, prog_test_run  # noqa: E402
 from nodeagent.filter_tables import FilterTables  # noqa: E402
 from nodeagent.plan import FarmOwnership, build_plan  # noqa: E402
 from tests.support import framegen  # noqa: E402
@@ -132,42 +133,18 @@ int gen(struct xdp_md *ctx)
 }
 """
 
-_SYS_BPF = 321                 # x86_64
-_BPF_PROG_TEST_RUN = 10
-_BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 _CLONE_NEWNET = 0x40000000
 _SIOCETHTOOL = 0x8946
 _ETHTOOL_SGRO = 0x0000002C
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class _TestAttr(ctypes.Structure):
-    _fields_ = [
-        ("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
-        ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
-        ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
-        ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
-        ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
-        ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
-    ]
-
-
 def live_frames(prog_fd: int, frame: bytes, count: int, batch: int) -> None:
     """Push `count` frames through the generator program (it redirects them)."""
     buf = ctypes.create_string_buffer(frame, len(frame))
-    attr = _TestAttr()
-    attr.prog_fd = prog_fd
-    attr.data_size_in = len(frame)
-    attr.data_in = ctypes.addressof(buf)
-    attr.repeat = count
-    attr.flags = _BPF_F_TEST_XDP_LIVE_FRAMES
-    attr.batch_size = batch
-    rc = _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"BPF_PROG_TEST_RUN (live frames) failed: {os.strerror(err)}")
+    prog_test_run(ProgTestRunAttr(prog_fd=prog_fd, data_size_in=len(frame), data_in=ctypes.addressof(buf),
+                                  repeat=count, flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=batch),
+                  "BPF_PROG_TEST_RUN (live frames)")
 
 
 # ---------------------------------------------------------------------------------------

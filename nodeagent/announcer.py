@@ -54,7 +54,6 @@ class Announcer(threading.Thread):
         self.iface = iface
         self.own_mac = own_mac
         self.lookup = lookup
-        self.replies = 0
         self._halt = threading.Event()
         self._socks = []
         for prog in (_ARP_FILTER, _NS_FILTER):
@@ -90,7 +89,6 @@ class Announcer(threading.Thread):
                 if reply is not None:
                     try:
                         s.send(reply)
-                        self.replies += 1
                     except OSError as e:
                         log.warning("event=neigh_reply_failed iface=%s error=%s", self.iface, e)
 

@@ -1,8 +1,9 @@
 """ARP and IPv6 neighbour discovery frames for VIPs: pure byte builders and parsers.
 
-Used three ways: by the XDP reference model (the bytes XDP_TX must produce), by the
-user-space announcer that answers when the program passes requests up, and by the agent to
-send gratuitous ARP / unsolicited NA when it starts serving.
+Used four ways: by the XDP reference model (the bytes XDP_TX must produce), by the
+user-space announcer that answers when the program passes requests up, by the agent to
+send gratuitous ARP / unsolicited NA when it starts serving, and by the lab's probe that
+asks for a VIP the way a client does.
 The Ethernet source is always the node's own MAC; only the ARP/NA payload carries the
 virtual MAC, so switches never learn the virtual MAC and keep flooding it.
 """
@@ -101,10 +102,35 @@ def arp_reply(req: ArpRequest, requester_eth: bytes, own_mac: bytes, vmac: bytes
             + vmac + req.target_ip + req.sender_mac + req.sender_ip)
 
 
+def arp_request(eth_src: bytes, sender_mac: bytes, sender_ip: bytes, target_ip: bytes) -> bytes:
+    """A broadcast ARP request (42 bytes; the kernel pads it on the wire)."""
+    return (BROADCAST + eth_src + struct.pack("!HHHBBH", ETH_P_ARP, 1, ETH_P_IP, 6, 4, 1)
+            + sender_mac + sender_ip + b"\0" * 6 + target_ip)
+
+
 def gratuitous_arp(vip: bytes, own_mac: bytes, vmac: bytes) -> bytes:
     """Broadcast request with sender = target = VIP at the virtual MAC: updates ARP caches."""
-    return (BROADCAST + own_mac + struct.pack("!HHHBBH", ETH_P_ARP, 1, ETH_P_IP, 6, 4, 1)
-            + vmac + vip + b"\0" * 6 + vip)
+    return arp_request(own_mac, vmac, vip, vip)
+
+
+def solicited_node(target: bytes) -> bytes:
+    """The solicited-node multicast address of an IPv6 address (RFC 4291)."""
+    return bytes.fromhex("ff0200000000000000000001ff") + target[13:]
+
+
+def multicast_mac(group: bytes) -> bytes:
+    """The Ethernet address of an IPv6 multicast group (33:33 + its last 32 bits)."""
+    return b"\x33\x33" + group[12:]
+
+
+def neighbour_solicitation(src_mac: bytes, src: bytes, target: bytes) -> bytes:
+    """An NS for target from src, to target's solicited-node group, with the source link-layer option."""
+    dst = solicited_node(target)
+    body = struct.pack("!BBHI", 135, 0, 0, 0) + target + struct.pack("!BB", 1, 1) + src_mac
+    csum = icmpv6_checksum(src, dst, body)
+    body = body[:2] + struct.pack("!H", csum) + body[4:]
+    ip6 = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + dst
+    return multicast_mac(dst) + src_mac + struct.pack("!H", ETH_P_IPV6) + ip6 + body
 
 
 def neighbour_advertisement(target: bytes, dst: bytes, dst_mac: bytes, own_mac: bytes,

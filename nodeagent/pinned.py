@@ -1,6 +1,7 @@
 """Read-only access to a running filter's pinned maps (for `vipfarm stats` and the lab tests).
 
-Uses the bpf(2) syscall directly, so reading counters needs neither bcc nor a compile.
+Uses the bpf(2) syscall directly (nodeagent/bpf_syscall.py), so reading counters needs
+neither bcc nor a compile.
 """
 from __future__ import annotations
 
@@ -8,22 +9,8 @@ import ctypes
 import os
 
 from .bpf_layout import COUNTER_NAMES, NCOUNTERS, TABLE_WORDS
+from .bpf_syscall import map_lookup, obj_get
 from .filter_tables import buckets_from_words
-
-_SYS_BPF = 321
-_BPF_MAP_LOOKUP_ELEM = 1
-_BPF_OBJ_GET = 7
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _ObjGet(ctypes.Structure):
-    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
-                ("file_flags", ctypes.c_uint32), ("path_fd", ctypes.c_int32), ("_pad", ctypes.c_uint32)]
-
-
-class _Lookup(ctypes.Structure):
-    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
-                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
 def possible_cpus() -> int:
@@ -38,22 +25,10 @@ def possible_cpus() -> int:
 
 class PinnedMap:
     def __init__(self, path: str):
-        name = ctypes.create_string_buffer(path.encode())
-        attr = _ObjGet(pathname=ctypes.addressof(name))
-        fd = _libc.syscall(_SYS_BPF, _BPF_OBJ_GET, ctypes.byref(attr), ctypes.sizeof(attr))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"cannot open pinned map {path}: {os.strerror(err)}")
-        self.fd = fd
+        self.fd = obj_get(path)
 
     def lookup(self, key: int, value_size: int) -> bytes:
-        k = ctypes.c_uint32(key)
-        v = ctypes.create_string_buffer(value_size)
-        attr = _Lookup(map_fd=self.fd, key=ctypes.addressof(k), value=ctypes.addressof(v))
-        if _libc.syscall(_SYS_BPF, _BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return v.raw
+        return map_lookup(self.fd, bytes(ctypes.c_uint32(key)), value_size)
 
     def close(self) -> None:
         os.close(self.fd)

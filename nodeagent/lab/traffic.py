@@ -14,7 +14,6 @@ import ipaddress
 import json
 import selectors
 import socket
-import struct
 import sys
 import threading
 import time
@@ -162,28 +161,16 @@ def neigh_probe(vip: str, iface: str, wait: float) -> dict:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     s.bind((iface, ETH_P_ALL))
     mac = s.getsockname()[4]
-    src4 = None
+    from pyroute2 import IPRoute
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    with IPRoute() as ipr:     # our own address on the iface is the sender, as for a real client
+        idx = ipr.link_lookup(ifname=iface)[0]
+        own = next(ipaddress.ip_address(a.get("IFA_ADDRESS")) for a in ipr.get_addr(index=idx, family=family)
+                   if not ipaddress.ip_address(a.get("IFA_ADDRESS")).is_link_local)
     if ip.version == 4:
-        # Our own address on the iface as the sender.
-        from pyroute2 import IPRoute
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=iface)[0]
-            src4 = next(a.get("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET))
-        req = (neighbour.BROADCAST + mac + struct.pack("!HHHBBH", 0x0806, 1, 0x0800, 6, 4, 1)
-               + mac + ipaddress.ip_address(src4).packed + bytes(6) + ip.packed)
+        req = neighbour.arp_request(mac, mac, own.packed, ip.packed)
     else:
-        from pyroute2 import IPRoute
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=iface)[0]
-            src6 = next(a.get("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET6)
-                        if not a.get("IFA_ADDRESS").startswith("fe80"))
-        src = ipaddress.ip_address(src6).packed
-        dst = bytes.fromhex("ff0200000000000000000001ff") + ip.packed[13:]
-        body = struct.pack("!BBHI", 135, 0, 0, 0) + ip.packed + struct.pack("!BB", 1, 1) + mac
-        csum = neighbour.icmpv6_checksum(src, dst, body)
-        body = body[:2] + struct.pack("!H", csum) + body[4:]
-        ip6 = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + dst
-        req = b"\x33\x33" + dst[12:] + mac + struct.pack("!H", 0x86DD) + ip6 + body
+        req = neighbour.neighbour_solicitation(mac, own.packed, ip.packed)
     s.settimeout(0.1)
     s.send(req)
     answers = []

@@ -214,3 +214,12 @@ def test_gratuitous_arp_is_a_broadcast_request_for_the_vip_at_the_virtual_mac():
     assert frame[20:22] == b"\x00\x01"
     assert frame[22:28] == VMAC
     assert frame[28:32] == frame[38:42] == VIP4
+
+
+def test_the_probe_builders_match_the_independent_test_builders_byte_for_byte():
+    src = bytes.fromhex("20010db8000100000000000000000100")
+    target = bytes.fromhex("20010db8000000000000000000000010")
+    assert neighbour.neighbour_solicitation(CLIENT_MAC, src, target) == ns_frame(src, target, CLIENT_MAC)
+    sender, vip = bytes([198, 51, 100, 100]), bytes([203, 0, 113, 10])
+    assert neighbour.arp_request(CLIENT_MAC, CLIENT_MAC, sender, vip) == arp_frame(CLIENT_MAC, sender, vip, pad=0)
+    assert neighbour.parse_neighbour_solicitation(neighbour.neighbour_solicitation(CLIENT_MAC, src, target)).target == target
