@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+from vipfarm_bpf import SOURCE_DIR as BPF_DIR
 PROGRAM_SOURCE = os.path.join(BPF_DIR, "vipfarm_xdp.c")
 PROGRAM_FUNCTION = "vipfarm_xdp"
 
