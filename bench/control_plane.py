@@ -11,7 +11,7 @@ user (the admission policy binds only the agent ServiceAccount). ONE operator pr
 in tests/cluster/test_control_plane.py, with the environment the chart's Deployment gives it
 (charts/vipfarm/templates/operator-deployment.yaml with values.yaml defaults:
 VIPFARM_PEERING_NAME=vipfarm, VIPFARM_PEERING_PRIORITY empty = random, VIPFARM_LOG_LEVEL=info,
-POD_NAME/POD_NAMESPACE/NODE_NAME, PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE). The chart sets
+POD_ID/POD_NAME, PYTHONUNBUFFERED, PYTHONDONTWRITEBYTECODE). The chart sets
 no other VIPFARM_* variable, so every other VIPFARM_* variable is removed from the operator's
 environment and the handlers' own defaults apply: VIPFARM_RECONCILE_INTERVAL 60 s,
 VIPFARM_PEERING_LIFETIME 20 s, VIPFARM_WORKERS 8, VIPFARM_RELEASE_TIMEOUT 60 s (read back from
@@ -122,9 +122,9 @@ STATUS = f"{GROUP}/{PLURAL}/status"
 FN_STATUS = f"{GROUP}/{REPORT_PLURAL}/status"
 MERGE = "application/merge-patch+json"
 # The environment the chart's operator Deployment sets (templates/operator-deployment.yaml,
-# values.yaml defaults). POD_NAME / NODE_NAME are the downward API's; nothing reads them today.
+# values.yaml defaults). POD_ID is Kopf's peering identity, POD_NAME the Events' reportingInstance.
 CHART_ENV = {"VIPFARM_PEERING_NAME": "vipfarm", "VIPFARM_PEERING_PRIORITY": "", "VIPFARM_LOG_LEVEL": "info",
-             "POD_NAME": "vipfarm-operator-bench", "POD_NAMESPACE": NS, "PYTHONUNBUFFERED": "1",
+             "POD_ID": "vipfarm-operator-bench", "POD_NAME": "vipfarm-operator-bench", "PYTHONUNBUFFERED": "1",
              "PYTHONDONTWRITEBYTECODE": "1"}
 T_START = time.monotonic()
 
