@@ -6,15 +6,14 @@ Topology (every name starts with a per-run prefix such as `vf3a9c-`):
     <p>c1   the client: eth0 with 198.51.100.100.. and 2001:db8:1::100.., and on-link routes
             (not default routes) to the VIP ranges 203.0.113.0/24 and 2001:db8::/64
 Nothing is attached to the root namespace. Lab.close() (also run on SIGTERM/SIGINT and at
-exit) kills every process it started and deletes the namespaces.
+exit, see processes.py) kills every process it started and deletes the namespaces; its
+children also die with it if it is SIGKILLed.
 """
 from __future__ import annotations
 
-import atexit
 import ipaddress
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, netns
+
+from .processes import CleanupOnExit, pdeathsig_prefix, spawn_logged
 
 
 
@@ -64,8 +65,7 @@ class Lab:
     prefix: str = field(default_factory=lambda: f"vf{os.getpid() & 0xffff:04x}{int(time.time() * 1000) & 0xff:02x}-")
     procs: list[subprocess.Popen] = field(default_factory=list)
     workdir: str = ""
-    _closed: bool = False
-    _owner_pid: int = 0
+    _cleanup: CleanupOnExit | None = None
 
     # -- names ----------------------------------------------------------------------------
     @property
@@ -100,12 +100,7 @@ class Lab:
 
     def build(self) -> "Lab":
         self.workdir = tempfile.mkdtemp(prefix=self.prefix)
-        # pyroute2 forks helpers that inherit atexit handlers; only this process cleans up.
-        self._owner_pid = os.getpid()
-        atexit.register(self.close)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            prev = signal.getsignal(sig)
-            signal.signal(sig, self._signal_handler(prev))
+        self._cleanup = CleanupOnExit(self._teardown)
         try:
             for ns in self.namespaces():
                 netns.create(ns)
@@ -141,22 +136,11 @@ class Lab:
             br = sw.link_lookup(ifname="br0")[0]
             sw.link("set", index=p, master=br, state="up")
 
-    def _signal_handler(self, prev):
-        def handler(signum, frame):
-            if os.getpid() != self._owner_pid:
-                # A forked helper (pyroute2 forks for netns work) inherits this handler.
-                os._exit(128 + signum)
-            self.close()
-            if callable(prev):
-                prev(signum, frame)
-            else:
-                raise SystemExit(128 + signum)
-        return handler
-
     def close(self) -> None:
-        if self._closed or os.getpid() != self._owner_pid:
-            return
-        self._closed = True
+        if self._cleanup is not None:
+            self._cleanup.run()
+
+    def _teardown(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -183,14 +167,8 @@ class Lab:
     def spawn(self, ns: str, argv: list[str], log_name: str | None = None,
               extra_env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_code_path(), **(extra_env or {}))
-        if log_name:
-            # The child keeps its own copy of the descriptor; the parent's is closed at once.
-            with open(os.path.join(self.workdir, log_name), "ab") as out:
-                p = subprocess.Popen(self.command(ns, argv), stdout=out, stderr=subprocess.STDOUT,
-                                     env=env, cwd=self.workdir, **kw)
-        else:
-            p = subprocess.Popen(self.command(ns, argv), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.STDOUT, env=env, cwd=self.workdir, **kw)
+        log = os.path.join(self.workdir, log_name) if log_name else None
+        p = spawn_logged(pdeathsig_prefix() + self.command(ns, argv), log, env=env, cwd=self.workdir, **kw)
         self.procs.append(p)
         return p
 
