@@ -8,24 +8,29 @@ Lifecycle:
   apply()  bring the maps, the VIPs on lo and the MAC filters to a new set of farms.
   stop()   graceful leave: detach, remove VIPs and MAC filters, restore sysctls, unpin.
 A SIGKILLed agent runs none of stop(): everything stays in place for the next one to adopt.
+What was changed is recorded in the state file (local_state.py); when that record is lost, the
+pinned maps tell the slots, VIPs and MACs again, and the sysctl originals are never guessed.
 """
 from __future__ import annotations
 
 import ctypes
 import ipaddress
-import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from vipfarm.spec import Farm
 
 from . import netconfig
 from .announcer import Announcer
 from .bpf_program import DataplaneError, compile_filter, compile_host_fixup, load_filter
+from .bpf_layout import MAX_FARMS
 from .filter_tables import Counters, FilterTables
-from .plan import FarmOwnership, FilterPlan, allocate_slots, build_plan
+from .local_state import InterfaceState, StateCorrupt, choose_sysctl_originals, quarantine, read_state
+from .plan import FarmOwnership, FilterPlan, allocate_slots, build_plan, mac_bytes
+
+__all__ = ["InterfaceDataplane", "InterfaceState", "PIN_ROOT", "STATE_ROOT"]
 
 log = logging.getLogger("vipfarm.dataplane")
 
@@ -76,36 +81,89 @@ def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
                              f"the host's {path} into the agent container")
 
 
-@dataclass
-class InterfaceState:
-    """What this agent changed on the interface, kept in /run so a restart can adopt it."""
-    node: str
-    iface: str
-    mode: str = ""
-    slots: dict[str, int] = field(default_factory=dict)
-    saved_sysctls: dict[str, str] = field(default_factory=dict)
-    vips: list[str] = field(default_factory=list)
-    macs: list[str] = field(default_factory=list)
-    tc_fixup: bool = False
+def mac_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
 
-    @classmethod
-    def load(cls, path: str, node: str, iface: str) -> "InterfaceState":
-        try:
-            with open(path) as f:
-                data = json.load(f)
-            return cls(**data)
-        except FileNotFoundError:
-            return cls(node, iface)
-        except (ValueError, TypeError) as e:
-            log.warning("event=state_unreadable path=%s error=%s action=start_fresh", path, e)
-            return cls(node, iface)
 
-    def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+def record_from_filter(live_farms: dict[int, bytes],
+                       vip_keys: set[tuple[int, bytes]]) -> tuple[dict[str, int], list[str]]:
+    """What the pinned maps tell when the state file is lost: each live farm slot by its
+    virtual MAC, and the VIPs the filter serves. Pure.
+
+    A MAC found in two slots tells nothing about either (those slots are still cleared)."""
+    by_mac: dict[str, list[int]] = {}
+    for slot, vmac in sorted(live_farms.items()):
+        by_mac.setdefault(mac_str(vmac), []).append(slot)
+    slot_by_mac = {m: s[0] for m, s in by_mac.items() if len(s) == 1}
+    vips = sorted(str(ipaddress.ip_address(addr)) for _, addr in vip_keys)
+    return slot_by_mac, vips
+
+
+def recovered_slots(items: list[FarmOwnership], slot_by_mac: dict[str, int],
+                    known: dict[str, int]) -> dict[str, int]:
+    """Slots of farms found in the pinned maps by their virtual MAC, for farms the state file
+    does not place. Keeping a farm in its slot means its VIPs never point at another farm's
+    table while the filter is rewritten. Pure."""
+    taken = set(known.values())
+    macs = [i.farm.virtual_mac.lower() for i in items]
+    out = {}
+    for i in items:
+        mac = i.farm.virtual_mac.lower()
+        slot = slot_by_mac.get(mac)
+        if (slot is not None and i.farm.name not in known and slot not in taken
+                and macs.count(mac) == 1):
+            out[i.farm.name] = slot
+            taken.add(slot)
+    return out
+
+
+Report = Callable[..., None]
+
+
+def undo_interface(iface: str, state: InterfaceState, pin_dir: str, state_path: str,
+                   report: Report, link_present: bool = True) -> None:
+    """Undo what `state` records on `iface`: XDP, the TC helper, its VIPs on lo, the MAC
+    filters, the sysctls, the pins and the state file. report(kind, **details) is called for
+    each thing removed. Used by a graceful leave and by the orphan cleanup."""
+    if link_present:
+        if state.mode:
+            import bcc
+            try:
+                bcc.BPF.remove_xdp(iface, MODE_FLAGS[state.mode])
+                report("xdp", mode=state.mode)
+            except Exception as e:
+                log.warning("event=xdp_detach_failed iface=%s error=%s", iface, e)
+        if state.tc_fixup:
+            netconfig.detach_tc_ingress(iface)
+            report("tc_helper")
+    for ip in state.vips:
+        netconfig.del_vip(ipaddress.ip_address(ip))
+        report("vip", vip=ip)
+    for ip in state.foreign_vips:
+        log.info("event=vip_left_in_place iface=%s vip=%s reason=already_on_lo_when_claimed", iface, ip)
+    if link_present:
+        for mac in state.macs:
+            netconfig.del_mac_filter(iface, mac)
+            report("mac_filter", mac=mac)
+        if state.saved_sysctls:
+            netconfig.restore_sysctls(iface, state.saved_sysctls)
+            report("sysctls", **dict(sorted(state.saved_sysctls.items())))
+        elif state.sysctl_originals_unknown:
+            log.warning("event=sysctls_not_restored iface=%s reason=originals_unknown fix=%r", iface,
+                        f"set net.ipv4.conf.{iface}.arp_ignore and arp_announce to this node's "
+                        f"intended values (kernel defaults 0 and 0)")
+    if os.path.isdir(pin_dir):
+        shutil.rmtree(pin_dir, ignore_errors=True)
+        report("pin_dir", path=pin_dir)
+    try:
+        os.rmdir(os.path.dirname(pin_dir))   # the node's pin dir, once its last interface is gone
+    except OSError:
+        pass
+    try:
+        os.unlink(state_path)
+        report("state_file", path=state_path)
+    except FileNotFoundError:
+        pass
 
 
 class InterfaceDataplane:
@@ -116,13 +174,24 @@ class InterfaceDataplane:
         self.requested_mode = requested_mode
         self.pin_dir = os.path.join(pin_root, node, iface)
         self.state_path = os.path.join(state_root, node, f"{iface}.json")
-        self.state = InterfaceState.load(self.state_path, node, iface)
+        self.ifindex, self.own_mac, self.link_kind = netconfig.link_info(iface)
+        # record_lost: a previous run changed this interface but its record cannot be read.
+        # Then nothing is guessed: the pinned maps tell the slots, VIPs and MACs (start()),
+        # and the sysctl originals stay unknown unless the interface shows them.
+        self.record_lost = False
+        try:
+            state = read_state(self.state_path, node, iface)
+        except StateCorrupt as e:
+            quarantine(self.state_path, e)
+            state, self.record_lost = None, True
+        self.had_record = state is not None
+        self.state = state or InterfaceState(node, iface)
         self.bpf = None
         self.tables: FilterTables | None = None
         self.plan = FilterPlan()
         self.announcer: Announcer | None = None
-        self.ifindex, self.own_mac, self.link_kind = netconfig.link_info(iface)
         self.adopted = False
+        self._recovered: dict[str, int] = {}    # virtual MAC -> slot, read from the pinned maps
 
     # -- start ----------------------------------------------------------------------------
     def _compile_and_attach(self, mode: str) -> None:
@@ -145,6 +214,8 @@ class InterfaceDataplane:
         ensure_bpffs()
         os.makedirs(self.pin_dir, exist_ok=True)
         self.adopted = any(os.scandir(self.pin_dir))
+        if self.adopted and not self.had_record:
+            self.record_lost = True    # pins of a previous run, and no record of what it did
         mode, reason = resolve_xdp_mode(self.requested_mode, self.link_kind)
         try:
             self._compile_and_attach(mode)
@@ -161,11 +232,9 @@ class InterfaceDataplane:
                  self.iface, mode, reason, self.adopted, self.pin_dir)
         self.state.mode = mode
         self.tables = FilterTables(self.bpf)
-        if not self.state.saved_sysctls:
-            self.state.saved_sysctls = netconfig.set_arp_sysctls(self.iface)
-        else:
-            netconfig.set_arp_sysctls(self.iface)
-        self.state.save(self.state_path)
+        if self.record_lost and self.adopted:
+            self._recover_from_filter()
+        self._take_sysctls()
         if mode == "native":
             self.announcer = Announcer(self.iface, self.own_mac, self._vmac_for)
             self.announcer.start()
@@ -177,6 +246,36 @@ class InterfaceDataplane:
             self.state.tc_fixup = True
             self.state.save(self.state_path)
             log.info("event=tc_host_fixup_attached iface=%s", self.iface)
+
+    def _recover_from_filter(self) -> None:
+        """Rebuild the lost record from the adopted maps: the filter keeps serving, apply()
+        keeps each farm in its slot, and a leave still removes the VIPs and MAC filters."""
+        assert self.tables is not None
+        live = {k.value: bytes(v.vmac) for k, v in self.tables.farms.items()
+                if k.value < MAX_FARMS and v.flags}
+        self._recovered, vips = record_from_filter(live, self.tables.vip_keys())
+        # Every VIP the filter serves was put on lo by the agent that programmed it.
+        on_lo = {str(ipaddress.ip_address(a)) for a in netconfig.vips_on_lo()}
+        self.state.vips = sorted(set(self.state.vips) | (set(vips) & on_lo))
+        self.state.macs = sorted(set(self.state.macs) | set(self._recovered))
+        self.state.save(self.state_path)
+        log.warning("event=state_recovered iface=%s source=pinned_maps slots=%s vips=%s macs=%s",
+                    self.iface, ",".join(f"{s}" for s in sorted(self._recovered.values())) or "-",
+                    ",".join(self.state.vips) or "-", ",".join(self.state.macs) or "-")
+
+    def _take_sysctls(self) -> None:
+        """Record the originals (before changing anything), then set vipfarm's values."""
+        current = {k: netconfig.read_sysctl(self.iface, k) for k in netconfig.ARP_SYSCTLS}
+        choice = choose_sysctl_originals(current, self.state, self.record_lost)
+        self.state.saved_sysctls = choice.saved
+        self.state.sysctl_originals_unknown = choice.unknown
+        self.state.save(self.state_path)
+        netconfig.set_arp_sysctls(self.iface)
+        if choice.unknown:
+            log.error("event=sysctl_originals_unknown iface=%s current=%s reason=%r action=will_not_restore "
+                      "fix=%r", self.iface, ",".join(f"{k}={v}" for k, v in sorted(current.items())),
+                      choice.reason, f"after the agent leaves, set net.ipv4.conf.{self.iface}.arp_ignore "
+                      f"and arp_announce to this node's intended values (kernel defaults 0 and 0)")
 
     @property
     def mode(self) -> str:
@@ -191,46 +290,62 @@ class InterfaceDataplane:
 
     # -- apply ----------------------------------------------------------------------------
     def apply(self, items: list[FarmOwnership]) -> FilterPlan:
-        """Program the filter for these farms; returns the plan now live."""
+        """Program the filter for these farms; returns the plan now live.
+
+        Farms of the previous programming (the state file's slots) that are not in `items`
+        are cleared here, with their VIPs and MAC filters."""
         assert self.tables is not None, "start() first"
-        slots = allocate_slots([i.farm.name for i in items], self.state.slots)
+        known = dict(self.state.slots)
+        previous = {**recovered_slots(items, self._recovered, known), **known}
+        slots = allocate_slots([i.farm.name for i in items], previous)
         plan = build_plan(items, slots)           # validates before anything is touched
-        if plan == self.plan and self.state.slots == slots:
+        if plan == self.plan and self.state.slots == slots and not self._recovered:
             return plan                           # nothing changed since the last apply
-        old_slots = set(self.state.slots.values())
+        old_slots = set(self.state.slots.values()) | set(self._recovered.values())
         old_vips = set(self.state.vips)
         old_macs = set(self.state.macs)
 
         new_vips = {str(ip) for i in items for ip in i.farm.virtual_ips}
         new_macs = {i.farm.virtual_mac for i in items}
+        # A claimed VIP already on lo that vipfarm did not add (the operator's address, or one
+        # another interface's farm put there) is served but never removed: it is "foreign".
+        fresh = new_vips - old_vips - set(self.state.foreign_vips)
+        check = fresh | (set(self.state.foreign_vips) & new_vips)
+        present = {str(ipaddress.ip_address(a)) for a in netconfig.vips_on_lo()} if check else set()
+        foreign = check & present
+        ours = new_vips - foreign
         # Record intent first, so a crash halfway leaves a state file that covers it all.
         self.state.slots = slots
-        self.state.vips = sorted(old_vips | new_vips)
+        self.state.vips = sorted(old_vips | ours)
+        self.state.foreign_vips = sorted(foreign)
         self.state.macs = sorted(old_macs | new_macs)
         self.state.save(self.state_path)
 
         for mac in sorted(new_macs - old_macs):
             netconfig.add_mac_filter(self.iface, mac)
-        added = [ip for ip in sorted(new_vips - old_vips) if netconfig.add_vip(ipaddress.ip_address(ip))]
-        for ip in sorted(new_vips & old_vips):
-            netconfig.add_vip(ipaddress.ip_address(ip))   # repairs a VIP someone removed
+        for ip in sorted(ours):
+            netconfig.add_vip(ipaddress.ip_address(ip))   # also repairs a VIP someone removed
         self.tables.apply(plan, old_slots)
+        for slot in sorted(set(self._recovered.values()) - set(slots.values())):
+            log.info("event=orphan_removed kind=farm_slot iface=%s slot=%d source=pinned_maps",
+                     self.iface, slot)
+        self._recovered = {}
         self.plan = plan
-        for ip in sorted(old_vips - new_vips):
+        for ip in sorted(old_vips - ours):
             netconfig.del_vip(ipaddress.ip_address(ip))
         for mac in sorted(old_macs - new_macs):
             netconfig.del_mac_filter(self.iface, mac)
-        self.state.vips = sorted(new_vips)
+        self.state.vips = sorted(ours)
         self.state.macs = sorted(new_macs)
         self.state.save(self.state_path)
 
-        if added:
+        if fresh:
             frames = []
             for i in items:
-                fresh = [ip for ip in i.farm.virtual_ips if str(ip) in added]
-                frames += netconfig.announcements(fresh, self.own_mac, bytes.fromhex(i.farm.virtual_mac.replace(":", "")))
+                claimed = [ip for ip in i.farm.virtual_ips if str(ip) in fresh]
+                frames += netconfig.announcements(claimed, self.own_mac, mac_bytes(i.farm.virtual_mac))
             netconfig.send_frames(self.iface, frames)
-            log.info("event=vips_announced iface=%s vips=%s", self.iface, ",".join(added))
+            log.info("event=vips_announced iface=%s vips=%s", self.iface, ",".join(sorted(fresh)))
         for f in plan.farms:
             log.info("event=farm_programmed iface=%s farm=%s slot=%d buckets=%d owned=%d",
                      self.iface, f.name, f.slot, f.buckets, len(f.owned))
@@ -243,30 +358,7 @@ class InterfaceDataplane:
     # -- stop -----------------------------------------------------------------------------
     def stop(self) -> None:
         """Graceful leave: undo everything this agent set up on the interface."""
-        import bcc
         if self.announcer:
             self.announcer.stop()
-        if self.state.mode:
-            try:
-                bcc.BPF.remove_xdp(self.iface, MODE_FLAGS[self.state.mode])
-            except Exception as e:
-                log.warning("event=xdp_detach_failed iface=%s error=%s", self.iface, e)
-        if self.state.tc_fixup:
-            netconfig.detach_tc_ingress(self.iface)
-        for ip in self.state.vips:
-            netconfig.del_vip(ipaddress.ip_address(ip))
-        for mac in self.state.macs:
-            netconfig.del_mac_filter(self.iface, mac)
-        if self.state.saved_sysctls:
-            netconfig.restore_sysctls(self.iface, self.state.saved_sysctls)
-        shutil.rmtree(self.pin_dir, ignore_errors=True)
-        for d in (os.path.dirname(self.pin_dir), ):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
-        try:
-            os.unlink(self.state_path)
-        except FileNotFoundError:
-            pass
+        undo_interface(self.iface, self.state, self.pin_dir, self.state_path, lambda kind, **kv: None)
         log.info("event=dataplane_stopped iface=%s vips_removed=%d", self.iface, len(self.state.vips))

@@ -59,6 +59,11 @@ def link_info(iface: str) -> tuple[int, bytes, str]:
         return found[0], bytes(int(x, 16) for x in mac.split(":")), kind
 
 
+def link_exists(iface: str) -> bool:
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=iface))
+
+
 def set_arp_sysctls(iface: str) -> dict[str, str]:
     """Set arp_ignore/arp_announce on iface; returns the previous values."""
     before = {k: read_sysctl(iface, k) for k in ARP_SYSCTLS}
@@ -103,6 +108,7 @@ def del_vip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
 
 
 def vips_on_lo() -> set[str]:
+    """Every address on lo, as netlink spells it."""
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         return {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=lo)}

@@ -1,10 +1,51 @@
-"""All of one node's dataplanes (one per farm interface), driven by a list of farms + ownership."""
+"""All of one node's dataplanes (one per farm interface), driven by a list of farms + ownership.
+
+The first program() after construction also removes what an earlier agent on this node left
+and no current farm claims (orphans.py decides; this module does the removals). Callers make
+that first call with the complete set of farms (standalone: the farm files; cluster mode:
+after the first full Farm LIST), or it would remove farms it merely has not heard of yet.
+"""
 from __future__ import annotations
 
+import logging
+import os
 from collections import defaultdict
 
-from .dataplane import InterfaceDataplane, merge_xdp_modes
+from . import netconfig
+from .bpf_layout import PROGRAM_FUNCTION
+from .dataplane import InterfaceDataplane, merge_xdp_modes, undo_interface
+from .local_state import InterfaceState, StateCorrupt, quarantine, read_state
+from .orphans import LocalRecords, OrphanInterface, Orphans, find_orphans
 from .plan import FarmOwnership
+
+log = logging.getLogger("vipfarm.node")
+
+
+def read_local_records(node: str, pin_root: str, state_root: str) -> LocalRecords:
+    """This node's state files and pin dirs, and nothing of any other node's (in the lab,
+    several agents share one bpffs and one state root)."""
+    state_dir, pin_dir = os.path.join(state_root, node), os.path.join(pin_root, node)
+    states, corrupt = {}, set()
+    try:
+        names = os.listdir(state_dir)
+    except FileNotFoundError:
+        names = []
+    for name in sorted(names):
+        if not name.endswith(".json"):
+            continue                      # tmp files of a save, quarantined .corrupt-* files
+        iface = name[:-len(".json")]
+        try:
+            state = read_state(os.path.join(state_dir, name), node, iface)
+        except StateCorrupt:
+            corrupt.add(iface)
+            continue
+        if state is not None:
+            states[iface] = state
+    try:
+        pinned = {e.name for e in os.scandir(pin_dir) if e.is_dir(follow_symlinks=False)}
+    except FileNotFoundError:
+        pinned = set()
+    return LocalRecords(states, frozenset(corrupt), frozenset(pinned))
 
 
 class NodeDataplanes:
@@ -13,9 +54,16 @@ class NodeDataplanes:
         self.pin_root = pin_root
         self.state_root = state_root
         self.by_iface: dict[str, InterfaceDataplane] = {}
+        self.orphans_checked = False
 
     def program(self, items: list[FarmOwnership]) -> None:
         """Make the node serve exactly these farms with these buckets."""
+        orphans = Orphans()
+        if not self.orphans_checked:
+            self.orphans_checked = True   # once: a failure below is logged, not retried
+            orphans = find_orphans(read_local_records(self.node, self.pin_root, self.state_root), items)
+            for o in orphans.interfaces:
+                self._remove_orphaned_interface(o)
         groups: dict[str, list[FarmOwnership]] = defaultdict(list)
         for i in items:
             groups[i.farm.interface].append(i)
@@ -27,8 +75,43 @@ class NodeDataplanes:
                 dp.start()
                 self.by_iface[iface] = dp
             dp.apply(group)
+            for e in orphans.entries_on(iface):   # apply() has just removed them
+                log.info("event=orphan_removed kind=%s node=%s iface=%s %s=%s%s", e.kind, self.node, iface,
+                         {"farm_slot": "farm", "vip": "vip", "mac_filter": "mac"}[e.kind], e.name,
+                         f" slot={e.slot}" if e.kind == "farm_slot" else "")
         for iface in set(self.by_iface) - set(groups):
             self.by_iface.pop(iface).stop()
+
+    def _remove_orphaned_interface(self, o: OrphanInterface) -> None:
+        pin_dir = os.path.join(self.pin_root, self.node, o.iface)
+        state_path = os.path.join(self.state_root, self.node, f"{o.iface}.json")
+
+        def report(kind: str, **details) -> None:
+            log.info("event=orphan_removed kind=%s node=%s iface=%s%s", kind, self.node, o.iface,
+                     "".join(f" {k}={v}" for k, v in details.items()))
+
+        try:
+            if o.state is not None:
+                present = netconfig.link_exists(o.iface)
+                if not present:
+                    log.info("event=orphan_interface_gone node=%s iface=%s", self.node, o.iface)
+                undo_interface(o.iface, o.state, pin_dir, state_path, report, link_present=present)
+                return
+            # No readable record: remove only what is certainly ours (the pins under our own
+            # pin root), keep the unreadable file for inspection, and say what is left.
+            if o.corrupt:
+                try:
+                    read_state(state_path, self.node, o.iface)
+                except StateCorrupt as e:
+                    quarantine(state_path, e)
+            undo_interface(o.iface, InterfaceState(self.node, o.iface), pin_dir, state_path, report,
+                           link_present=False)
+            log.warning("event=orphan_incomplete node=%s iface=%s reason=no_readable_state_file "
+                        "left=xdp,vips,mac_filters,sysctls fix=%r", self.node, o.iface,
+                        f"check `ip -d link show dev {o.iface}` for an XDP program named {PROGRAM_FUNCTION} and "
+                        f"`ip addr show dev lo` for VIPs of deleted farms, and remove them by hand")
+        except Exception as e:        # one interface's failure must not stop the others
+            log.error("event=orphan_removal_failed node=%s iface=%s error=%r", self.node, o.iface, str(e))
 
     def mode_of(self, iface: str) -> str:
         dp = self.by_iface.get(iface)

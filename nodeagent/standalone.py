@@ -3,7 +3,8 @@
   vipfarm-agent --farm-file farm.yaml --node n1
 Runs in the foreground. SIGTERM/SIGINT: graceful leave (VIPs removed, XDP detached,
 sysctls restored). SIGHUP: re-read the farm files and move only the buckets that must move.
-SIGKILL leaves the pinned dataplane in place for the next agent to adopt.
+SIGKILL leaves the pinned dataplane in place for the next agent to adopt; that agent also
+removes what farms dropped from the files meanwhile left behind (node.py).
 """
 from __future__ import annotations
 
