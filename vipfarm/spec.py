@@ -394,6 +394,9 @@ def _parse_node(c: _Collector, path: str, raw: Any, vips: tuple[IPAddress, ...],
     if not isinstance(raw, Mapping):
         c.add(path, raw, "each node is a mapping {name: n1, address: 198.51.100.1, weight: 1}")
         return None
+    for key in raw:
+        if key not in ("name", "address", "weight"):
+            c.add(f"{path}.{key}", raw[key], "unknown field; a node has name, address and weight")
     nname = raw.get("name")
     problem = node_name_problem(nname)
     if problem:
@@ -430,7 +433,7 @@ def _parse_node(c: _Collector, path: str, raw: Any, vips: tuple[IPAddress, ...],
 
 
 def _parse_node_selector(c: _Collector, raw: Any) -> dict[str, str]:
-    selector = raw or {}
+    selector = {} if raw is None else raw
     if not isinstance(selector, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
         c.add("spec.nodeSelector", selector, "must map label names to string values")
@@ -460,10 +463,13 @@ def _parse_virtual_mac(c: _Collector, raw: Any, farm_name: str, vmac_mode: str) 
 
 
 def _parse_heartbeat(c: _Collector, raw: Any) -> Heartbeat:
-    hb_raw = raw or {}
+    hb_raw = {} if raw is None else raw
     if not isinstance(hb_raw, Mapping):
         c.add("spec.heartbeat", hb_raw, "must be a mapping {port, intervalMs, timeoutMs}")
         hb_raw = {}
+    for key in hb_raw:
+        if key not in ("port", "intervalMs", "timeoutMs"):
+            c.add(f"spec.heartbeat.{key}", hb_raw[key], "unknown field; heartbeat has port, intervalMs and timeoutMs")
     port = _int_field(c, "spec.heartbeat.port", hb_raw.get("port"), DEFAULT_HEARTBEAT_PORT, 1, 65535)
     interval = _int_field(c, "spec.heartbeat.intervalMs", hb_raw.get("intervalMs"), 200, 10, 60000)
     timeout = _int_field(c, "spec.heartbeat.timeoutMs", hb_raw.get("timeoutMs"), 1000, 30, 600000)

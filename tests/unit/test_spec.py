@@ -272,6 +272,20 @@ BAD = [
     # a regex anchored with $ lets a trailing newline through; these must not
     ("name-with-trailing-newline", (lambda d: (d["metadata"].update(name="web\n"), d)[1])(example()), {},
      ["metadata.name", "'web\\n'", "DNS label"]),
+    # a typo in a field name must not silently fall back to the default
+    ("node-unknown-field", with_spec(nodes=[_node(1, wieght=2)]), {},
+     ["spec.nodes[0].wieght", "2", "unknown field; a node has name, address and weight"]),
+    ("heartbeat-unknown-field", with_spec(heartbeat={"intervalMS": 500}), {},
+     ["spec.heartbeat.intervalMS", "500", "unknown field; heartbeat has port, intervalMs and timeoutMs"]),
+    # an empty value of the wrong type is not "absent" (the API server refuses these too)
+    ("node-selector-empty-list", with_spec(nodeSelector=[]), {},
+     ["spec.nodeSelector", "[]", "must map label names"]),
+    ("node-selector-empty-string", with_spec(nodeSelector=""), {},
+     ["spec.nodeSelector", "''", "must map label names"]),
+    ("heartbeat-zero", with_spec(heartbeat=0), {},
+     ["spec.heartbeat", "0", "must be a mapping"]),
+    ("heartbeat-false", with_spec(heartbeat=False), {},
+     ["spec.heartbeat", "False", "must be a mapping"]),
     ("virtual-mac-with-trailing-newline", with_spec(virtualMAC="02:00:5e:10:00:01\n"), {},
      ["spec.virtualMAC", "'02:00:5e:10:00:01\\n'", "MAC such as"]),
 ]
