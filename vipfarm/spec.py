@@ -202,6 +202,12 @@ class _Collector:
         self.problems.append(f"{path}={value!r}: {why}")
 
 
+def _given(mapping: Mapping, key: str, default: Any) -> Any:
+    """mapping[key], or the default when the key is absent or null."""
+    value = mapping.get(key)
+    return default if value is None else value
+
+
 def _int_field(c: _Collector, path: str, value: Any, default: int, low: int, high: int) -> int:
     if value is None:
         return default
@@ -227,7 +233,8 @@ def parse_farm(doc: Any, *, require_nodes: bool = False) -> Farm:
     """Validate a Farm document (as loaded from YAML or the API) and build the model.
 
     require_nodes: standalone mode, where spec.nodes is the membership and must be present.
-    Raises FarmSpecError listing every problem.
+    A field whose value is null counts as absent, as the API server counts it (it drops a null
+    before defaulting). Raises FarmSpecError listing every problem.
     """
     if not isinstance(doc, Mapping):
         raise FarmSpecError("?", [f"document: expected a mapping with apiVersion, kind, metadata "
@@ -240,11 +247,11 @@ def parse_farm(doc: Any, *, require_nodes: bool = False) -> Farm:
         raise FarmSpecError(name, c.problems)
     _check_known_fields(c, spec)
     vips = _parse_virtual_ips(c, spec.get("virtualIPs"))
-    interface = _parse_interface(c, spec.get("interface", "eth0"))
+    interface = _parse_interface(c, _given(spec, "interface", "eth0"))
     buckets = _parse_buckets(c, spec.get("buckets"))
     vmac_mode, xdp_mode = _parse_modes(c, spec.get("vmacMode"), spec.get("xdpMode"))
-    rules = _parse_rules(c, spec.get("rules", []))
-    nodes = _parse_nodes(c, spec.get("nodes", []), vips, require_nodes)
+    rules = _parse_rules(c, _given(spec, "rules", []))
+    nodes = _parse_nodes(c, _given(spec, "nodes", []), vips, require_nodes)
     selector = _parse_node_selector(c, spec.get("nodeSelector"))
     seed = _parse_seed(c, spec.get("seed"), name)
     vmac = _parse_virtual_mac(c, spec.get("virtualMAC"), name, vmac_mode)
@@ -359,7 +366,7 @@ def _parse_rule(c: _Collector, path: str, raw: Any) -> Rule | None:
     except ValueError as e:
         c.add(f"{path}.ports", raw.get("ports"), str(e))
         ports = None
-    affinity = raw.get("affinity", "ClientIP")
+    affinity = _given(raw, "affinity", "ClientIP")
     if affinity not in AFFINITIES:
         c.add(f"{path}.affinity", affinity, "must be ClientIP (session affinity) or "
                                              "ClientIPPort (spread per connection)")

@@ -426,7 +426,7 @@ def test_interface_names_the_kernel_accepts_are_accepted(name):
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "a\x00", "\x00", "x" * 16,
-                                  "ü" * 8, "eth\xa0", "eth\u00e0", "eth\u2003", "\ud800", None, 0, ["eth0"]])
+                                  "ü" * 8, "eth\xa0", "eth\u00e0", "eth\u2003", "\ud800", 0, ["eth0"]])
 def test_interface_names_the_kernel_refuses_are_refused(name):
     assert interface_name_problem(name) is not None
     with pytest.raises(FarmSpecError, match="spec.interface"):
@@ -437,3 +437,20 @@ def test_member_addresses_that_are_unicast_are_accepted_including_link_local():
     farm = parse_farm(with_spec(nodes=[_node(1, address="2001:db8::1"), _node(2, address="169.254.0.2"),
                                        _node(3, address="fe80::3"), _node(4, address="203.0.113.255")]))
     assert [str(n.address) for n in farm.nodes] == ["2001:db8::1", "169.254.0.2", "fe80::3", "203.0.113.255"]
+
+
+@pytest.mark.parametrize("field,default", [("interface", "eth0"), ("rules", ()), ("nodes", ()), ("buckets", 1024),
+                                           ("vmacMode", "unicast-flood"), ("heartbeat", Heartbeat())])
+def test_a_null_field_counts_as_absent_as_the_api_server_counts_it(field, default):
+    farm = parse_farm(with_spec(**{field: None}))
+    attr = {"vmacMode": "vmac_mode"}.get(field, field)
+    assert getattr(farm, attr) == default
+
+
+def test_a_null_affinity_counts_as_absent():
+    assert parse_farm(with_rule(affinity=None)).rules[0].affinity == "ClientIP"
+
+
+def test_a_null_node_list_in_standalone_mode_asks_for_the_member_list():
+    err = problems_of(with_spec(nodes=None), require_nodes=True)
+    assert any(p.startswith("spec.nodes=") and "standalone mode needs the member list" in p for p in err.problems)
