@@ -15,7 +15,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.farm_mutations import VALID_FARM, mutate
+from tests.support.farm_mutations import VALID_FARM, all_paths, get, mutate
 from vipfarm.spec import AFFINITIES, PROTOCOLS, VMAC_MODES, XDP_MODES, Farm, FarmSpecError, parse_farm
 
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
@@ -119,7 +119,6 @@ def test_a_mutated_farm_is_refused_or_keeps_every_invariant(rng):
     st.text(max_size=20), st.integers(), st.booleans(), st.none(), st.floats(),
     st.lists(st.text(max_size=3), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))
 def test_any_value_at_any_path_is_refused_or_keeps_every_invariant(rng, value):
-    from tests.support.farm_mutations import all_paths, get
     doc = copy.deepcopy(VALID_FARM)
     path = rng.choice(all_paths(doc))
     get(doc, path[:-1])[path[-1]] = value
