@@ -38,8 +38,10 @@ SPEC_FIELDS = frozenset({"virtualIPs", "interface", "buckets", "vmacMode", "xdpM
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # The bytes the kernel's dev_valid_name() refuses in an interface name: '/', ':', NUL and its
-# isspace() (\t \n \v \f \r, space and 0xA0, which its ctype table counts as a space).
-_IFNAME_BAD_BYTES = frozenset(b"/:\x00\t\n\x0b\x0c\r \xa0")
+# isspace() (\t \n \v \f \r, space and 0xA0, which its ctype table counts as a space); and
+# two the kernel allows but vipfarm cannot: '"' and '\\', because the agent writes the name into
+# the pin path it passes to the compiler as a C string (-DVF_PIN_DIR="...").
+_IFNAME_BAD_BYTES = frozenset(b"/:\x00\t\n\x0b\x0c\r \xa0\"\\")
 
 
 class FarmSpecError(ValueError):
@@ -155,12 +157,13 @@ def node_name_problem(name: Any) -> str | None:
 
 
 _IFNAME_RULE = ("must be a network interface name of 1-15 characters (at most 15 bytes in UTF-8), "
-                "not '.' or '..', without whitespace, '/', ':' or NUL, e.g. eth0")
+                "not '.' or '..', without whitespace, '/', ':', NUL, a double quote or a backslash, e.g. eth0")
 
 
 def interface_name_problem(name: Any) -> str | None:
     """None if the kernel accepts `name` as a network interface name (dev_valid_name():
-    1-15 bytes, not '.' or '..', no '/', ':', whitespace or NUL), else the reason and the fix."""
+    1-15 bytes, not '.' or '..', no '/', ':', whitespace or NUL) and it has no '"' or '\\'
+    (vipfarm puts it into a C string), else the reason and the fix."""
     if not isinstance(name, str) or not name:
         return _IFNAME_RULE
     try:

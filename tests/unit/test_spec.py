@@ -246,6 +246,10 @@ BAD = [
      ["spec.interface", "'eth\\x0b0'", "whitespace"]),
     ("interface-nbsp", with_spec(interface="eth\xa00"), {},
      ["spec.interface", "'eth\\xa00'", "whitespace"]),
+    ("interface-double-quote", with_spec(interface='eth"0'), {},
+     ["spec.interface", "'eth\"0'", "a double quote or a backslash"]),
+    ("interface-backslash", with_spec(interface="eth\\n"), {},
+     ["spec.interface", "'eth\\\\n'", "a double quote or a backslash"]),
     ("interface-not-text", with_spec(interface=7), {},
      ["spec.interface", "7", "1-15 characters"]),
     # member addresses must be unicast addresses a node can own

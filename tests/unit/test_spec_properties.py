@@ -21,7 +21,8 @@ from vipfarm.spec import AFFINITIES, PROTOCOLS, VMAC_MODES, XDP_MODES, Farm, Far
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_KERNEL_IFNAME_BAD = set(b"/:\x00 \t\n\r\x0b\x0c\xa0")    # dev_valid_name(): '/', ':', NUL, isspace()
+# dev_valid_name(): '/', ':', NUL, isspace(); and '"', '\\' that a C string (the pin path macro) cannot hold
+_IFNAME_BAD = set(b"/:\x00 \t\n\r\x0b\x0c\xa0\"\\")
 _NOT_UNICAST = [ipaddress.ip_network(n) for n in
                 ("0.0.0.0/32", "255.255.255.255/32", "224.0.0.0/4", "127.0.0.0/8", "::/128", "::1/128", "ff00::/8")]
 _LINK_LOCAL = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10")]
@@ -53,7 +54,7 @@ def assert_farm_invariants(farm: Farm) -> None:
         assert not _in_any(ip, _NOT_UNICAST) and not _in_any(ip, _LINK_LOCAL), ip
 
     raw = farm.interface.encode("utf-8")
-    assert 1 <= len(raw) <= 15 and farm.interface not in (".", "..") and not set(raw) & _KERNEL_IFNAME_BAD, farm.interface
+    assert 1 <= len(raw) <= 15 and farm.interface not in (".", "..") and not set(raw) & _IFNAME_BAD, farm.interface
     assert not any(ch.isspace() for ch in farm.interface)
 
     assert _is_plain_int(farm.buckets, 1, 65536) and farm.buckets & (farm.buckets - 1) == 0
