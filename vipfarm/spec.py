@@ -7,10 +7,12 @@ the offending value and the fix, and all problems are reported at once.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from .addresses import (IPAddress, NotAnIPAddress, format_mac, is_group_mac, parse_ip, parse_mac,
+                        unicast_problem)
 
 GROUP = "vipfarm.io"
 VERSION = "v1alpha1"
@@ -22,16 +24,24 @@ KIND = "Farm"
 DEFAULT_BUCKETS = 1024
 MAX_BUCKETS = 65536
 MAX_RULES = 8            # per farm; mirrors VF_MAX_RULES in bpf/vipfarm_consts.h
-MAX_VIPS = 16            # per farm
+MAX_VIPS_PER_FARM = 16   # (the filter's per-interface limit is nodeagent.bpf_layout.MAX_VIPS)
 MAX_NODES = 256
 PROTOCOLS = ("TCP", "UDP")
 AFFINITIES = ("ClientIP", "ClientIPPort")
 VMAC_MODES = ("unicast-flood", "multicast")
 XDP_MODES = ("auto", "native", "generic")
 DEFAULT_HEARTBEAT_PORT = 7946
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
-_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MAX_NODE_NAME = 253      # a Kubernetes Node name: a DNS-1123 subdomain
+MAX_IFNAME_BYTES = 15    # IFNAMSIZ - 1
+SPEC_FIELDS = frozenset({"virtualIPs", "interface", "buckets", "vmacMode", "xdpMode", "rules", "nodes",
+                         "nodeSelector", "seed", "virtualMAC", "heartbeat"})
+_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# The bytes the kernel's dev_valid_name() refuses in an interface name: '/', ':', NUL and its
+# isspace() (\t \n \v \f \r, space and 0xA0, which its ctype table counts as a space); and
+# two the kernel allows but vipfarm cannot: '"' and '\\', because the agent writes the name into
+# the pin path it passes to the compiler as a C string (-DVF_PIN_DIR="...").
+_IFNAME_BAD_BYTES = frozenset(b"/:\x00\t\n\x0b\x0c\r \xa0\"\\")
 
 
 class FarmSpecError(ValueError):
@@ -68,7 +78,7 @@ class Rule:
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    address: IPAddress
     weight: int = 1
 
 
@@ -82,7 +92,7 @@ class Heartbeat:
 @dataclass(frozen=True)
 class Farm:
     name: str
-    virtual_ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    virtual_ips: tuple[IPAddress, ...]
     interface: str = "eth0"
     buckets: int = DEFAULT_BUCKETS
     vmac_mode: str = "unicast-flood"
@@ -116,7 +126,55 @@ def default_virtual_mac(farm_name: str, vmac_mode: str) -> str:
     """
     digest = hashlib.sha256(b"vipfarm-vmac:" + farm_name.encode()).digest()
     first = 0x03 if vmac_mode == "multicast" else 0x02
-    return ":".join(f"{b:02x}" for b in bytes([first]) + digest[:5])
+    return format_mac(bytes([first]) + digest[:5])
+
+
+_NODE_NAME_RULE = ("a node name must be a DNS-1123 subdomain, like a Kubernetes Node name: lower-case "
+                   "letters, digits, '-' and '.', at most 253 characters, each '.'-separated part 1-63 "
+                   "characters starting and ending with a letter or digit, e.g. n1 or node-1.example.com")
+
+
+def node_name_problem(name: Any) -> str | None:
+    """None if `name` is a valid node name (a DNS-1123 subdomain, as Kubernetes Node names
+    are), else the reason and the fix. Node names become file paths and compiler macros, so
+    they are never allowed '/', NUL, '..' or anything but [a-z0-9.-]."""
+    if not isinstance(name, str) or not name:
+        return f"every node needs a name; {_NODE_NAME_RULE}"
+    if len(name) > MAX_NODE_NAME:
+        return f"is {len(name)} characters long; {_NODE_NAME_RULE}"
+    labels = name.split(".")
+    if all(_LABEL_RE.fullmatch(label) for label in labels):
+        return None
+    lower = name.lower()
+    if lower != name and node_name_problem(lower) is None:
+        return f"has upper-case letters; write it in lower case, {lower!r} ({_NODE_NAME_RULE})"
+    bad = sorted({ch for ch in name if not ("a" <= ch <= "z" or "0" <= ch <= "9" or ch in "-.")})
+    if bad:
+        return f"has the character(s) {''.join(bad)!r}; {_NODE_NAME_RULE}"
+    if "" in labels:
+        return f"has an empty part (a leading, trailing or doubled '.'); {_NODE_NAME_RULE}"
+    return f"has a part that is longer than 63 characters or starts or ends with '-'; {_NODE_NAME_RULE}"
+
+
+_IFNAME_RULE = ("must be a network interface name of 1-15 characters (at most 15 bytes in UTF-8), "
+                "not '.' or '..', without whitespace, '/', ':', NUL, a double quote or a backslash, e.g. eth0")
+
+
+def interface_name_problem(name: Any) -> str | None:
+    """None if the kernel accepts `name` as a network interface name (dev_valid_name():
+    1-15 bytes, not '.' or '..', no '/', ':', whitespace or NUL) and it has no '"' or '\\'
+    (vipfarm puts it into a C string), else the reason and the fix."""
+    if not isinstance(name, str) or not name:
+        return _IFNAME_RULE
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"is not valid UTF-8 text; {_IFNAME_RULE}"
+    if len(raw) > MAX_IFNAME_BYTES:
+        return f"is {len(raw)} bytes in UTF-8; it {_IFNAME_RULE}"
+    if name in (".", "..") or any(b in _IFNAME_BAD_BYTES for b in raw) or any(ch.isspace() for ch in name):
+        return _IFNAME_RULE
+    return None
 
 
 def parse_ports(text: Any) -> PortRange:
@@ -147,6 +205,12 @@ class _Collector:
         self.problems.append(f"{path}={value!r}: {why}")
 
 
+def _given(mapping: Mapping, key: str, default: Any) -> Any:
+    """mapping[key], or the default when the key is absent or null."""
+    value = mapping.get(key)
+    return default if value is None else value
+
+
 def _int_field(c: _Collector, path: str, value: Any, default: int, low: int, high: int) -> int:
     if value is None:
         return default
@@ -172,78 +236,111 @@ def parse_farm(doc: Any, *, require_nodes: bool = False) -> Farm:
     """Validate a Farm document (as loaded from YAML or the API) and build the model.
 
     require_nodes: standalone mode, where spec.nodes is the membership and must be present.
-    Raises FarmSpecError listing every problem.
+    A field whose value is null counts as absent, as the API server counts it (it drops a null
+    before defaulting). Raises FarmSpecError listing every problem.
     """
     if not isinstance(doc, Mapping):
         raise FarmSpecError("?", [f"document: expected a mapping with apiVersion, kind, metadata "
                                   f"and spec, got {type(doc).__name__}"])
     c = _Collector()
+    name = _parse_header(c, doc)
+    spec = doc.get("spec")
+    if not isinstance(spec, Mapping):
+        c.add("spec", spec, "every Farm needs a spec mapping with at least virtualIPs")
+        raise FarmSpecError(name, c.problems)
+    _check_known_fields(c, spec)
+    vips = _parse_virtual_ips(c, spec.get("virtualIPs"))
+    interface = _parse_interface(c, _given(spec, "interface", "eth0"))
+    buckets = _parse_buckets(c, spec.get("buckets"))
+    vmac_mode, xdp_mode = _parse_modes(c, spec.get("vmacMode"), spec.get("xdpMode"))
+    rules = _parse_rules(c, _given(spec, "rules", []))
+    nodes = _parse_nodes(c, _given(spec, "nodes", []), vips, require_nodes)
+    selector = _parse_node_selector(c, spec.get("nodeSelector"))
+    seed = _parse_seed(c, spec.get("seed"), name)
+    vmac = _parse_virtual_mac(c, spec.get("virtualMAC"), name, vmac_mode)
+    heartbeat = _parse_heartbeat(c, spec.get("heartbeat"))
+    if c.problems:
+        raise FarmSpecError(name, c.problems)
+    return Farm(name=name, virtual_ips=vips, interface=interface, buckets=buckets,
+                vmac_mode=vmac_mode, xdp_mode=xdp_mode, rules=rules, nodes=nodes,
+                node_selector=selector, seed=seed, virtual_mac=vmac, heartbeat=heartbeat)
+
+
+# -- the sections of a Farm document, in the order their problems are reported -----------------
+
+def _parse_header(c: _Collector, doc: Mapping) -> str:
+    """metadata.name, apiVersion and kind; the farm name, or "?" if it has none."""
     meta = doc.get("metadata") or {}
     name = meta.get("name") if isinstance(meta, Mapping) else None
     if not isinstance(name, str) or not name:
         c.add("metadata.name", name, "every Farm needs a name, e.g. metadata: {name: web}")
         name = "?"
-    elif len(name) > 63 or not _NAME_RE.match(name):
+    elif len(name) > 63 or not _NAME_RE.fullmatch(name):
         c.add("metadata.name", name, "must be a DNS label: lower-case letters, digits and '-', "
                                      "at most 63 characters")
     if doc.get("apiVersion") != API_VERSION:
         c.add("apiVersion", doc.get("apiVersion"), f"must be {API_VERSION}")
     if doc.get("kind") != KIND:
         c.add("kind", doc.get("kind"), f"must be {KIND}")
-    spec = doc.get("spec")
-    if not isinstance(spec, Mapping):
-        c.add("spec", spec, "every Farm needs a spec mapping with at least virtualIPs")
-        raise FarmSpecError(name, c.problems)
+    return name
 
-    known = {"virtualIPs", "interface", "buckets", "vmacMode", "xdpMode", "rules", "nodes",
-             "nodeSelector", "seed", "virtualMAC", "heartbeat"}
+
+def _check_known_fields(c: _Collector, spec: Mapping) -> None:
     for key in spec:
-        if key not in known:
-            c.add(f"spec.{key}", spec[key], f"unknown field; known fields: {', '.join(sorted(known))}")
+        if key not in SPEC_FIELDS:
+            c.add(f"spec.{key}", spec[key], f"unknown field; known fields: {', '.join(sorted(SPEC_FIELDS))}")
 
-    vips: list[Any] = []
-    raw_vips = spec.get("virtualIPs")
+
+def _parse_virtual_ips(c: _Collector, raw_vips: Any) -> tuple[IPAddress, ...]:
+    vips: list[IPAddress] = []
     if not isinstance(raw_vips, list) or not raw_vips:
         c.add("spec.virtualIPs", raw_vips, "list at least one virtual IP, e.g. [\"203.0.113.10\"]")
         raw_vips = []
-    if len(raw_vips) > MAX_VIPS:
-        c.add("spec.virtualIPs", f"{len(raw_vips)} entries", f"at most {MAX_VIPS} per farm")
+    if len(raw_vips) > MAX_VIPS_PER_FARM:
+        c.add("spec.virtualIPs", f"{len(raw_vips)} entries", f"at most {MAX_VIPS_PER_FARM} per farm")
     for i, raw in enumerate(raw_vips):
         path = f"spec.virtualIPs[{i}]"
         try:
-            ip = ipaddress.ip_address(raw if isinstance(raw, str) else "")
-        except ValueError:
-            c.add(path, raw, "not an IPv4 or IPv6 address; write e.g. \"203.0.113.10\" or \"2001:db8::10\"")
+            ip = parse_ip(raw)
+        except ValueError as e:
+            c.add(path, raw, str(e))
             continue
-        if "%" in raw or (ip.version == 6 and ip.ipv4_mapped is not None):
-            c.add(path, raw, "zoned (%iface) and IPv4-mapped IPv6 addresses are not accepted; "
-                             "write the plain IPv4 or IPv6 address")
-            continue
-        if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local:
-            c.add(path, raw, "a virtual IP must be a unicast address (not multicast, loopback, "
-                             "link-local or unspecified)")
+        problem = unicast_problem(ip, allow_link_local=False)
+        if problem:
+            c.add(path, raw, f"a virtual IP must be a unicast address (not multicast, broadcast, "
+                             f"loopback, link-local or unspecified); this is {problem}")
             continue
         if ip in vips:
             c.add(path, raw, "listed twice; each virtual IP may appear once")
             continue
         vips.append(ip)
+    return tuple(vips)
 
-    interface = spec.get("interface", "eth0")
-    if not isinstance(interface, str) or not _IFNAME_RE.match(interface):
-        c.add("spec.interface", interface, "must be a network interface name of 1-15 characters, e.g. eth0")
-        interface = "eth0"
 
-    buckets = _int_field(c, "spec.buckets", spec.get("buckets"), DEFAULT_BUCKETS, 1, MAX_BUCKETS)
+def _parse_interface(c: _Collector, interface: Any) -> str:
+    problem = interface_name_problem(interface)
+    if problem:
+        c.add("spec.interface", interface, problem)
+        return "eth0"
+    return interface
+
+
+def _parse_buckets(c: _Collector, raw: Any) -> int:
+    buckets = _int_field(c, "spec.buckets", raw, DEFAULT_BUCKETS, 1, MAX_BUCKETS)
     if buckets & (buckets - 1):
         lower = 1 << (buckets.bit_length() - 1)
         c.add("spec.buckets", buckets, f"must be a power of two; try {lower} or {lower * 2}")
-        buckets = DEFAULT_BUCKETS
+        return DEFAULT_BUCKETS
+    return buckets
 
-    vmac_mode = _choice(c, "spec.vmacMode", spec.get("vmacMode"), "unicast-flood", VMAC_MODES)
-    xdp_mode = _choice(c, "spec.xdpMode", spec.get("xdpMode"), "auto", XDP_MODES)
 
+def _parse_modes(c: _Collector, vmac_mode: Any, xdp_mode: Any) -> tuple[str, str]:
+    return (_choice(c, "spec.vmacMode", vmac_mode, "unicast-flood", VMAC_MODES),
+            _choice(c, "spec.xdpMode", xdp_mode, "auto", XDP_MODES))
+
+
+def _parse_rules(c: _Collector, raw_rules: Any) -> tuple[Rule, ...]:
     rules: list[Rule] = []
-    raw_rules = spec.get("rules", [])
     if not isinstance(raw_rules, list):
         c.add("spec.rules", raw_rules, "must be a list of {protocol, ports, affinity}")
         raw_rules = []
@@ -251,112 +348,145 @@ def parse_farm(doc: Any, *, require_nodes: bool = False) -> Farm:
         c.add("spec.rules", f"{len(raw_rules)} rules", f"at most {MAX_RULES} rules per farm")
         raw_rules = raw_rules[:MAX_RULES]
     for i, raw in enumerate(raw_rules):
-        path = f"spec.rules[{i}]"
-        if not isinstance(raw, Mapping):
-            c.add(path, raw, "each rule is a mapping {protocol: TCP, ports: \"80\", affinity: ClientIP}")
-            continue
-        for key in raw:
-            if key not in ("protocol", "ports", "affinity"):
-                c.add(f"{path}.{key}", raw[key], "unknown field; a rule has protocol, ports and affinity")
-        proto = raw.get("protocol")
-        if proto not in PROTOCOLS:
-            c.add(f"{path}.protocol", proto, "must be TCP or UDP")
-        try:
-            ports = parse_ports(raw.get("ports"))
-        except ValueError as e:
-            c.add(f"{path}.ports", raw.get("ports"), str(e))
-            ports = None
-        affinity = raw.get("affinity", "ClientIP")
-        if affinity not in AFFINITIES:
-            c.add(f"{path}.affinity", affinity, "must be ClientIP (session affinity) or "
-                                                 "ClientIPPort (spread per connection)")
-        if proto in PROTOCOLS and ports is not None and affinity in AFFINITIES:
-            rules.append(Rule(proto, ports, affinity))
+        rule = _parse_rule(c, f"spec.rules[{i}]", raw)
+        if rule is not None:
+            rules.append(rule)
+    return tuple(rules)
 
+
+def _parse_rule(c: _Collector, path: str, raw: Any) -> Rule | None:
+    if not isinstance(raw, Mapping):
+        c.add(path, raw, "each rule is a mapping {protocol: TCP, ports: \"80\", affinity: ClientIP}")
+        return None
+    for key in raw:
+        if key not in ("protocol", "ports", "affinity"):
+            c.add(f"{path}.{key}", raw[key], "unknown field; a rule has protocol, ports and affinity")
+    proto = raw.get("protocol")
+    if proto not in PROTOCOLS:
+        c.add(f"{path}.protocol", proto, "must be TCP or UDP")
+    try:
+        ports = parse_ports(raw.get("ports"))
+    except ValueError as e:
+        c.add(f"{path}.ports", raw.get("ports"), str(e))
+        ports = None
+    affinity = _given(raw, "affinity", "ClientIP")
+    if affinity not in AFFINITIES:
+        c.add(f"{path}.affinity", affinity, "must be ClientIP (session affinity) or "
+                                             "ClientIPPort (spread per connection)")
+    if proto in PROTOCOLS and ports is not None and affinity in AFFINITIES:
+        return Rule(proto, ports, affinity)
+    return None
+
+
+def _parse_nodes(c: _Collector, raw_nodes: Any, vips: tuple[IPAddress, ...],
+                 require_nodes: bool) -> tuple[NodeSpec, ...]:
     nodes: list[NodeSpec] = []
-    raw_nodes = spec.get("nodes", [])
     if not isinstance(raw_nodes, list):
         c.add("spec.nodes", raw_nodes, "must be a list of {name, address, weight}")
         raw_nodes = []
     if len(raw_nodes) > MAX_NODES:
         c.add("spec.nodes", f"{len(raw_nodes)} nodes", f"at most {MAX_NODES} nodes")
     seen_names: set[str] = set()
-    seen_addrs: set[Any] = set()
+    seen_addrs: set[IPAddress] = set()
     for i, raw in enumerate(raw_nodes):
-        path = f"spec.nodes[{i}]"
-        if not isinstance(raw, Mapping):
-            c.add(path, raw, "each node is a mapping {name: n1, address: 198.51.100.1, weight: 1}")
-            continue
-        nname = raw.get("name")
-        if not isinstance(nname, str) or not nname or len(nname) > 63:
-            c.add(f"{path}.name", nname, "every node needs a name of 1-63 characters")
-            continue
-        if nname in seen_names:
-            c.add(f"{path}.name", nname, "listed twice; node names must be unique")
-            continue
-        seen_names.add(nname)
-        try:
-            addr = ipaddress.ip_address(raw.get("address") if isinstance(raw.get("address"), str) else "")
-        except ValueError:
-            c.add(f"{path}.address", raw.get("address"), "must be the node's IP address on the farm "
-                                                         "network, e.g. 198.51.100.1")
-            continue
-        if addr in seen_addrs:
-            c.add(f"{path}.address", str(addr), "two nodes share this address")
-            continue
-        seen_addrs.add(addr)
-        if addr in vips:
-            c.add(f"{path}.address", str(addr), "a node address cannot also be a virtual IP")
-        weight = _int_field(c, f"{path}.weight", raw.get("weight"), 1, 0, 1000)
-        nodes.append(NodeSpec(nname, addr, weight))
+        node = _parse_node(c, f"spec.nodes[{i}]", raw, vips, seen_names, seen_addrs)
+        if node is not None:
+            nodes.append(node)
     if require_nodes and not raw_nodes:
         c.add("spec.nodes", raw_nodes, "standalone mode needs the member list, e.g. "
                                        "nodes: [{name: n1, address: 198.51.100.1}]")
+    return tuple(nodes)
 
-    selector = spec.get("nodeSelector") or {}
+
+def _parse_node(c: _Collector, path: str, raw: Any, vips: tuple[IPAddress, ...],
+                seen_names: set[str], seen_addrs: set[IPAddress]) -> NodeSpec | None:
+    """One spec.nodes entry; seen_names and seen_addrs collect what earlier entries took."""
+    if not isinstance(raw, Mapping):
+        c.add(path, raw, "each node is a mapping {name: n1, address: 198.51.100.1, weight: 1}")
+        return None
+    for key in raw:
+        if key not in ("name", "address", "weight"):
+            c.add(f"{path}.{key}", raw[key], "unknown field; a node has name, address and weight")
+    nname = raw.get("name")
+    problem = node_name_problem(nname)
+    if problem:
+        c.add(f"{path}.name", nname, problem)
+        return None
+    if nname in seen_names:
+        c.add(f"{path}.name", nname, "listed twice; node names must be unique")
+        return None
+    seen_names.add(nname)
+    raw_addr = raw.get("address")
+    try:
+        addr = parse_ip(raw_addr)
+    except NotAnIPAddress:
+        c.add(f"{path}.address", raw_addr, "must be the node's IP address on the farm "
+                                           "network, e.g. 198.51.100.1")
+        return None
+    except ValueError as e:
+        c.add(f"{path}.address", raw_addr, str(e))
+        return None
+    problem = unicast_problem(addr)
+    if problem:
+        c.add(f"{path}.address", raw_addr, "a node address must be a unicast address the node owns "
+                                           f"(not unspecified, broadcast, multicast or loopback); "
+                                           f"this is {problem}")
+        return None
+    if addr in seen_addrs:
+        c.add(f"{path}.address", str(addr), "two nodes share this address")
+        return None
+    seen_addrs.add(addr)
+    if addr in vips:
+        c.add(f"{path}.address", str(addr), "a node address cannot also be a virtual IP")
+    weight = _int_field(c, f"{path}.weight", raw.get("weight"), 1, 0, 1000)
+    return NodeSpec(nname, addr, weight)
+
+
+def _parse_node_selector(c: _Collector, raw: Any) -> dict[str, str]:
+    selector = {} if raw is None else raw
     if not isinstance(selector, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
         c.add("spec.nodeSelector", selector, "must map label names to string values")
-        selector = {}
+        return {}
+    return dict(selector)
 
-    seed_raw = spec.get("seed")
-    seed = _int_field(c, "spec.seed", seed_raw, 0, 0, 2**32 - 1)
-    if seed_raw is None:
-        seed = default_seed(name)
 
-    vmac = spec.get("virtualMAC")
-    if vmac is None:
-        vmac = default_virtual_mac(name, vmac_mode)
-    elif not isinstance(vmac, str) or not _MAC_RE.match(vmac.lower()):
-        c.add("spec.virtualMAC", vmac, "must be a MAC such as 02:00:5e:10:00:01")
-        vmac = default_virtual_mac(name, vmac_mode)
-    else:
-        vmac = vmac.lower()
-        is_group = int(vmac[:2], 16) & 1
-        if vmac_mode == "multicast" and not is_group:
-            c.add("spec.virtualMAC", vmac, "multicast mode needs a group MAC (first octet odd, e.g. 03:...)")
-        if vmac_mode == "unicast-flood" and is_group:
-            c.add("spec.virtualMAC", vmac, "unicast-flood mode needs a unicast MAC (first octet even, e.g. 02:...)")
+def _parse_seed(c: _Collector, raw: Any, farm_name: str) -> int:
+    seed = _int_field(c, "spec.seed", raw, 0, 0, 2**32 - 1)
+    return default_seed(farm_name) if raw is None else seed
 
-    hb_raw = spec.get("heartbeat") or {}
+
+def _parse_virtual_mac(c: _Collector, raw: Any, farm_name: str, vmac_mode: str) -> str:
+    if raw is None:
+        return default_virtual_mac(farm_name, vmac_mode)
+    try:
+        mac = parse_mac(raw)
+    except ValueError as e:
+        c.add("spec.virtualMAC", raw, str(e))
+        return default_virtual_mac(farm_name, vmac_mode)
+    vmac = format_mac(mac)
+    if vmac_mode == "multicast" and not is_group_mac(mac):
+        c.add("spec.virtualMAC", vmac, "multicast mode needs a group MAC (first octet odd, e.g. 03:...)")
+    if vmac_mode == "unicast-flood" and is_group_mac(mac):
+        c.add("spec.virtualMAC", vmac, "unicast-flood mode needs a unicast MAC (first octet even, e.g. 02:...)")
+    return vmac
+
+
+def _parse_heartbeat(c: _Collector, raw: Any) -> Heartbeat:
+    hb_raw = {} if raw is None else raw
     if not isinstance(hb_raw, Mapping):
         c.add("spec.heartbeat", hb_raw, "must be a mapping {port, intervalMs, timeoutMs}")
         hb_raw = {}
-    hb_port = _int_field(c, "spec.heartbeat.port", hb_raw.get("port"), DEFAULT_HEARTBEAT_PORT, 1, 65535)
-    hb_interval = _int_field(c, "spec.heartbeat.intervalMs", hb_raw.get("intervalMs"), 200, 10, 60000)
-    hb_timeout = _int_field(c, "spec.heartbeat.timeoutMs", hb_raw.get("timeoutMs"), 1000, 30, 600000)
-    if hb_timeout < 3 * hb_interval:
-        c.add("spec.heartbeat.timeoutMs", hb_timeout,
-              f"must be at least 3 x intervalMs ({3 * hb_interval}) so one lost heartbeat is not a failure")
-
-    if c.problems:
-        raise FarmSpecError(name, c.problems)
-    return Farm(
-        name=name, virtual_ips=tuple(vips), interface=interface, buckets=buckets,
-        vmac_mode=vmac_mode, xdp_mode=xdp_mode, rules=tuple(rules), nodes=tuple(nodes),
-        node_selector=dict(selector), seed=seed, virtual_mac=vmac,
-        heartbeat=Heartbeat(hb_port, hb_interval, hb_timeout),
-    )
+    for key in hb_raw:
+        if key not in ("port", "intervalMs", "timeoutMs"):
+            c.add(f"spec.heartbeat.{key}", hb_raw[key], "unknown field; heartbeat has port, intervalMs and timeoutMs")
+    port = _int_field(c, "spec.heartbeat.port", hb_raw.get("port"), DEFAULT_HEARTBEAT_PORT, 1, 65535)
+    interval = _int_field(c, "spec.heartbeat.intervalMs", hb_raw.get("intervalMs"), 200, 10, 60000)
+    timeout = _int_field(c, "spec.heartbeat.timeoutMs", hb_raw.get("timeoutMs"), 1000, 30, 600000)
+    if timeout < 3 * interval:
+        c.add("spec.heartbeat.timeoutMs", timeout,
+              f"must be at least 3 x intervalMs ({3 * interval}) so one lost heartbeat is not a failure")
+    return Heartbeat(port, interval, timeout)
 
 
 def load_farm_file(path: str, *, require_nodes: bool = True) -> Farm:

@@ -152,6 +152,16 @@ BAD_FARMS = [
     ("negative weight", {"nodes": [{"name": "n1", "address": "198.51.100.1", "weight": -1}]}, "weight"),
     ("heartbeat timeout too short", {"heartbeat": {"intervalMs": 500, "timeoutMs": 1000}}, "3"),
     ("unicast MAC in multicast mode", {"vmacMode": "multicast", "virtualMAC": "02:00:00:00:00:01"}, "multicast"),
+    ("node name not a DNS-1123 subdomain", {"nodes": [{"name": "ff02::1", "address": "198.51.100.1"}]},
+     '"ff02::1": a node name must be a DNS-1123 subdomain'),
+    ("interface name with NUL", {"interface": "eth\x000"}, '"eth\\x000": an interface name has no whitespace'),
+    ("interface name over 15 bytes", {"interface": "\u00fc" * 8}, "at most 15 bytes in UTF-8"),
+    ("unspecified node address", {"nodes": [{"name": "n1", "address": "0.0.0.0"}]},
+     '"0.0.0.0": a node address must be a unicast address'),
+    ("broadcast VIP", {"virtualIPs": ["255.255.255.255"]}, '"255.255.255.255": a virtual IP must be a unicast address'),
+    ("node address is a VIP spelled differently",
+     {"virtualIPs": ["2001:db8::99"], "nodes": [{"name": "n1", "address": "2001:DB8:0::99"}]},
+     "also one of spec.virtualIPs (2001:db8::99"),
 ]
 
 

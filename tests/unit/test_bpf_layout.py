@@ -115,4 +115,4 @@ def test_spec_limits_fit_the_filter():
     assert spec.MAX_RULES == bpf_layout.MAX_RULES
     assert spec.MAX_BUCKETS == bpf_layout.MAX_BUCKETS
     # one farm's VIPs must fit in the per-interface VIP table
-    assert spec.MAX_VIPS <= bpf_layout.MAX_VIPS_PER_IFACE
+    assert spec.MAX_VIPS_PER_FARM <= bpf_layout.MAX_VIPS_PER_IFACE

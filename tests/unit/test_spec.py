@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from vipfarm.spec import (Farm, FarmSpecError, Heartbeat, NodeSpec, PortRange, Rule, default_seed,
-                          default_virtual_mac, load_farm_file, parse_farm, parse_ports)
+                          default_virtual_mac, interface_name_problem, load_farm_file, node_name_problem,
+                          parse_farm, parse_ports)
 
 STANDALONE_EXAMPLE = """\
 apiVersion: vipfarm.io/v1alpha1
@@ -217,6 +218,80 @@ BAD = [
      ["spec.virtualMAC", "02:00:5e:10:00", "MAC such as"]),
     ("seed-out-of-range", with_spec(seed=2**32), {},
      ["spec.seed", str(2**32), "between 0 and"]),
+    # node names go into a file path and a compiler macro: DNS-1123 subdomains only
+    ("node-name-nul", with_spec(nodes=[_node(1, name="n\x00")]), {},
+     ["spec.nodes[0].name", "'n\\x00'", "DNS-1123 subdomain"]),
+    ("node-name-non-ascii", with_spec(nodes=[_node(1, name="ü")]), {},
+     ["spec.nodes[0].name", "ü", "DNS-1123 subdomain"]),
+    ("node-name-an-ipv6-address", with_spec(nodes=[_node(1, name="ff02::1")]), {},
+     ["spec.nodes[0].name", "ff02::1", "':'", "DNS-1123 subdomain"]),
+    ("node-name-path", with_spec(nodes=[_node(1, name="../n1")]), {},
+     ["spec.nodes[0].name", "../n1", "'/'"]),
+    ("node-name-dot-dot", with_spec(nodes=[_node(1, name="n..1")]), {},
+     ["spec.nodes[0].name", "n..1", "empty part"]),
+    ("node-name-upper-case", with_spec(nodes=[_node(1, name="Node-1")]), {},
+     ["spec.nodes[0].name", "Node-1", "lower case, 'node-1'"]),
+    ("node-name-label-too-long", with_spec(nodes=[_node(1, name="a" * 64 + ".example.com")]), {},
+     ["spec.nodes[0].name", "a" * 64, "longer than 63"]),
+    ("node-name-too-long", with_spec(nodes=[_node(1, name=".".join(["a" * 63] * 3) + "." + "b" * 62)]), {},
+     ["spec.nodes[0].name", "a" * 63, "is 254 characters long"]),
+    # the kernel's rules for interface names (dev_valid_name)
+    ("interface-nul", with_spec(interface="eth\x000"), {},
+     ["spec.interface", "'eth\\x000'", "NUL"]),
+    ("interface-dot-dot", with_spec(interface=".."), {},
+     ["spec.interface", "'..'", "not '.' or '..'"]),
+    ("interface-16-bytes-in-utf8", with_spec(interface="ü" * 8), {},
+     ["spec.interface", "ü" * 8, "is 16 bytes in UTF-8"]),
+    ("interface-vertical-tab", with_spec(interface="eth\x0b0"), {},
+     ["spec.interface", "'eth\\x0b0'", "whitespace"]),
+    ("interface-nbsp", with_spec(interface="eth\xa00"), {},
+     ["spec.interface", "'eth\\xa00'", "whitespace"]),
+    ("interface-double-quote", with_spec(interface='eth"0'), {},
+     ["spec.interface", "'eth\"0'", "a double quote or a backslash"]),
+    ("interface-backslash", with_spec(interface="eth\\n"), {},
+     ["spec.interface", "'eth\\\\n'", "a double quote or a backslash"]),
+    ("interface-not-text", with_spec(interface=7), {},
+     ["spec.interface", "7", "1-15 characters"]),
+    # member addresses must be unicast addresses a node can own
+    ("node-address-unspecified-v4", with_spec(nodes=[_node(1, address="0.0.0.0")]), {},
+     ["spec.nodes[0].address", "0.0.0.0", "the unspecified address"]),
+    ("node-address-unspecified-v6", with_spec(nodes=[_node(1, address="::")]), {},
+     ["spec.nodes[0].address", "'::'", "the unspecified address"]),
+    ("node-address-broadcast", with_spec(nodes=[_node(1, address="255.255.255.255")]), {},
+     ["spec.nodes[0].address", "255.255.255.255", "broadcast"]),
+    ("node-address-multicast", with_spec(nodes=[_node(1, address="ff02::1")]), {},
+     ["spec.nodes[0].address", "ff02::1", "a multicast address"]),
+    ("node-address-loopback", with_spec(nodes=[_node(1, address="127.0.0.1")]), {},
+     ["spec.nodes[0].address", "127.0.0.1", "a loopback address"]),
+    ("node-address-ipv4-mapped", with_spec(nodes=[_node(1, address="::ffff:198.51.100.1")]), {},
+     ["spec.nodes[0].address", "::ffff:198.51.100.1", "IPv4-mapped"]),
+    ("node-address-zoned", with_spec(nodes=[_node(1, address="fe80::1%eth0")]), {},
+     ["spec.nodes[0].address", "fe80::1%eth0", "zoned"]),
+    ("node-address-is-a-vip-spelled-differently", with_spec(nodes=[_node(1, address="2001:DB8:0::10")]), {},
+     ["spec.nodes[0].address", "2001:db8::10", "cannot also be a virtual IP"]),
+    ("vip-broadcast", with_spec(virtualIPs=["255.255.255.255"]), {},
+     ["spec.virtualIPs[0]", "255.255.255.255", "the IPv4 broadcast address"]),
+    ("vip-unspecified-v6", with_spec(virtualIPs=["::"]), {},
+     ["spec.virtualIPs[0]", "'::'", "the unspecified address"]),
+    # a regex anchored with $ lets a trailing newline through; these must not
+    ("name-with-trailing-newline", (lambda d: (d["metadata"].update(name="web\n"), d)[1])(example()), {},
+     ["metadata.name", "'web\\n'", "DNS label"]),
+    # a typo in a field name must not silently fall back to the default
+    ("node-unknown-field", with_spec(nodes=[_node(1, wieght=2)]), {},
+     ["spec.nodes[0].wieght", "2", "unknown field; a node has name, address and weight"]),
+    ("heartbeat-unknown-field", with_spec(heartbeat={"intervalMS": 500}), {},
+     ["spec.heartbeat.intervalMS", "500", "unknown field; heartbeat has port, intervalMs and timeoutMs"]),
+    # an empty value of the wrong type is not "absent" (the API server refuses these too)
+    ("node-selector-empty-list", with_spec(nodeSelector=[]), {},
+     ["spec.nodeSelector", "[]", "must map label names"]),
+    ("node-selector-empty-string", with_spec(nodeSelector=""), {},
+     ["spec.nodeSelector", "''", "must map label names"]),
+    ("heartbeat-zero", with_spec(heartbeat=0), {},
+     ["spec.heartbeat", "0", "must be a mapping"]),
+    ("heartbeat-false", with_spec(heartbeat=False), {},
+     ["spec.heartbeat", "False", "must be a mapping"]),
+    ("virtual-mac-with-trailing-newline", with_spec(virtualMAC="02:00:5e:10:00:01\n"), {},
+     ["spec.virtualMAC", "'02:00:5e:10:00:01\\n'", "MAC such as"]),
 ]
 
 
@@ -328,3 +403,58 @@ def test_zoned_and_ipv4_mapped_vips_are_rejected_like_the_crd(vip):
     with pytest.raises(FarmSpecError) as e:
         parse_farm(doc)
     assert "spec.virtualIPs[0]" in str(e.value) and vip in str(e.value)
+
+
+# -- node and interface names ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["n1", "node-1", "node-1.example.com", "a", "0", "1.2", "a" * 63,
+                                  ".".join(["a" * 63] * 3) + "." + "b" * 61])
+def test_node_names_that_are_dns_1123_subdomains_are_accepted(name):
+    assert node_name_problem(name) is None
+    farm = parse_farm(with_spec(nodes=[_node(1, name=name)]))
+    assert farm.nodes[0].name == name
+
+
+@pytest.mark.parametrize("name", ["", None, 7, "\x00", "n\x001", "ü", "ff02::1", "0.0.0.0.", ".n1", "n1.",
+                                  "-n1", "n1-", "n_1", "N1", "n 1", "n1\n", "a/b", "..", ".", "n1..n2",
+                                  "a" * 64, "x" * 254])
+def test_node_name_problem_refuses_what_is_not_a_subdomain_and_gives_the_rule(name):
+    problem = node_name_problem(name)
+    assert problem is not None and "DNS-1123 subdomain" in problem and "e.g. n1" in problem
+
+
+@pytest.mark.parametrize("name", ["eth0", "bond0.100", "br-0123456789ab", "x" * 15, "veth@1", "ü" * 7, "-"])
+def test_interface_names_the_kernel_accepts_are_accepted(name):
+    assert interface_name_problem(name) is None
+    assert parse_farm(with_spec(interface=name)).interface == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "a\x00", "\x00", "x" * 16,
+                                  "ü" * 8, "eth\xa0", "eth\u00e0", "eth\u2003", "\ud800", 0, ["eth0"]])
+def test_interface_names_the_kernel_refuses_are_refused(name):
+    assert interface_name_problem(name) is not None
+    with pytest.raises(FarmSpecError, match="spec.interface"):
+        parse_farm(with_spec(interface=name))
+
+
+def test_member_addresses_that_are_unicast_are_accepted_including_link_local():
+    farm = parse_farm(with_spec(nodes=[_node(1, address="2001:db8::1"), _node(2, address="169.254.0.2"),
+                                       _node(3, address="fe80::3"), _node(4, address="203.0.113.255")]))
+    assert [str(n.address) for n in farm.nodes] == ["2001:db8::1", "169.254.0.2", "fe80::3", "203.0.113.255"]
+
+
+@pytest.mark.parametrize("field,default", [("interface", "eth0"), ("rules", ()), ("nodes", ()), ("buckets", 1024),
+                                           ("vmacMode", "unicast-flood"), ("heartbeat", Heartbeat())])
+def test_a_null_field_counts_as_absent_as_the_api_server_counts_it(field, default):
+    farm = parse_farm(with_spec(**{field: None}))
+    attr = {"vmacMode": "vmac_mode"}.get(field, field)
+    assert getattr(farm, attr) == default
+
+
+def test_a_null_affinity_counts_as_absent():
+    assert parse_farm(with_rule(affinity=None)).rules[0].affinity == "ClientIP"
+
+
+def test_a_null_node_list_in_standalone_mode_asks_for_the_member_list():
+    err = problems_of(with_spec(nodes=None), require_nodes=True)
+    assert any(p.startswith("spec.nodes=") and "standalone mode needs the member list" in p for p in err.problems)
