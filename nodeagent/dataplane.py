@@ -20,6 +20,7 @@ import os
 import shutil
 from typing import Callable
 
+from vipfarm.addresses import parse_mac
 from vipfarm.spec import Farm
 
 from . import netconfig
@@ -28,7 +29,7 @@ from .bpf_program import DataplaneError, compile_filter, compile_host_fixup, loa
 from .bpf_layout import MAX_FARMS
 from .filter_tables import Counters, FilterTables
 from .local_state import InterfaceState, StateCorrupt, choose_sysctl_originals, quarantine, read_state
-from .plan import FarmOwnership, FilterPlan, allocate_slots, build_plan, mac_bytes
+from .plan import FarmOwnership, FilterPlan, allocate_slots, build_plan
 
 __all__ = ["InterfaceDataplane", "InterfaceState", "PIN_ROOT", "STATE_ROOT"]
 
@@ -343,7 +344,7 @@ class InterfaceDataplane:
             frames = []
             for i in items:
                 claimed = [ip for ip in i.farm.virtual_ips if str(ip) in fresh]
-                frames += netconfig.announcements(claimed, self.own_mac, mac_bytes(i.farm.virtual_mac))
+                frames += netconfig.announcements(claimed, self.own_mac, parse_mac(i.farm.virtual_mac))
             netconfig.send_frames(self.iface, frames)
             log.info("event=vips_announced iface=%s vips=%s", self.iface, ",".join(sorted(fresh)))
         for f in plan.farms:

@@ -19,6 +19,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT
 
+from vipfarm.addresses import parse_mac
+
 from . import neighbour
 
 log = logging.getLogger("vipfarm.netconfig")
@@ -56,7 +58,7 @@ def link_info(iface: str) -> tuple[int, bytes, str]:
         mac = link.get("IFLA_ADDRESS") or "00:00:00:00:00:00"
         info = link.get("IFLA_LINKINFO")
         kind = (info.get("IFLA_INFO_KIND") if info else None) or ""
-        return found[0], bytes(int(x, 16) for x in mac.split(":")), kind
+        return found[0], parse_mac(mac), kind
 
 
 def link_exists(iface: str) -> bool:

@@ -9,6 +9,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from vipfarm.addresses import parse_mac
 from vipfarm.conflicts import first_duplicate
 from vipfarm.spec import Farm
 
@@ -67,10 +68,6 @@ class FarmOwnership:
     owned: frozenset[int]
 
 
-def mac_bytes(mac: str) -> bytes:
-    return bytes(int(x, 16) for x in mac.split(":"))
-
-
 def vip_key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, bytes]:
     return (FAMILY_V4 if ip.version == 4 else FAMILY_V6, ip.packed)
 
@@ -105,7 +102,7 @@ def build_plan(items: list[FarmOwnership], slots: dict[str, int]) -> FilterPlan:
         slot = slots[f.name]
         rules = tuple(RuleEntry(PROTO_NUMBERS[r.protocol], AFFINITY_CODES[r.affinity],
                                 r.ports.low, r.ports.high) for r in f.rules)
-        farms.append(FarmEntry(slot, f.name, mac_bytes(f.virtual_mac), f.seed, f.buckets, item.owned))
+        farms.append(FarmEntry(slot, f.name, parse_mac(f.virtual_mac), f.seed, f.buckets, item.owned))
         for ip in f.virtual_ips:
             family, addr = vip_key(ip)
             vips.append(VipEntry(family, addr, slot, rules))

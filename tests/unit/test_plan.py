@@ -6,7 +6,8 @@ import ipaddress
 import pytest
 
 from nodeagent.bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, FAMILY_V4, FAMILY_V6, MAX_FARMS, MAX_VIPS_PER_IFACE
-from nodeagent.plan import FarmOwnership, RuleEntry, allocate_slots, build_plan, mac_bytes
+from nodeagent.plan import FarmOwnership, RuleEntry, allocate_slots, build_plan
+from vipfarm.addresses import parse_mac
 from vipfarm.spec import parse_farm
 
 
@@ -88,7 +89,7 @@ def test_plan_holds_each_farm_and_each_vip_with_its_slot_and_rules():
     assert set(by_slot) == {3, 7}
     w = by_slot[3]
     assert (w.name, w.seed, w.buckets, w.owned) == ("web", 99, 256, owned)
-    assert w.vmac == mac_bytes(web.virtual_mac) and len(w.vmac) == 6
+    assert w.vmac == parse_mac(web.virtual_mac) and len(w.vmac) == 6
     vips = plan.vip_by_key()
     v4 = vips[(FAMILY_V4, ipaddress.IPv4Address("203.0.113.10").packed)]
     v6 = vips[(FAMILY_V6, ipaddress.IPv6Address("2001:db8::10").packed)]
@@ -116,5 +117,6 @@ def test_more_vips_than_the_filter_holds_is_refused():
         build_plan(farms, slots)
 
 
-def test_mac_bytes_parses_colon_separated_hex():
-    assert mac_bytes("02:AB:cd:00:10:ff") == bytes([0x02, 0xAB, 0xCD, 0x00, 0x10, 0xFF])
+def test_farm_entries_carry_the_virtual_mac_as_bytes_whatever_its_case():
+    # (MAC text rules themselves: tests/unit/test_addresses.py)
+    assert parse_mac("02:AB:cd:00:10:ff") == bytes([0x02, 0xAB, 0xCD, 0x00, 0x10, 0xFF])
