@@ -20,7 +20,7 @@ import os
 import shutil
 from typing import Callable
 
-from vipfarm.addresses import parse_mac
+from vipfarm.addresses import format_mac, parse_mac
 from vipfarm.spec import Farm
 
 from . import netconfig
@@ -82,10 +82,6 @@ def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
                              f"the host's {path} into the agent container")
 
 
-def mac_str(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
 def record_from_filter(live_farms: dict[int, bytes],
                        vip_keys: set[tuple[int, bytes]]) -> tuple[dict[str, int], list[str]]:
     """What the pinned maps tell when the state file is lost: each live farm slot by its
@@ -94,7 +90,7 @@ def record_from_filter(live_farms: dict[int, bytes],
     A MAC found in two slots tells nothing about either (those slots are still cleared)."""
     by_mac: dict[str, list[int]] = {}
     for slot, vmac in sorted(live_farms.items()):
-        by_mac.setdefault(mac_str(vmac), []).append(slot)
+        by_mac.setdefault(format_mac(vmac), []).append(slot)
     slot_by_mac = {m: s[0] for m, s in by_mac.items() if len(s) == 1}
     vips = sorted(str(ipaddress.ip_address(addr)) for _, addr in vip_keys)
     return slot_by_mac, vips
