@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from vipfarm.spec import FarmSpecError
+from vipfarm.spec import FarmSpecError, node_name_problem
 
 from .bpf_program import DataplaneError
 from .dataplane import PIN_ROOT, STATE_ROOT
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
+    name = args.node or (os.environ.get("NODE_NAME") if args.cluster else None)
+    problem = node_name_problem(name) if name else None
+    if problem:
+        # The name goes into pin paths and a compiler define: refuse it before anything happens.
+        print(f"vipfarm-agent: node name {name!r}: {problem}\nNothing was changed on this node.", file=sys.stderr)
+        return 2
     if args.cluster:
         from .cluster import run_cluster_agent
         return run_cluster_agent(args)

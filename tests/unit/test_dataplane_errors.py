@@ -36,3 +36,13 @@ def test_farms_sharing_an_interface_must_agree_on_the_xdp_mode():
     with pytest.raises(DataplaneError) as e:
         merge_xdp_modes([_farm("a", "generic"), _farm("bb", "native")])
     assert "a=generic" in str(e.value) and "bb=native" in str(e.value)
+
+
+def test_the_agent_refuses_a_node_name_that_is_not_a_kubernetes_node_name(capsys, monkeypatch):
+    from nodeagent.main import main
+    for argv, env in ((["--node", "n1/../../etc", "--farm-file", "x.yaml"], None), (["--cluster"], "Node_1")):
+        if env:
+            monkeypatch.setenv("NODE_NAME", env)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "node name" in err and "Nothing was changed on this node." in err
