@@ -9,17 +9,25 @@
   writes a Farm. Writes are bounded and paced (nodeagent/report.py): a merge patch of the
   entries that changed, and otherwise one refresh per --refresh seconds (>= 30). Liveness
   never rides on them.
-* When the API server is unreachable the dataplane keeps its last programming, untouched,
-  and the watch reconnects with backoff.
+* On start the agent programs nothing and reports nothing until it has its first full Farm
+  LIST and has read its Node: the dataplane it adopted keeps serving as the previous agent
+  left it, and the FarmNode keeps the previous agent's reports (a restart moves no bucket).
+* When the API server is unreachable the dataplane keeps its last programming, untouched.
+  Every API call that fails (the Node read, the Farm list+watch, the FarmNode read/create
+  and its status patch) is logged once when it starts failing (event=api_failed, with the
+  object and the reason) and once when it works again (event=api_recovered), and retried
+  with backoff from 1 s doubling to 30 s (nodeagent/backoff.py).
 * A Farm being deleted is removed from the dataplane (VIP, filter entries) and reported
-  `released`, which lets the operator's finalizer go; once the Farm is gone its entry is
-  removed from the FarmNode.
+  `released` only once that change succeeded, which lets the operator's finalizer go; if
+  it failed the report says `released: false` with the error, and the change is retried.
+  Once the Farm is gone its entry is removed from the FarmNode.
 * SIGTERM/SIGINT: the agent exits and leaves the dataplane in place for its successor (a
   DaemonSet restart must not drop traffic). Take a node out with cordon or the
   vipfarm.io/drain annotation; pass --leave-on-exit to clean up on exit instead.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -28,38 +36,38 @@ import threading
 import time
 from typing import Any
 
-from vipfarm import __version__
-from vipfarm.conflicts import claimed_elsewhere, farm_ref
-from vipfarm.farm_status import served_buckets
-from vipfarm.membership import selects
+from vipfarm import __version__, kubeconfig
+from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION
 from vipfarm.timestamps import utc_now
-from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION, FarmSpecError, parse_farm
 
 from . import report as pacing
+from .backoff import Backoff
 from .bpf_program import DataplaneError
 from .netconfig import InterfaceError
 from .node import NodeDataplanes
-from .plan import FarmOwnership
 
 log = logging.getLogger("vipfarm.agent.cluster")
+
+
+NODE_REFRESH = 30.0   # seconds between reads of this Node's labels while they succeed
 
 
 class ClusterAgent:
     def __init__(self, node: str, pin_root: str, state_root: str, refresh_s: float = 60.0,
                  leave_on_exit: bool = False):
-        from kubernetes import client, config
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        self.custom = client.CustomObjectsApi()
-        self.core = client.CoreV1Api()
+        from kubernetes import client
+        api = kubeconfig.api_client()
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
         self.node = node
         self.refresh_s = max(30.0, refresh_s)
         self.leave_on_exit = leave_on_exit
         self.dataplanes = NodeDataplanes(node, pin_root, state_root)
         self.farms: dict[str, dict[str, Any]] = {}
-        self.labels: dict[str, str] = {}
+        # Nothing is decided before both inputs are complete: the first full Farm LIST and
+        # one successful read of this Node. See _inputs_complete().
+        self.listed = False
+        self.labels: dict[str, str] | None = None
         self.node_uid: str | None = None
         self.labels_at = 0.0
         # The FarmNode's status.farms as last written (None until read or created), the
@@ -69,36 +77,68 @@ class ClusterAgent:
         self.last_write = float("-inf")
         self.last_event = 0.0
         self.pending_since: float | None = None
-        self.write_failures = 0
+        # API failures of the main loop (node read, FarmNode read/create, status patch):
+        # logged once per episode, retried with backoff (nodeagent/backoff.py). The watch
+        # thread keeps its own. The clock is injectable for the unit tests.
+        self.clock = time.monotonic
+        self.retries = Backoff()
+        self.watch_retries = Backoff()
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
-        self.api_writes = 0
+
+    # -- API failures ---------------------------------------------------------------------
+    # A key is "<object> <operation>", e.g. "node/n1 read": one episode per pair.
+    def _api_failed(self, retries: Backoff, key: str, e: Exception, action: str) -> None:
+        reason = _reason(e)
+        f = retries.failed(key, reason, self.clock())
+        if f.started:
+            obj, op = key.split(" ", 1)
+            log.warning("event=api_failed node=%s object=%s op=%s reason=%s action=%s retry=backoff "
+                        "first_retry_in=%gs max_retry_in=%gs", self.node, obj, op, _kv(reason), action,
+                        f.retry_in, retries.cap)
+
+    def _api_ok(self, retries: Backoff, key: str) -> None:
+        r = retries.succeeded(key, self.clock())
+        if r is not None:
+            obj, op = key.split(" ", 1)
+            log.info("event=api_recovered node=%s object=%s op=%s failed_attempts=%d after=%.1fs",
+                     self.node, obj, op, r.failures, r.lasted)
 
     # -- inputs ---------------------------------------------------------------------------
-    def _refresh_labels(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.labels_at < 30:
+    def _node_key(self) -> str:
+        return f"node/{self.node} read"
+
+    def _refresh_labels(self) -> None:
+        """Read this Node's labels: every NODE_REFRESH s, or on the backoff schedule while failing."""
+        now = self.clock()
+        key = self._node_key()
+        if self.retries.failing(key):
+            if self.retries.wait(key, now) > 0:
+                return
+        elif self.labels is not None and now - self.labels_at < NODE_REFRESH:
             return
         try:
             n = self.core.read_node(self.node)
-            self.labels = dict(n.metadata.labels or {})
-            self.node_uid = n.metadata.uid
-            self.labels_at = time.monotonic()
         except Exception as e:
-            if force:
-                log.warning("event=node_read_failed node=%s error=%s", self.node, _short(e))
+            self._api_failed(self.retries, key, e,
+                             "keep_last_labels" if self.labels is not None else "wait_before_deciding")
+            return
+        self._api_ok(self.retries, key)
+        self.labels = dict(n.metadata.labels or {})
+        self.node_uid = n.metadata.uid
+        self.labels_at = now
 
     def _watch_loop(self) -> None:
         from kubernetes import watch
         from kubernetes.client.rest import ApiException
-        backoff = 1.0
+        retries = self.watch_retries
+        key = f"{PLURAL}.{GROUP} list+watch"
         while not self.stopping.is_set():
             try:
                 listing = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
                 rv = listing["metadata"]["resourceVersion"]
                 self.events.put(("LIST", {i["metadata"]["name"]: i for i in listing.get("items", [])}))
-                if backoff > 1:
-                    log.info("event=api_reconnected node=%s", self.node)
-                backoff = 1.0
+                self._api_ok(retries, key)
                 w = watch.Watch()
                 for ev in w.stream(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
                                    resource_version=rv, timeout_seconds=60, allow_watch_bookmarks=True):
@@ -110,111 +150,102 @@ class ClusterAgent:
                     if ev["type"] == "ERROR":
                         break
                     self.events.put((ev["type"], ev["object"]))
-            except ApiException as e:
-                if e.status != 410:
-                    log.warning("event=watch_failed node=%s status=%s backoff=%.0fs", self.node, e.status, backoff)
-                    self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, 10)
             except Exception as e:
-                log.warning("event=api_unreachable node=%s error=%s action=keep_serving backoff=%.0fs",
-                            self.node, _short(e), backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 10)
+                if self.stopping.is_set():
+                    break               # the agent is exiting: nothing failed
+                if isinstance(e, ApiException) and e.status == 410:
+                    continue            # the watch expired: list again at once
+                self._api_failed(retries, key, e, "keep_serving")
+                self.stopping.wait(retries.wait(key, self.clock()))
+
+    def _inputs_complete(self) -> bool:
+        """Whether the agent may program and report: only after its first full Farm LIST and
+        one read of its Node. Before that it knows too little: an empty Farm map would report
+        every Farm gone (the operator then moves this node's buckets away and their
+        connections reset) and program an empty node. So until then the adopted dataplane
+        stays exactly as the previous agent left it, and the FarmNode is not written.
+
+        This also orders the first NodeDataplanes.program() call after the first full LIST,
+        which it relies on: that first call removes what no Farm given to it claims (the
+        orphans of a Farm deleted while no agent ran)."""
+        return self.listed and self.labels is not None
 
     # -- decisions ------------------------------------------------------------------------
-    def _wanted(self) -> tuple[list[FarmOwnership], dict[str, dict]]:
-        """The farms to serve with their buckets, and the report for each selected farm."""
-        items: list[FarmOwnership] = []
-        reports: dict[str, dict] = {}
-        # The operator's conflict rule, applied locally too: a Farm whose VIP an earlier Farm
-        # holds must never reach the dataplane, even before the operator has marked it.
-        refs = [farm_ref(b) for b in self.farms.values()]
-        for name, body in sorted(self.farms.items()):
-            spec = body.get("spec") or {}
-            if not selects(spec.get("nodeSelector") or {}, self.labels):
-                continue
-            if body["metadata"].get("deletionTimestamp"):
-                reports[name] = {"ready": False, "reason": "Deleting", "released": True}
-                continue
-            try:
-                farm = parse_farm(body)
-            except FarmSpecError as e:
-                reports[name] = {"ready": False, "reason": "InvalidSpec", "lastError": str(e)[:1000]}
-                continue
-            served = served_buckets(body.get("status"), self.node)
-            claims = claimed_elsewhere(farm_ref(body), refs)
-            if not served.servable or claims:
-                reports[name] = {"ready": False, "reason": "Conflict", "appliedEpoch": served.epoch}
-                continue
-            items.append(FarmOwnership(farm, served.buckets))
-            reports[name] = {"ready": True, "reason": "", "appliedEpoch": served.epoch, "lastError": ""}
-        return items, reports
-
     def _apply(self) -> None:
-        self._refresh_labels()
-        items, reports = self._wanted()
+        w = pacing.wanted(self.farms, self.labels or {}, self.node, self.dataplanes.serving_now())
+        error = None
         try:
-            self.dataplanes.program(items)
-            for i in items:
-                reports[i.farm.name]["dataplaneMode"] = self.dataplanes.mode_of(i.farm.interface)
+            self.dataplanes.program(list(w.serve))
         except (DataplaneError, InterfaceError, ValueError, OSError) as e:
             log.error("event=program_failed node=%s error=%s", self.node, e)
-            for i in items:
-                reports[i.farm.name].update({"ready": False, "reason": "DataplaneError", "lastError": str(e)[:1000]})
+            error = str(e)
+        modes = {} if error else {i.farm.interface: self.dataplanes.mode_of(i.farm.interface) for i in w.serve}
+        reports = pacing.settled(w, error, modes)
         if reports != self.wanted:
             for name, r in sorted(reports.items()):
                 if (self.wanted.get(name) or {}).get("ready") != r.get("ready") or \
-                        (self.wanted.get(name) or {}).get("reason") != r.get("reason"):
-                    log.info("event=report_changed farm=%s node=%s ready=%s reason=%s epoch=%s", name,
-                             self.node, r.get("ready"), r.get("reason"), r.get("appliedEpoch"))
+                        (self.wanted.get(name) or {}).get("reason") != r.get("reason") or \
+                        (self.wanted.get(name) or {}).get("released") != r.get("released"):
+                    log.info("event=report_changed farm=%s node=%s ready=%s reason=%s epoch=%s released=%s",
+                             name, self.node, r.get("ready"), r.get("reason"), r.get("appliedEpoch"),
+                             r.get("released", False))
             self.wanted = reports
 
     # -- the FarmNode -----------------------------------------------------------------------
+    def _farmnode_keys(self) -> tuple[str, str]:
+        return f"farmnode/{self.node} read/create", f"farmnode/{self.node}/status patch"
+
     def _report_delay(self) -> float:
         """Seconds until the FarmNode should be written (0: now)."""
-        now = time.monotonic()
+        now = self.clock()
         written = self.written if self.written is not None else {}
         pending = bool(pacing.farms_patch(written, self.wanted)) or self.written is None
         if pending and self.pending_since is None:
             self.pending_since = now
         if not pending:
             self.pending_since = None
-        return pacing.seconds_until_write(
+        paced = pacing.seconds_until_write(
             now, pending=pending, urgent=self.written is None or pacing.is_urgent(written, self.wanted),
             last_write=self.last_write, last_event=self.last_event,
             pending_since=self.pending_since if self.pending_since is not None else now,
             refresh_s=self.refresh_s)
+        return max([paced] + [self.retries.wait(k, now) for k in self._farmnode_keys()])
 
     def _write_report(self) -> None:
         """One merge patch of the FarmNode status: the changed entries, counts, reportedAt."""
         from kubernetes.client.rest import ApiException
-        try:
+        read_key, patch_key = self._farmnode_keys()
+        for attempt in (1, 2):
             if self.written is None:
-                self.written = self._read_or_create_farmnode()
+                try:
+                    self.written = self._read_or_create_farmnode()
+                except Exception as e:
+                    self._api_failed(self.retries, read_key, e, "retry_report")
+                    return
+                self._api_ok(self.retries, read_key)
             try:
                 self._patch_farmnode(self.written)
+                break
             except ApiException as e:
-                if e.status != 404:
-                    raise
-                self.written = self._read_or_create_farmnode()   # deleted under us: start again
-                self._patch_farmnode(self.written)
-            self.written = {k: dict(v) for k, v in self.wanted.items()}
-            self.pending_since = None
-            self.write_failures = 0
-            self.last_write = time.monotonic()
-        except Exception as e:
-            self.write_failures += 1
-            backoff = min(30.0, 2.0 ** self.write_failures)
-            log.warning("event=report_failed node=%s error=%s retry_in=%.0fs", self.node, _short(e), backoff)
-            # Pacing counts from the last write: pretend it is later, so retries back off.
-            self.last_write = time.monotonic() + backoff - pacing.URGENT_GAP
+                if e.status == 404 and attempt == 1:
+                    log.info("event=farmnode_missing node=%s action=recreate", self.node)
+                    self.written = None          # deleted under us: start again
+                    continue
+                self._api_failed(self.retries, patch_key, e, "retry_report")
+                return
+            except Exception as e:
+                self._api_failed(self.retries, patch_key, e, "retry_report")
+                return
+        self._api_ok(self.retries, patch_key)
+        self.written = {k: dict(v) for k, v in self.wanted.items()}
+        self.pending_since = None
+        self.last_write = self.clock()
 
     def _patch_farmnode(self, written: dict[str, dict]) -> None:
         """Merge-patch what differs from `written` (the FarmNode as last known) to the wanted reports."""
         body = pacing.status_patch(pacing.farms_patch(written, self.wanted), self.wanted, utc_now(), __version__)
         self.custom.patch_cluster_custom_object_status(GROUP, VERSION, REPORT_PLURAL, self.node, body,
                                                        _content_type="application/merge-patch+json")
-        self.api_writes += 1
 
     def _read_or_create_farmnode(self) -> dict[str, dict]:
         """status.farms of this node's FarmNode, creating the object when it is missing."""
@@ -226,23 +257,32 @@ class ClusterAgent:
                 raise
             obj = self.custom.create_cluster_custom_object(
                 GROUP, VERSION, REPORT_PLURAL, pacing.farmnode_object(self.node, self.node_uid, API_VERSION))
-            self.api_writes += 1
             log.info("event=farmnode_created node=%s", self.node)
         return {k: dict(v) for k, v in ((obj.get("status") or {}).get("farms") or {}).items() if v}
 
     # -- main loop ------------------------------------------------------------------------
+    def _next_wake(self) -> float:
+        """How long the main loop may sleep waiting for a watch event."""
+        if self._inputs_complete():
+            return max(0.05, min(5.0, self._report_delay()))
+        if self.labels is None:        # the Node read is failing: wake for its retry
+            return max(0.05, min(5.0, self.retries.wait(self._node_key(), self.clock()) or 5.0))
+        return 5.0                     # the LIST wakes the loop when it arrives
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
-        self._refresh_labels(force=True)
+        self._refresh_labels()
         threading.Thread(target=self._watch_loop, name="farm-watch", daemon=True).start()
         log.info("event=agent_ready node=%s mode=cluster", self.node)
         print(f"vipfarm-agent: node {self.node} in cluster mode", flush=True)
+        started = self.clock()
+        said_waiting = acting = False
         while not self.stopping.is_set():
             try:
-                kind, obj = self.events.get(timeout=max(0.05, min(5.0, self._report_delay())))
+                kind, obj = self.events.get(timeout=self._next_wake())
             except queue.Empty:
-                self._apply()          # retries a failed dataplane change
+                pass                   # a timeout: retries a failed dataplane change below
             else:
                 self._absorb(kind, obj)
                 time.sleep(0.05)       # coalesce bursts of watch events
@@ -251,8 +291,21 @@ class ClusterAgent:
                         self._absorb(*self.events.get_nowait())
                     except queue.Empty:
                         break
-                self.last_event = time.monotonic()
-                self._apply()
+                self.last_event = self.clock()
+            self._refresh_labels()
+            if not self._inputs_complete():
+                if not said_waiting:
+                    said_waiting = True
+                    log.info("event=waiting_for_inputs node=%s farm_list=%s node_labels=%s "
+                             "action=dataplane_left_as_is report=none", self.node,
+                             "received" if self.listed else "pending",
+                             "read" if self.labels is not None else "pending")
+                continue
+            if not acting:
+                acting = True
+                log.info("event=inputs_complete node=%s farms=%d waited=%.2fs action=program_and_report",
+                         self.node, len(self.farms), self.clock() - started)
+            self._apply()
             if self._report_delay() == 0:
                 self._write_report()
         if self.leave_on_exit:
@@ -261,18 +314,47 @@ class ClusterAgent:
                  "removed" if self.leave_on_exit else "left in place for the next agent")
         return 0
 
+    def stop(self) -> None:
+        """Make run() return soon (from another thread; a signal only sets `stopping`, and the
+        loop notices within its 5 s wait)."""
+        self.stopping.set()
+        self.events.put(("STOP", None))
+
     def _absorb(self, kind: str, obj) -> None:
+        if kind == "STOP":
+            return
         if kind == "LIST":
             self.farms = dict(obj)
+            self.listed = True
         elif kind == "DELETED":
             self.farms.pop(obj["metadata"]["name"], None)
         else:
             self.farms[obj["metadata"]["name"]] = obj
 
 
-def _short(e: Exception) -> str:
-    text = str(e).replace("\n", " ")
-    return text[:200]
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _reason(e: Exception) -> str:
+    """Why an API call failed, in one short line: the HTTP status and the server's message,
+    or the exception (connection refused, timeout ...)."""
+    status = getattr(e, "status", None)
+    if status:
+        message = ""
+        try:
+            message = json.loads(getattr(e, "body", "") or "{}").get("message", "")
+        except (ValueError, TypeError, AttributeError):
+            pass
+        head = f"HTTP {status} {getattr(e, 'reason', '') or ''}".strip()
+        return _one_line(f"{head}: {message}" if message else head)
+    return _one_line(f"{type(e).__name__}: {e}")
+
+
+def _kv(value: str) -> str:
+    """A log value: quoted when it has spaces, so `key=value` stays one token."""
+    value = value.replace('"', "'")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def run_cluster_agent(args) -> int:

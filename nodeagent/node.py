@@ -113,6 +113,10 @@ class NodeDataplanes:
         except Exception as e:        # one interface's failure must not stop the others
             log.error("event=orphan_removal_failed node=%s iface=%s error=%r", self.node, o.iface, str(e))
 
+    def serving_now(self) -> dict[str, frozenset[int]]:
+        """The buckets each served farm holds right now, as last programmed."""
+        return {f.name: f.owned for dp in self.by_iface.values() for f in dp.plan.farms}
+
     def mode_of(self, iface: str) -> str:
         dp = self.by_iface.get(iface)
         return dp.mode if dp else ""

@@ -1,5 +1,11 @@
 """What the agent writes into its FarmNode, and when: pure functions, no I/O.
 
+What: wanted() turns the listed Farms and this Node's labels into the Farms to program and a
+draft report per selected Farm; settled() completes the drafts once the dataplane change has
+run (or failed). A Farm being deleted is reported `released` only by settled(), after a
+dataplane change without it succeeded: the operator's finalizer lets the Farm go on that
+word, so it must never come before the node has let go of the VIP.
+
 The agent keeps one FarmNode per Node (named after it). Its status.farms holds one report
 per Farm that selects the node. Writes are merge patches of only the entries that changed
 (null removes a Farm that is gone), and they are paced:
@@ -14,13 +20,92 @@ per Farm that selects the node. Writes are merge patches of only the entries tha
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
+from vipfarm.conflicts import claimed_elsewhere, farm_ref
+from vipfarm.farm_status import CorruptAssignment, served_buckets
+from vipfarm.membership import selects
 from vipfarm.reports import decision_view, farms_changed
+from vipfarm.spec import FarmSpecError, parse_farm
+
+from .plan import FarmOwnership
 
 URGENT_GAP = 1.0
 QUIET = 2.0
 LAZY_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class Wanted:
+    serve: tuple[FarmOwnership, ...]      # what NodeDataplanes.program() is given
+    drafts: dict[str, dict[str, Any]]     # a report per selected Farm, before the change ran
+    deleting: frozenset[str]              # selected Farms being deleted (to be released)
+
+
+def wanted(farms: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str], node: str,
+           serving_now: Mapping[str, frozenset[int]] | None = None) -> Wanted:
+    """The Farms this node serves with their buckets, and a draft report for each selected one.
+
+    serving_now: the buckets the dataplane holds per Farm. A Farm whose stored assignment is
+    unreadable keeps exactly those (never none: dropping them would reset their connections),
+    and its report says what is wrong."""
+    serving_now = serving_now or {}
+    serve: list[FarmOwnership] = []
+    drafts: dict[str, dict[str, Any]] = {}
+    deleting: set[str] = set()
+    # The operator's conflict rule, applied locally too: a Farm whose VIP an earlier Farm
+    # holds must never reach the dataplane, even before the operator has marked it.
+    refs = [farm_ref(b) for b in farms.values()]
+    for name, body in sorted(farms.items()):
+        spec = body.get("spec") or {}
+        if not selects(spec.get("nodeSelector") or {}, labels):
+            continue
+        if body["metadata"].get("deletionTimestamp"):
+            drafts[name] = {"ready": False, "reason": "Deleting", "released": False}
+            deleting.add(name)
+            continue
+        try:
+            farm = parse_farm(body)
+        except FarmSpecError as e:
+            drafts[name] = {"ready": False, "reason": "InvalidSpec", "lastError": str(e)[:1000]}
+            continue
+        try:
+            served = served_buckets(body.get("status"), node)
+        except CorruptAssignment as e:
+            problem = f"AssignmentUnreadable: {e}; keeping the buckets this node serves until it is repaired"
+            if name in serving_now:
+                serve.append(FarmOwnership(farm, serving_now[name]))
+                drafts[name] = {"ready": True, "reason": "", "lastError": problem[:1000]}
+            else:
+                drafts[name] = {"ready": False, "reason": "AssignmentUnreadable", "lastError": problem[:1000]}
+            continue
+        if not served.servable or claimed_elsewhere(farm_ref(body), refs):
+            drafts[name] = {"ready": False, "reason": "Conflict", "appliedEpoch": served.epoch}
+            continue
+        serve.append(FarmOwnership(farm, served.buckets))
+        drafts[name] = {"ready": True, "reason": "", "appliedEpoch": served.epoch, "lastError": ""}
+    return Wanted(tuple(serve), drafts, frozenset(deleting))
+
+
+def settled(w: Wanted, error: str | None, modes: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The reports once NodeDataplanes.program(w.serve) has run: `error` is None when it
+    succeeded (then no Farm outside w.serve is held any more), else what failed; `modes` is
+    the XDP mode per interface after it."""
+    reports = {name: dict(r) for name, r in w.drafts.items()}
+    for item in w.serve:
+        r = reports[item.farm.name]
+        if error is None:
+            r["dataplaneMode"] = modes.get(item.farm.interface, "")
+        else:
+            r.update({"ready": False, "reason": "DataplaneError", "lastError": error[:1000]})
+    for name in w.deleting:
+        if error is None:
+            reports[name]["released"] = True
+        else:
+            # The node may still hold the VIP: say why, and let the finalizer keep waiting.
+            reports[name]["lastError"] = error[:1000]
+    return reports
 
 
 def farms_patch(written: Mapping[str, Mapping[str, Any]],

@@ -347,6 +347,106 @@ def test_exactly_one_operator_is_active_and_the_standby_takes_over_when_it_dies(
     assert _writes(cluster)[standby] > quiet
 
 
+def _membership_events(cluster, farm: str = "web") -> set[str]:
+    """The names of the MembershipChanged Events posted about a Farm (each is its own object)."""
+    items = json.loads(cluster.kubectl("get", "events", "-A", "--field-selector", f"involvedObject.name={farm}",
+                                       "-o", "json").stdout)["items"]
+    return {e["metadata"]["name"] for e in items if e.get("reason") == "MembershipChanged"}
+
+
+def test_an_agent_restart_under_steady_load_fails_no_connection_and_moves_no_bucket(cluster):
+    import subprocess
+    lab = cluster.lab
+    balanced = {"n1": 256, "n2": 512, "n3": 256}
+    wait_for("web balanced over n1..n3", lambda: cluster.assignment()[0].counts() == balanced
+             and cluster.get_farm()["status"]["readyText"] == "3/3", timeout=120)
+    st = cluster.get_farm()["status"]
+    wait_for("every agent to report the epoch", lambda: all(
+        cluster.report(f"n{k}").get("appliedEpoch") == st["epoch"] for k in (1, 2, 3)))
+    events_before = _membership_events(cluster)
+    adopted_before = lab.agent_log(1).count("adopted=True")
+    load_start = time.time()
+    load = subprocess.Popen(
+        lab.command(lab.client, [sys.executable, "-m", "nodeagent.lab.traffic", "steady", "--vip", VIP,
+                                 "--port", "80", "--seconds", "30", "--rate", "40", "--timeout", "3"]
+                    + sum((["--src", s] for s in client_ips(60)), [])),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        cluster.agents[1].send_signal(signal.SIGTERM)
+        assert cluster.agents[1].wait(30) == 0, lab.agent_log(1)
+        gone = time.time() - load_start
+        # Cluster mode leaves the dataplane in place for the next agent.
+        assert "xdp" in lab.run(lab.node(1), ["ip", "-o", "link", "show", "dev", "eth0"]).stdout
+        cluster.agents[1] = lab.start_cluster_agent(1, os.path.join(lab.workdir, "agent-n1.kubeconfig"))
+        wait_for("the restarted agent to adopt the dataplane",
+                 lambda: lab.agent_log(1).count("adopted=True") > adopted_before, timeout=90)
+        adopted = time.time() - load_start
+        out, err = load.communicate(timeout=90)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait(10)
+    results = json.loads(out)
+    failed = [r for r in results if r["error"]]
+    after = cluster.get_farm()["status"]
+    new_events = _membership_events(cluster) - events_before
+    said = [line for line in lab.agent_log(1).splitlines() if "event=report_changed" in line][-4:]
+    why = f"epoch {st['epoch']} -> {after['epoch']}; new MembershipChanged: {new_events}; n1 said: {said}"
+    assert len(results) >= 30 * 40 * 0.8, f"only {len(results)} connections made: {err[-2000:]}"
+    assert [r for r in results if gone <= r["t"] <= adopted], "no connection was made while n1 restarted"
+    assert failed == [], f"{len(failed)} of {len(results)} connections failed, e.g. {failed[:3]}; {why}"
+    assert set(Counter(r["node"] for r in results)) == {"n1", "n2", "n3"}
+    assert (after["epoch"], after["assignment"]) == (st["epoch"], st["assignment"]), f"buckets moved: {why}"
+    assert not new_events, f"MembershipChanged posted during the restart: {why}"
+    assert cluster.report("n1").get("ready") is True
+
+
+V6_VIP = "2001:db8::10"
+# The earlier Farm spells the address in capitals: a comparison of strings then misses that
+# the later Farm's canonical "2001:db8::10" is the same address.
+V6_VIP_CAPITALS = "2001:DB8::10"
+
+
+def _farm_v6(name: str, vip: str) -> dict:
+    body = json.loads(json.dumps(FARM))
+    body["metadata"]["name"] = name
+    body["spec"]["virtualIPs"] = [vip]
+    return body
+
+
+def test_a_later_farm_claiming_an_ipv6_vip_in_other_case_gets_conflict_and_breaks_nothing(cluster):
+    from nodeagent.lab.namespaces import client_ips6
+    try:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(_farm_v6("v6a", V6_VIP_CAPITALS)))
+        wait_for("v6a READY 3/3", lambda: (cluster.get_farm("v6a").get("status") or {}).get("readyText") == "3/3",
+                 timeout=120)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(_farm_v6("v6b", V6_VIP)))
+        st = wait_for("v6b to get Conflict", lambda: (lambda s: s if s.get("phase") == "Conflict" else None)(
+            cluster.get_farm("v6b").get("status") or {}), timeout=60)
+        cond = next(c for c in st["conditions"] if c["type"] == "Conflict")
+        assert cond["status"] == "True" and "Farm v6a" in cond["message"], cond
+        assert all(m["buckets"] == 0 for m in st["members"])
+        # Give the agents time to see v6b (a report of it on every node), then check the earlier Farm.
+        wait_for("every agent to report v6b", lambda: all(cluster.report(f"n{k}", "v6b") for k in (1, 2, 3)))
+        for farm in ("v6a", "web"):
+            fst = cluster.get_farm(farm)["status"]
+            assert (fst["phase"], fst["readyText"]) == ("Ready", "3/3"), (farm, fst)
+            for k in (1, 2, 3):
+                r = cluster.report(f"n{k}", farm)
+                assert r.get("ready") is True and r.get("reason") != "DataplaneError", (farm, f"n{k}", r)
+        args = ["tcp", "--vip", V6_VIP, "--port", "80", "--per-src", "2"]
+        for s in client_ips6(60):
+            args += ["--src", s]
+        results = json.loads(cluster.lab.python(cluster.lab.client, "nodeagent.lab.traffic", *args,
+                                                timeout=300).stdout)
+        assert [r for r in results if r["error"]] == []
+        assert set(Counter(r["node"] for r in results)) == {"n1", "n2", "n3"}
+        assert [r for r in cluster.traffic(per_src=1) if r["error"]] == []
+    finally:
+        for name in ("v6b", "v6a"):
+            cluster.kubectl("delete", "farm", name, "--ignore-not-found", "--timeout=120s", check=False)
+
+
 def test_deleting_the_farm_releases_the_vip_and_detaches_xdp_everywhere(cluster):
     cluster.kubectl("delete", "farm", "web", "--timeout=120s")
     assert cluster.kubectl("get", "farm", "web", check=False).returncode != 0

@@ -1,8 +1,8 @@
-"""The agent's FarmNode writes (nodeagent/report.py): what it patches, and when."""
+"""The agent's FarmNode writes (nodeagent/report.py): what it reports, what it patches, and when."""
 from __future__ import annotations
 
 from nodeagent.report import (LAZY_MAX, QUIET, URGENT_GAP, farmnode_object, farms_patch, is_urgent,
-                              seconds_until_write, status_patch)
+                              seconds_until_write, settled, status_patch, wanted)
 
 READY = {"ready": True, "reason": "", "appliedEpoch": 3, "dataplaneMode": "generic"}
 
@@ -58,3 +58,53 @@ def test_the_status_patch_carries_counts_and_the_farmnode_is_owned_by_its_node()
     assert obj["metadata"]["name"] == "n1" and obj["kind"] == "FarmNode"
     assert obj["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "uid-1"}]
     assert "ownerReferences" not in farmnode_object("n1", None, "vipfarm.io/v1alpha1")["metadata"]
+
+
+# -- what the agent reports: wanted() and settled() ----------------------------------------
+def _farm_body(name, vip="203.0.113.10", deleting=False, created="2026-12-01T00:00:00Z", status=None):
+    md = {"name": name, "creationTimestamp": created}
+    if deleting:
+        md["deletionTimestamp"] = "2026-12-01T01:00:00Z"
+    return {"apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": md, "status": status or {},
+            "spec": {"virtualIPs": [vip], "interface": "eth0", "nodeSelector": {"member": "yes"},
+                     "rules": [{"protocol": "TCP", "ports": "80"}]}}
+
+
+def test_a_deleting_farm_is_released_only_after_a_dataplane_change_without_it_succeeded():
+    w = wanted({"old": _farm_body("old", deleting=True), "web": _farm_body("web", vip="203.0.113.11")},
+               {"member": "yes"}, "n1")
+    assert [i.farm.name for i in w.serve] == ["web"] and w.deleting == {"old"}
+    assert w.drafts["old"]["released"] is False            # not before the change ran
+    failed = settled(w, "eth0: bpf map update failed: EPERM", {})
+    assert failed["old"] == {"ready": False, "reason": "Deleting", "released": False,
+                             "lastError": "eth0: bpf map update failed: EPERM"}
+    assert failed["web"]["reason"] == "DataplaneError" and failed["web"]["ready"] is False
+    done = settled(w, None, {"eth0": "generic"})
+    assert done["old"] == {"ready": False, "reason": "Deleting", "released": True}
+    assert done["web"] == {"ready": True, "reason": "", "appliedEpoch": 0, "lastError": "", "dataplaneMode": "generic"}
+
+
+def test_wanted_skips_farms_for_other_nodes_and_never_serves_a_later_claim_on_a_vip():
+    farms = {"web": _farm_body("web"),
+             "copy": _farm_body("copy", created="2026-12-01T00:00:05Z"),
+             "bad": dict(_farm_body("bad"), spec={"virtualIPs": ["203.0.113.300"], "nodeSelector": {}}),
+             "elsewhere": dict(_farm_body("elsewhere"), spec={"virtualIPs": ["203.0.113.12"],
+                                                                "nodeSelector": {"member": "no"}})}
+    w = wanted(farms, {"member": "yes"}, "n1")
+    assert [i.farm.name for i in w.serve] == ["web"]
+    assert set(w.drafts) == {"web", "copy", "bad"}
+    assert w.drafts["copy"]["reason"] == "Conflict" and w.drafts["bad"]["reason"] == "InvalidSpec"
+    assert "203.0.113.300" in w.drafts["bad"]["lastError"]
+
+
+def test_a_farm_whose_stored_assignment_is_corrupt_keeps_exactly_the_buckets_it_serves_now():
+    body = _farm_body("web")
+    body["status"] = {"phase": "Ready", "epoch": 4,
+                      "assignment": {"encoding": "z1", "members": ["n1"], "data": "z1:garbage!", "epoch": 4}}
+    kept = frozenset({1, 5, 9})
+    w = wanted({"web": body}, {"member": "yes"}, "n1", serving_now={"web": kept})
+    assert [(i.farm.name, i.owned) for i in w.serve] == [("web", kept)]
+    assert w.drafts["web"]["ready"] is True and "AssignmentUnreadable" in w.drafts["web"]["lastError"]
+    # Not serving it yet: it is not served on a guess either, and the report says why.
+    w = wanted({"web": body}, {"member": "yes"}, "n1", serving_now={})
+    assert w.serve == () and w.drafts["web"]["reason"] == "AssignmentUnreadable"

@@ -1,0 +1,284 @@
+"""The cluster agent's loop against an in-memory API and a recording dataplane (no host, no cluster).
+
+What the fake API saw (FarmNode patches, calls, their order) is what these tests assert.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from nodeagent import cluster as cluster_mod
+from nodeagent.backoff import Backoff
+from nodeagent.bpf_program import DataplaneError
+
+LABELS = {"vipfarm.io/member": "true"}
+REPORTED = {"ready": True, "reason": "", "appliedEpoch": 0, "lastError": "", "dataplaneMode": "generic"}
+
+
+def farm_body(name="web", vip="203.0.113.10", deleting=False):
+    md = {"name": name, "creationTimestamp": "2026-12-01T00:00:00Z", "uid": f"uid-{name}"}
+    if deleting:
+        md["deletionTimestamp"] = "2026-12-01T01:00:00Z"
+    return {"apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": md,
+            "spec": {"virtualIPs": [vip], "interface": "eth0", "nodeSelector": dict(LABELS),
+                     "rules": [{"protocol": "TCP", "ports": "80"}]}}
+
+
+def api_error(status, reason, message):
+    e = ApiException(status=status, reason=reason)
+    e.body = '{"kind":"Status","message":"%s"}' % message
+    return e
+
+
+class FakeApi:
+    """CoreV1Api + CustomObjectsApi, in memory. The Farm LIST answers when `list_gate` is set
+    (a slow API server); the watch that follows stays open until `closed` is set."""
+
+    def __init__(self, farms, farmnode_farms, *, node_failures=0, list_failures=0, patch_failures=0):
+        self.farms = {f["metadata"]["name"]: f for f in farms}
+        self.farmnode_farms = dict(farmnode_farms)
+        self.node_failures = node_failures
+        self.list_failures = list_failures
+        self.patch_failures = patch_failures
+        self.list_gate = threading.Event()
+        self.closed = threading.Event()
+        self.calls: list[str] = []
+        self.patches: list[dict] = []
+        self.listed = threading.Event()
+
+    # CoreV1Api
+    def read_node(self, name):
+        self.calls.append("read_node")
+        if self.node_failures > 0:
+            self.node_failures -= 1
+            raise api_error(503, "Service Unavailable", "etcdserver: request timed out")
+        return SimpleNamespace(metadata=SimpleNamespace(labels=dict(LABELS), uid="uid-n1"))
+
+    # CustomObjectsApi
+    def list_cluster_custom_object(self, group, version, plural, watch=False, **kw):
+        if watch:
+            self.closed.wait(30)
+            raise ConnectionResetError("the fake API server closed the watch")
+        self.calls.append("list_farms")
+        if self.list_failures > 0:
+            self.list_failures -= 1
+            raise ConnectionRefusedError(111, "Connection refused")
+        self.list_gate.wait(30)
+        self.listed.set()
+        return {"metadata": {"resourceVersion": "7"}, "items": list(self.farms.values())}
+
+    def get_cluster_custom_object(self, group, version, plural, name):
+        self.calls.append("get_farmnode")
+        return {"metadata": {"name": name}, "status": {"farms": dict(self.farmnode_farms)}}
+
+    def create_cluster_custom_object(self, group, version, plural, body):
+        raise AssertionError("the FarmNode exists; the agent must not create it")
+
+    def patch_cluster_custom_object_status(self, group, version, plural, name, body, **kw):
+        self.calls.append("patch_farmnode")
+        if self.patch_failures > 0:
+            self.patch_failures -= 1
+            raise api_error(500, "Internal Server Error", "etcd leader changed")
+        self.patches.append(body)
+        for f, r in body["status"]["farms"].items():
+            if r is None:
+                self.farmnode_farms.pop(f, None)
+            else:
+                self.farmnode_farms[f] = r
+
+
+class RecordingDataplanes:
+    """NodeDataplanes' interface: records each program() call; fails while `fail` is set."""
+
+    instances: list["RecordingDataplanes"] = []
+
+    def __init__(self, node, pin_root, state_root):
+        self.programs: list[list[str]] = []
+        self.fail: str | None = None
+        self.held: set[str] = {"web"}         # adopted from the previous agent
+        RecordingDataplanes.instances.append(self)
+
+    def program(self, items):
+        names = sorted(i.farm.name for i in items)
+        self.programs.append(names)
+        if self.fail:
+            raise DataplaneError(self.fail)
+        self.held = set(names)
+
+    def serving_now(self):
+        return {}
+
+    def mode_of(self, iface):
+        return "generic"
+
+    def stop(self):
+        self.held = set()
+
+
+class Clock:
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def make_agent(monkeypatch):
+    monkeypatch.setattr("vipfarm.kubeconfig.api_client", lambda pool_size=None: None)
+    monkeypatch.setattr(cluster_mod, "NodeDataplanes", RecordingDataplanes)
+    monkeypatch.setattr(cluster_mod.signal, "signal", lambda *a: None)   # run() may run in a thread
+
+    def make(api):
+        agent = cluster_mod.ClusterAgent("n1", "/nonexistent/pins", "/nonexistent/state", refresh_s=30)
+        agent.custom = agent.core = api
+        return agent
+    return make
+
+
+def run_until(agent, api, done, what, timeout=20.0):
+    """Run the agent's main loop in a thread until done() holds, then stop it and wait for it."""
+    t = threading.Thread(target=agent.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():
+            assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}; calls: {api.calls}"
+            assert t.is_alive(), "the agent's main loop ended by itself"
+            time.sleep(0.02)
+    finally:
+        agent.stop()
+        api.closed.set()
+        api.list_gate.set()
+        t.join(10)
+    assert not t.is_alive(), "the agent did not stop"
+
+
+def test_a_restarted_agent_programs_and_reports_nothing_until_its_first_farm_list(make_agent):
+    # The previous agent served web and reported it; the API server is slow to answer the LIST.
+    api = FakeApi([farm_body()], {"web": dict(REPORTED)})
+    agent = make_agent(api)
+    dp = RecordingDataplanes.instances[-1]
+    threading.Timer(1.0, api.list_gate.set).start()        # the LIST comes a second late
+    run_until(agent, api, lambda: dp.programs, "the first dataplane change after the LIST")
+    assert api.listed.is_set()
+    assert dp.programs[0] == ["web"], f"programmed before the LIST arrived: {dp.programs}"
+    assert all(body["status"]["farms"].get("web", "kept") is not None for body in api.patches), \
+        f"the agent told the operator web is gone: {api.patches}"
+    assert api.farmnode_farms["web"]["ready"] is True
+
+
+def test_an_agent_that_cannot_read_its_node_yet_reports_nothing(make_agent):
+    api = FakeApi([farm_body()], {"web": dict(REPORTED)}, node_failures=2)
+    api.list_gate.set()
+    agent = make_agent(api)
+    agent.retries = Backoff(first=0.05, cap=0.1)
+    dp = RecordingDataplanes.instances[-1]
+    run_until(agent, api, lambda: dp.programs, "the first dataplane change after the Node read")
+    assert api.calls.count("read_node") == 3
+    assert dp.programs[0] == ["web"]
+    assert all(body["status"]["farms"].get("web", "kept") is not None for body in api.patches), api.patches
+
+
+def deleting_agent(make_agent):
+    api = FakeApi([farm_body(deleting=True)], {"web": dict(REPORTED)})
+    agent = make_agent(api)
+    agent.labels = dict(LABELS)
+    agent.farms = dict(api.farms)
+    agent.listed = True
+    return agent, RecordingDataplanes.instances[-1]
+
+
+def test_a_deleting_farm_is_not_released_while_the_dataplane_change_fails(make_agent):
+    agent, dp = deleting_agent(make_agent)
+    dp.fail = "eth0: cannot detach XDP: device busy"
+    agent._apply()
+    assert dp.programs == [[]] and dp.held == {"web"}
+    report = agent.wanted["web"]
+    assert report.get("released") is not True, f"released while the node still holds web: {report}"
+    assert "device busy" in report.get("lastError", ""), report
+
+
+def test_a_deleting_farm_is_released_once_the_dataplane_let_it_go(make_agent):
+    agent, dp = deleting_agent(make_agent)
+    dp.fail = "eth0: cannot detach XDP: device busy"
+    agent._apply()
+    dp.fail = None
+    agent._apply()                                  # the retry succeeds
+    assert dp.held == set()
+    assert agent.wanted["web"] == {"ready": False, "reason": "Deleting", "released": True}
+
+
+def api_lines(caplog, event):
+    return [r.getMessage() for r in caplog.records if f"event={event} " in r.getMessage()]
+
+
+def test_a_failing_node_read_is_logged_once_retried_with_backoff_and_its_recovery_logged_once(make_agent, caplog):
+    caplog.set_level(logging.INFO, logger="vipfarm.agent.cluster")
+    api = FakeApi([], {}, node_failures=3)
+    agent = make_agent(api)
+    agent.clock = clock = Clock()
+    for t in (1000.0, 1000.5, 1001.0, 1002.0, 1003.0, 1005.0):   # backoff 1 s, 2 s, 4 s
+        clock.t = t
+        agent._refresh_labels()
+    assert api.calls.count("read_node") == 3          # at 1000, 1001 and 1003, not in between
+    assert agent.labels is None
+    clock.t = 1007.0
+    agent._refresh_labels()
+    assert agent.labels == LABELS and api.calls.count("read_node") == 4
+    failed, recovered = api_lines(caplog, "api_failed"), api_lines(caplog, "api_recovered")
+    assert len(failed) == 1 and len(recovered) == 1, caplog.text
+    assert "object=node/n1 op=read" in failed[0] and "503" in failed[0] and "etcdserver" in failed[0]
+    assert "object=node/n1 op=read" in recovered[0] and "failed_attempts=3" in recovered[0]
+    clock.t = 1010.0
+    agent._refresh_labels()                           # healthy again: next read after 30 s
+    assert api.calls.count("read_node") == 4
+
+
+def test_a_failing_farm_list_is_logged_once_and_its_recovery_once(make_agent, caplog):
+    caplog.set_level(logging.INFO, logger="vipfarm.agent.cluster")
+    api = FakeApi([farm_body()], {}, list_failures=3)
+    api.list_gate.set()
+    agent = make_agent(api)
+    agent.watch_retries = Backoff(first=0.01, cap=0.02)
+    t = threading.Thread(target=agent._watch_loop, daemon=True)
+    t.start()
+    try:
+        kind, farms = agent.events.get(timeout=10)
+    finally:
+        agent.stopping.set()
+        api.closed.set()
+        t.join(10)
+    assert kind == "LIST" and set(farms) == {"web"}
+    assert api.calls.count("list_farms") == 4
+    failed, recovered = api_lines(caplog, "api_failed"), api_lines(caplog, "api_recovered")
+    assert len(failed) == 1 and len(recovered) == 1, caplog.text
+    assert "object=farms.vipfarm.io op=list+watch" in failed[0] and "Connection refused" in failed[0]
+    assert "failed_attempts=3" in recovered[0]
+
+
+def test_a_failing_report_patch_is_logged_once_and_retried_with_backoff(make_agent, caplog):
+    caplog.set_level(logging.INFO, logger="vipfarm.agent.cluster")
+    api = FakeApi([farm_body()], {}, patch_failures=2)
+    agent = make_agent(api)
+    agent.clock = clock = Clock()
+    agent.labels, agent.farms, agent.listed = dict(LABELS), dict(api.farms), True
+    agent._apply()
+    assert agent._report_delay() == 0
+    agent._write_report()                             # fails: next try in 1 s
+    assert agent._report_delay() == pytest.approx(1.0)
+    clock.t += 1.0
+    agent._write_report()                             # fails: next try in 2 s
+    assert agent._report_delay() == pytest.approx(2.0)
+    clock.t += 2.0
+    agent._write_report()
+    assert api.farmnode_farms["web"]["ready"] is True
+    failed, recovered = api_lines(caplog, "api_failed"), api_lines(caplog, "api_recovered")
+    assert len(failed) == 1 and len(recovered) == 1, caplog.text
+    assert "object=farmnode/n1/status op=patch" in failed[0] and "etcd leader changed" in failed[0]
+    assert not [r for r in caplog.records if "report_failed" in r.getMessage()]
