@@ -354,13 +354,21 @@ def _parse_rules(c: _Collector, raw_rules: Any) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _parse_rule(c: _Collector, path: str, raw: Any) -> Rule | None:
+def _entry(c: _Collector, path: str, raw: Any, what: str, keys: tuple[str, ...], example: str) -> bool:
+    """A list entry must be a mapping of known keys; False (reported) when it is no mapping at all."""
     if not isinstance(raw, Mapping):
-        c.add(path, raw, "each rule is a mapping {protocol: TCP, ports: \"80\", affinity: ClientIP}")
-        return None
+        c.add(path, raw, f"each {what} is a mapping {example}")
+        return False
     for key in raw:
-        if key not in ("protocol", "ports", "affinity"):
-            c.add(f"{path}.{key}", raw[key], "unknown field; a rule has protocol, ports and affinity")
+        if key not in keys:
+            c.add(f"{path}.{key}", raw[key], f"unknown field; a {what} has {', '.join(keys[:-1])} and {keys[-1]}")
+    return True
+
+
+def _parse_rule(c: _Collector, path: str, raw: Any) -> Rule | None:
+    if not _entry(c, path, raw, "rule", ("protocol", "ports", "affinity"),
+                  "{protocol: TCP, ports: \"80\", affinity: ClientIP}"):
+        return None
     proto = raw.get("protocol")
     if proto not in PROTOCOLS:
         c.add(f"{path}.protocol", proto, "must be TCP or UDP")
@@ -401,12 +409,8 @@ def _parse_nodes(c: _Collector, raw_nodes: Any, vips: tuple[IPAddress, ...],
 def _parse_node(c: _Collector, path: str, raw: Any, vips: tuple[IPAddress, ...],
                 seen_names: set[str], seen_addrs: set[IPAddress]) -> NodeSpec | None:
     """One spec.nodes entry; seen_names and seen_addrs collect what earlier entries took."""
-    if not isinstance(raw, Mapping):
-        c.add(path, raw, "each node is a mapping {name: n1, address: 198.51.100.1, weight: 1}")
+    if not _entry(c, path, raw, "node", ("name", "address", "weight"), "{name: n1, address: 198.51.100.1, weight: 1}"):
         return None
-    for key in raw:
-        if key not in ("name", "address", "weight"):
-            c.add(f"{path}.{key}", raw[key], "unknown field; a node has name, address and weight")
     nname = raw.get("name")
     problem = node_name_problem(nname)
     if problem:
