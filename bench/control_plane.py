@@ -17,7 +17,7 @@ environment and the handlers' own defaults apply: VIPFARM_RECONCILE_INTERVAL 60 
 VIPFARM_PEERING_LIFETIME 20 s, VIPFARM_WORKERS 8, VIPFARM_RELEASE_TIMEOUT 60 s (read back from
 operator/vipfarm_operator/handlers.py and printed).
 
-Node agents are SIMULATED, and write what real agents write (nodeagent/report.py builds the
+Node agents are SIMULATED, and write what real agents write (nodeagent/farmnode_report.py builds the
 bodies): each agent owns its node's FarmNode and writes ONE merge patch of its status
 subresource per burst, holding only the entries that changed (null removes one) plus
 reportedAt, agentVersion, farmCount and readyCount. An entry is
@@ -102,7 +102,7 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from nodeagent.report import farmnode_object, status_patch  # noqa: E402
+from nodeagent.farmnode_report import farmnode_object, status_patch  # noqa: E402
 from vipfarm import __version__  # noqa: E402
 from tests.support.apiserver import ApiServer, _pdeathsig_prefix  # noqa: E402
 from vipfarm.assignment import NO_OWNER, Assignment  # noqa: E402
@@ -455,7 +455,7 @@ class Bench:
     def agents_write(self, deltas: dict[str, dict], purpose: str, refresh: bool = False) -> int:
         """Each node in `deltas` writes ONE merge patch of its FarmNode status: the entries of its
         delta (None removes a Farm), reportedAt, agentVersion, farmCount, readyCount (the body
-        nodeagent/report.py builds). An empty delta is not written unless refresh (the periodic
+        nodeagent/farmnode_report.py builds). An empty delta is not written unless refresh (the periodic
         reportedAt refresh). Returns the number of writes."""
         n_writes = 0
         for node, delta in deltas.items():

@@ -78,7 +78,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nodeagent.bpf_program import compile_filter, import_bcc, load_filter  # noqa: E402
 from nodeagent.bpf_syscall import BPF_F_TEST_XDP_LIVE_FRAMES, ProgTestRunAttr, prog_test_run  # noqa: E402
 from nodeagent.filter_tables import FilterTables  # noqa: E402
-from nodeagent.plan import FarmOwnership, build_plan  # noqa: E402
+from nodeagent.filter_plan import FarmOwnership, build_plan  # noqa: E402
 from tests.support import framegen  # noqa: E402
 from vipfarm.hashing import bucket_of  # noqa: E402
 from vipfarm.spec import parse_farm  # noqa: E402

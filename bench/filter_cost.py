@@ -41,10 +41,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nodeagent.bpf_layout import XDP_DROP, XDP_PASS  # noqa: E402
+from nodeagent.bpf_consts import XDP_DROP, XDP_PASS  # noqa: E402
 from nodeagent.bpf_program import compile_filter, import_bcc, load_filter  # noqa: E402
 from nodeagent.filter_tables import FilterTables  # noqa: E402
-from nodeagent.plan import FarmOwnership, build_plan  # noqa: E402
+from nodeagent.filter_plan import FarmOwnership, build_plan  # noqa: E402
 from tests.support.bpf_testrun import run_xdp  # noqa: E402
 from tests.support import framegen  # noqa: E402
 from vipfarm.hashing import bucket_of  # noqa: E402

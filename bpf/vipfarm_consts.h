@@ -1,5 +1,5 @@
 /* Limits, counter indices and flags of the vipfarm XDP filter.
- * nodeagent/bpf_layout.py mirrors every value here; tests/unit/test_bpf_layout.py checks it. */
+ * nodeagent/bpf_consts.py mirrors every value here; tests/unit/test_bpf_consts.py checks it. */
 #ifndef VIPFARM_CONSTS_H
 #define VIPFARM_CONSTS_H
 

@@ -1,6 +1,6 @@
 /* Structures shared with user space. User space never redeclares them: bcc builds ctypes
  * types for each map's key and leaf from these definitions when it compiles the program, and
- * nodeagent/filter_tables.py fills them by field name. (nodeagent/bpf_layout.py mirrors the
+ * nodeagent/filter_tables.py fills them by field name. (nodeagent/bpf_consts.py mirrors the
  * constants of vipfarm_consts.h, not these structs.) */
 #ifndef VIPFARM_STRUCTS_H
 #define VIPFARM_STRUCTS_H

@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import platform
 
-from .bpf_layout import BPF_DIR, PROGRAM_FUNCTION, PROGRAM_SOURCE
+from vipfarm_bpf import SOURCE_DIR as BPF_DIR
+
+PROGRAM_SOURCE = os.path.join(BPF_DIR, "vipfarm_xdp.c")
+PROGRAM_FUNCTION = "vipfarm_xdp"
 
 
 class DataplaneError(RuntimeError):

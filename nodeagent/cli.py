@@ -29,7 +29,7 @@ def cmd_validate(args) -> int:
 
 def cmd_stats(args) -> int:
     from nodeagent.dataplane import PIN_ROOT, STATE_ROOT, InterfaceState
-    from nodeagent.pinned import read_counters, read_owned
+    from nodeagent.pinned_maps import read_counters, read_owned
     pin_root = args.pin_root or PIN_ROOT
     state_root = args.state_root or STATE_ROOT
     pin_dir = os.path.join(pin_root, args.node, args.iface)

@@ -6,7 +6,7 @@
   until the operator assigns, the node holds the VIP and drops its traffic.
 * Reports go into one FarmNode object named after the node (farmnodes.vipfarm.io, created
   by the agent, owned by the Node): status.farms.<farm> per selected Farm. The agent never
-  writes a Farm. Writes are bounded and paced (nodeagent/report.py): a merge patch of the
+  writes a Farm. Writes are bounded and paced (nodeagent/farmnode_report.py): a merge patch of the
   entries that changed, and otherwise one refresh per --refresh seconds (>= 30). Liveness
   never rides on them.
 * On start the agent programs nothing and reports nothing until it has its first full Farm
@@ -40,11 +40,11 @@ from vipfarm import __version__, kubeconfig
 from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION
 from vipfarm.timestamps import utc_now
 
-from . import report as pacing
+from . import farmnode_report as pacing
 from .backoff import Backoff
 from .bpf_program import DataplaneError
 from .netconfig import InterfaceError
-from .node import NodeDataplanes
+from .node_dataplanes import NodeDataplanes
 
 log = logging.getLogger("vipfarm.agent.cluster")
 
@@ -71,7 +71,7 @@ class ClusterAgent:
         self.node_uid: str | None = None
         self.labels_at = 0.0
         # The FarmNode's status.farms as last written (None until read or created), the
-        # reports wanted now, and the pacing clock (nodeagent/report.py).
+        # reports wanted now, and the pacing clock (nodeagent/farmnode_report.py).
         self.written: dict[str, dict] | None = None
         self.wanted: dict[str, dict] = {}
         self.last_write = float("-inf")

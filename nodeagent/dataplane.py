@@ -24,12 +24,12 @@ from vipfarm.addresses import format_mac, parse_mac
 from vipfarm.spec import Farm
 
 from . import netconfig
-from .announcer import Announcer
+from .neighbour_responder import NeighbourResponder
 from .bpf_program import DataplaneError, compile_filter, compile_host_fixup, load_filter
-from .bpf_layout import MAX_FARMS
+from .bpf_consts import MAX_FARMS
 from .filter_tables import Counters, FilterTables
 from .local_state import InterfaceState, StateCorrupt, choose_sysctl_originals, quarantine, read_state
-from .plan import FarmOwnership, FilterPlan, allocate_slots, build_plan
+from .filter_plan import FarmOwnership, FilterPlan, allocate_slots, build_plan
 
 __all__ = ["InterfaceDataplane", "InterfaceState", "PIN_ROOT", "STATE_ROOT"]
 
@@ -186,7 +186,7 @@ class InterfaceDataplane:
         self.bpf = None
         self.tables: FilterTables | None = None
         self.plan = FilterPlan()
-        self.announcer: Announcer | None = None
+        self.responder: NeighbourResponder | None = None
         self.adopted = False
         self._recovered: dict[str, int] = {}    # virtual MAC -> slot, read from the pinned maps
 
@@ -233,8 +233,8 @@ class InterfaceDataplane:
             self._recover_from_filter()
         self._take_sysctls()
         if mode == "native":
-            self.announcer = Announcer(self.iface, self.own_mac, self._vmac_for)
-            self.announcer.start()
+            self.responder = NeighbourResponder(self.iface, self.own_mac, self._vmac_for)
+            self.responder.start()
         if mode == "native" and self.link_kind == "veth":
             # veth's native XDP path keeps frames for the virtual MAC marked OTHERHOST even
             # after the filter rewrote them to our MAC; a TC ingress helper marks them HOST.
@@ -355,7 +355,7 @@ class InterfaceDataplane:
     # -- stop -----------------------------------------------------------------------------
     def stop(self) -> None:
         """Graceful leave: undo everything this agent set up on the interface."""
-        if self.announcer:
-            self.announcer.stop()
+        if self.responder:
+            self.responder.stop()
         undo_interface(self.iface, self.state, self.pin_dir, self.state_path, lambda kind, **kv: None)
         log.info("event=dataplane_stopped iface=%s vips_removed=%d", self.iface, len(self.state.vips))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-from .bpf_layout import GLOBAL_SLOT, MAX_FARMS, NCOUNTERS, COUNTER_NAMES, TABLE_WORDS
-from .plan import FarmEntry, FilterPlan, VipEntry
+from .bpf_consts import GLOBAL_SLOT, MAX_FARMS, NCOUNTERS, COUNTER_NAMES, TABLE_WORDS
+from .filter_plan import FarmEntry, FilterPlan, VipEntry
 
 
 def owner_words(owned: frozenset[int] | set[int], buckets: int) -> list[int]:

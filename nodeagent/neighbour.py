@@ -1,7 +1,7 @@
 """ARP and IPv6 neighbour discovery frames for VIPs: pure byte builders and parsers.
 
 Used four ways: by the XDP reference model (the bytes XDP_TX must produce), by the
-user-space announcer that answers when the program passes requests up, by the agent to
+user-space responder (neighbour_responder.py) that answers when the program passes requests up, by the agent to
 send gratuitous ARP / unsolicited NA when it starts serving, and by the lab's probe that
 asks for a VIP the way a client does.
 The Ethernet source is always the node's own MAC; only the ARP/NA payload carries the
@@ -97,7 +97,7 @@ def arp_reply_in_place(frame: bytes, own_mac: bytes, vmac: bytes) -> bytes:
 
 
 def arp_reply(req: ArpRequest, requester_eth: bytes, own_mac: bytes, vmac: bytes) -> bytes:
-    """A fresh 42-byte ARP reply (the announcer's; the kernel pads it on the wire)."""
+    """A fresh 42-byte ARP reply (the responder's; the kernel pads it on the wire)."""
     return (requester_eth + own_mac + struct.pack("!HHHBBH", ETH_P_ARP, 1, ETH_P_IP, 6, 4, 2)
             + vmac + req.target_ip + req.sender_mac + req.sender_ip)
 

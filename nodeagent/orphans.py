@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .local_state import InterfaceState
-from .plan import FarmOwnership
+from .filter_plan import FarmOwnership
 
 
 @dataclass(frozen=True)

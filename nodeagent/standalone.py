@@ -16,8 +16,8 @@ from vipfarm.assignment import Assignment, Member, assign
 from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
 from .bpf_program import DataplaneError
-from .node import NodeDataplanes
-from .plan import FarmOwnership
+from .node_dataplanes import NodeDataplanes
+from .filter_plan import FarmOwnership
 
 log = logging.getLogger("vipfarm.agent")
 

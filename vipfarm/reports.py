@@ -1,6 +1,6 @@
 """The agents' reports, as one FarmNode per Node holds them (status.farms.<farm>).
 
-The agent writes them (nodeagent/report.py paces the writes); the operator reads only the
+The agent writes them (nodeagent/farmnode_report.py paces the writes); the operator reads only the
 decision fields. appliedEpoch is left out of those on purpose: every agent bumps it after
 every rebalance, and that must not make the operator decide again.
 """

@@ -14,7 +14,7 @@ import json
 import time
 from collections import Counter
 
-from nodeagent.pinned import read_counters, read_owned
+from nodeagent.pinned_maps import read_counters, read_owned
 
 from .namespaces import Lab, client_ips, farm_yaml
 

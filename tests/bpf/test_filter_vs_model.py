@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 
 from nodeagent import neighbour
-from nodeagent.bpf_layout import CNT_MALFORMED, GLOBAL_SLOT, NCOUNTERS, XDP_DROP, XDP_PASS, XDP_TX
+from nodeagent.bpf_consts import CNT_MALFORMED, GLOBAL_SLOT, NCOUNTERS, XDP_DROP, XDP_PASS, XDP_TX
 from nodeagent.bpf_program import compile_filter, load_filter
 from tests.support.filter_model import FilterModel
 from nodeagent.filter_tables import FilterTables
-from nodeagent.plan import FarmOwnership, build_plan
+from nodeagent.filter_plan import FarmOwnership, build_plan
 from tests.support.bpf_testrun import run_xdp
 from tests.support import framegen
 from vipfarm.spec import parse_farm

@@ -19,13 +19,13 @@ CHECK = """
 import os, sys
 target = sys.argv[1]
 import nodeagent, vipfarm, vipfarm_bpf
-from nodeagent import bpf_layout
+from nodeagent import bpf_program
 from nodeagent.bpf_program import compile_filter, load_filter
 for mod in (nodeagent, vipfarm, vipfarm_bpf):
     assert os.path.realpath(mod.__file__).startswith(target), (mod.__name__, mod.__file__)
-assert os.path.realpath(bpf_layout.PROGRAM_SOURCE).startswith(target), bpf_layout.PROGRAM_SOURCE
+assert os.path.realpath(bpf_program.PROGRAM_SOURCE).startswith(target), bpf_program.PROGRAM_SOURCE
 fn = load_filter(compile_filter(bytes.fromhex("020000000001"), True))
-print("loaded", bpf_layout.PROGRAM_SOURCE, fn.fd > 0)
+print("loaded", bpf_program.PROGRAM_SOURCE, fn.fd > 0)
 """
 
 

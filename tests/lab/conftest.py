@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from nodeagent.pinned import read_counters, read_owned
+from nodeagent.pinned_maps import read_counters, read_owned
 from nodeagent.lab.namespaces import Lab, client_ips, farm_yaml
 
 FARMS = {

@@ -1,5 +1,5 @@
 """Lab tier, xdpMode native: the filter passes ARP/NS for a VIP up (neigh_punted) and the
-agent's AF_PACKET announcer answers; traffic is filtered exactly as in generic mode."""
+agent's AF_PACKET responder (nodeagent/neighbour_responder.py) answers; traffic is filtered exactly as in generic mode."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from nodeagent.pinned import read_counters
+from nodeagent.pinned_maps import read_counters
 from nodeagent.lab.namespaces import Lab, client_ips, farm_yaml
 from vipfarm.spec import default_virtual_mac
 

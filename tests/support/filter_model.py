@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from vipfarm.hashing import client_hash
 
 from nodeagent import neighbour
-from nodeagent.bpf_layout import (AFF_CLIENTIP, AFF_CLIENTIPPORT, CNT_ACCEPTED, CNT_DROPPED,
+from nodeagent.bpf_consts import (AFF_CLIENTIP, AFF_CLIENTIPPORT, CNT_ACCEPTED, CNT_DROPPED,
                          CNT_MALFORMED, CNT_NEIGH_PUNTED, CNT_NEIGH_REPLIED, CNT_PASSED,
                          FAMILY_V4, FAMILY_V6, GLOBAL_SLOT, MAX_EXT_HDRS, MAX_EXT_OFFSET,
                          XDP_DROP, XDP_PASS, XDP_TX)
-from nodeagent.plan import FilterPlan
+from nodeagent.filter_plan import FilterPlan
 
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.filter_model import FilterModel
-from nodeagent.plan import FarmOwnership, build_plan
+from nodeagent.filter_plan import FarmOwnership, build_plan
 from tests.support import framegen
 from vipfarm.hashing import bucket_of, client_hash, client_words, hash_words
 from vipfarm.spec import parse_farm

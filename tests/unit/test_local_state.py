@@ -17,7 +17,7 @@ from nodeagent import dataplane, netconfig
 from nodeagent.dataplane import InterfaceDataplane, record_from_filter, recovered_slots, undo_interface
 from nodeagent.local_state import (InterfaceState, StateCorrupt, choose_sysctl_originals, parse_state,
                                    quarantine)
-from nodeagent.plan import FarmOwnership
+from nodeagent.filter_plan import FarmOwnership
 from vipfarm.spec import parse_farm
 
 VIPFARM_VALUES = {"arp_ignore": "1", "arp_announce": "2"}

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from nodeagent import neighbour
-from nodeagent.bpf_layout import NA_FRAME_LEN
+from nodeagent.bpf_consts import NA_FRAME_LEN
 
 OWN_MAC = bytes.fromhex("02aa00000001")
 VMAC = bytes.fromhex("02bb00000002")

@@ -13,11 +13,12 @@ import types
 
 import pytest
 
-from nodeagent import netconfig, node
+from nodeagent import netconfig
+from nodeagent import node_dataplanes as node
 from nodeagent.local_state import InterfaceState
-from nodeagent.node import NodeDataplanes, read_local_records
+from nodeagent.node_dataplanes import NodeDataplanes, read_local_records
 from nodeagent.orphans import LocalRecords, OrphanEntry, OrphanInterface, find_orphans
-from nodeagent.plan import FarmOwnership
+from nodeagent.filter_plan import FarmOwnership
 from vipfarm.spec import parse_farm
 
 

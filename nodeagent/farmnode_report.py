@@ -29,7 +29,7 @@ from vipfarm.membership import selects
 from vipfarm.reports import decision_view, farms_changed
 from vipfarm.spec import FarmSpecError, parse_farm
 
-from .plan import FarmOwnership
+from .filter_plan import FarmOwnership
 
 URGENT_GAP = 1.0
 QUIET = 2.0

@@ -1,4 +1,4 @@
-"""nodeagent/bpf_layout.py mirrors bpf/vipfarm_consts.h value for value."""
+"""nodeagent/bpf_consts.py mirrors bpf/vipfarm_consts.h value for value."""
 from __future__ import annotations
 
 import ast
@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from nodeagent import bpf_layout
+from nodeagent import bpf_consts
+from vipfarm_bpf import SOURCE_DIR as BPF_DIR
 from vipfarm import spec
 
-HEADER = os.path.join(bpf_layout.BPF_DIR, "vipfarm_consts.h")
+HEADER = os.path.join(BPF_DIR, "vipfarm_consts.h")
 _DEFINE = re.compile(r"^\s*#\s*define\s+VF_([A-Z0-9_]+)[ \t]+(.+?)\s*$", re.MULTILINE)
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.floordiv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
@@ -80,39 +81,39 @@ def test_header_defines_every_counter_index_once_below_ncounters():
 @pytest.mark.parametrize("name", MIRRORED)
 def test_python_mirror_equals_the_c_header(name):
     assert name in CONSTS, f"VF_{name} is not defined in {HEADER}"
-    assert hasattr(bpf_layout, name), f"nodeagent/bpf_layout.py does not define {name}"
-    assert getattr(bpf_layout, name) == CONSTS[name], (
-        f"bpf_layout.{name}={getattr(bpf_layout, name)} but VF_{name}={CONSTS[name]} in vipfarm_consts.h")
+    assert hasattr(bpf_consts, name), f"nodeagent/bpf_consts.py does not define {name}"
+    assert getattr(bpf_consts, name) == CONSTS[name], (
+        f"bpf_consts.{name}={getattr(bpf_consts, name)} but VF_{name}={CONSTS[name]} in vipfarm_consts.h")
 
 
 def test_every_header_constant_has_a_python_mirror():
-    missing = sorted(n for n in CONSTS if n not in NOT_MIRRORED and not hasattr(bpf_layout, n))
-    assert missing == [], f"constants in vipfarm_consts.h without a mirror in bpf_layout.py: {missing}"
+    missing = sorted(n for n in CONSTS if n not in NOT_MIRRORED and not hasattr(bpf_consts, n))
+    assert missing == [], f"constants in vipfarm_consts.h without a mirror in bpf_consts.py: {missing}"
 
 
 def test_every_python_counter_index_exists_in_the_header():
-    py_counters = {n for n in vars(bpf_layout) if n.startswith("CNT_")}
+    py_counters = {n for n in vars(bpf_consts) if n.startswith("CNT_")}
     assert py_counters == {n for n in CONSTS if n.startswith("CNT_")}
 
 
 def test_counter_names_follow_the_counter_indices():
-    assert len(bpf_layout.COUNTER_NAMES) == bpf_layout.NCOUNTERS
+    assert len(bpf_consts.COUNTER_NAMES) == bpf_consts.NCOUNTERS
     for name, value in CONSTS.items():
         if name.startswith("CNT_"):
-            assert bpf_layout.COUNTER_NAMES[value] == name[4:].lower()
+            assert bpf_consts.COUNTER_NAMES[value] == name[4:].lower()
 
 
 def test_na_frame_length_is_ethernet_plus_ipv6_plus_na_plus_option():
-    assert bpf_layout.NA_FRAME_LEN == 14 + 40 + 24 + 8
+    assert bpf_consts.NA_FRAME_LEN == 14 + 40 + 24 + 8
 
 
 def test_xdp_actions_match_the_kernel_abi():
     # enum xdp_action in linux/bpf.h: a stable kernel ABI
-    assert (bpf_layout.XDP_ABORTED, bpf_layout.XDP_DROP, bpf_layout.XDP_PASS, bpf_layout.XDP_TX) == (0, 1, 2, 3)
+    assert (bpf_consts.XDP_ABORTED, bpf_consts.XDP_DROP, bpf_consts.XDP_PASS, bpf_consts.XDP_TX) == (0, 1, 2, 3)
 
 
 def test_spec_limits_fit_the_filter():
-    assert spec.MAX_RULES == bpf_layout.MAX_RULES
-    assert spec.MAX_BUCKETS == bpf_layout.MAX_BUCKETS
+    assert spec.MAX_RULES == bpf_consts.MAX_RULES
+    assert spec.MAX_BUCKETS == bpf_consts.MAX_BUCKETS
     # one farm's VIPs must fit in the per-interface VIP table
-    assert spec.MAX_VIPS_PER_FARM <= bpf_layout.MAX_VIPS_PER_IFACE
+    assert spec.MAX_VIPS_PER_FARM <= bpf_consts.MAX_VIPS_PER_IFACE

@@ -1,11 +1,5 @@
-"""Python mirror of bpf/vipfarm_consts.h (tests/unit/test_bpf_layout.py keeps them equal)."""
+"""Python mirror of bpf/vipfarm_consts.h (tests/unit/test_bpf_consts.py keeps them equal)."""
 from __future__ import annotations
-
-import os
-
-from vipfarm_bpf import SOURCE_DIR as BPF_DIR
-PROGRAM_SOURCE = os.path.join(BPF_DIR, "vipfarm_xdp.c")
-PROGRAM_FUNCTION = "vipfarm_xdp"
 
 MAX_FARMS = 32
 MAX_VIPS_PER_IFACE = 256

@@ -1,12 +1,12 @@
-"""nodeagent.plan: farm slots and the filter plan built from farms and ownership."""
+"""nodeagent.filter_plan: farm slots and the filter plan built from farms and ownership."""
 from __future__ import annotations
 
 import ipaddress
 
 import pytest
 
-from nodeagent.bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, FAMILY_V4, FAMILY_V6, MAX_FARMS, MAX_VIPS_PER_IFACE
-from nodeagent.plan import FarmOwnership, RuleEntry, allocate_slots, build_plan
+from nodeagent.bpf_consts import AFF_CLIENTIP, AFF_CLIENTIPPORT, FAMILY_V4, FAMILY_V6, MAX_FARMS, MAX_VIPS_PER_IFACE
+from nodeagent.filter_plan import FarmOwnership, RuleEntry, allocate_slots, build_plan
 from vipfarm.addresses import parse_mac
 from vipfarm.spec import parse_farm
 

@@ -12,11 +12,11 @@ import os
 from collections import defaultdict
 
 from . import netconfig
-from .bpf_layout import PROGRAM_FUNCTION
+from .bpf_program import PROGRAM_FUNCTION
 from .dataplane import InterfaceDataplane, merge_xdp_modes, undo_interface
 from .local_state import InterfaceState, StateCorrupt, quarantine, read_state
 from .orphans import LocalRecords, OrphanInterface, Orphans, find_orphans
-from .plan import FarmOwnership
+from .filter_plan import FarmOwnership
 
 log = logging.getLogger("vipfarm.node")
 

@@ -13,7 +13,7 @@ from vipfarm.addresses import parse_mac
 from vipfarm.conflicts import first_duplicate
 from vipfarm.spec import Farm
 
-from .bpf_layout import AFF_CLIENTIP, AFF_CLIENTIPPORT, MAX_FARMS, MAX_VIPS_PER_IFACE, FAMILY_V4, FAMILY_V6
+from .bpf_consts import AFF_CLIENTIP, AFF_CLIENTIPPORT, MAX_FARMS, MAX_VIPS_PER_IFACE, FAMILY_V4, FAMILY_V6
 
 PROTO_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
 AFFINITY_CODES = {"ClientIP": AFF_CLIENTIP, "ClientIPPort": AFF_CLIENTIPPORT}

@@ -17,7 +17,7 @@ from typing import Callable
 
 from . import neighbour
 
-log = logging.getLogger("vipfarm.announcer")
+log = logging.getLogger("vipfarm.neighbour_responder")
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
@@ -48,9 +48,9 @@ def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-class Announcer(threading.Thread):
+class NeighbourResponder(threading.Thread):
     def __init__(self, iface: str, own_mac: bytes, lookup: VmacLookup):
-        super().__init__(name=f"announcer-{iface}", daemon=True)
+        super().__init__(name=f"neighbour-responder-{iface}", daemon=True)
         self.iface = iface
         self.own_mac = own_mac
         self.lookup = lookup

@@ -1,7 +1,7 @@
-"""The agent's FarmNode writes (nodeagent/report.py): what it reports, what it patches, and when."""
+"""The agent's FarmNode writes (nodeagent/farmnode_report.py): what it reports, what it patches, and when."""
 from __future__ import annotations
 
-from nodeagent.report import (LAZY_MAX, QUIET, URGENT_GAP, farmnode_object, farms_patch, is_urgent,
+from nodeagent.farmnode_report import (LAZY_MAX, QUIET, URGENT_GAP, farmnode_object, farms_patch, is_urgent,
                               seconds_until_write, settled, status_patch, wanted)
 
 READY = {"ready": True, "reason": "", "appliedEpoch": 3, "dataplaneMode": "generic"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from .bpf_layout import COUNTER_NAMES, NCOUNTERS, TABLE_WORDS
+from .bpf_consts import COUNTER_NAMES, NCOUNTERS, TABLE_WORDS
 from .bpf_syscall import map_lookup, obj_get
 from .filter_tables import buckets_from_words
 
