@@ -26,14 +26,14 @@ def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
     sel = selectors.DefaultSelector()
     reply = (name + "\n").encode()
     for port in tcp_ports:
-        for fam, addr in ((socket.AF_INET6, "::"),):
-            s = socket.socket(fam, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.bind((addr, port))
-            s.listen(1024)
-            s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ, "tcp")
+        # One dual-stack socket per port takes IPv4 and IPv6 connections alike.
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
+        s.listen(1024)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, "tcp")
     for port in udp_ports:
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
