@@ -7,6 +7,7 @@ import ctypes
 import logging
 import os
 import sys
+import time
 
 M_ARENA_MAX = -8
 
@@ -29,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     limit_malloc_arenas()
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+                        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
+    logging.Formatter.converter = time.gmtime      # UTC, as the API server's timestamps
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import handlers, replica  # noqa: F401  (registers the handlers)
+    replica.install()     # before kopf.operator(): a standby's own threads must not write
     asyncio.run(kopf.operator(clusterwide=True, standalone=False,
                               peering_name=os.environ.get("VIPFARM_PEERING_NAME", "vipfarm"),
                               liveness_endpoint=args.liveness or None))

@@ -7,6 +7,10 @@
         url = api.forward_into("vf1234-n1")        # https://127.0.0.1:6443 inside that netns
         api.stop_apiserver(); api.start_apiserver()  # same port, certs and etcd data
 
+    with ApiServer(audit_policy=policy) as api:    # + an audit log (a kube-apiserver audit Policy)
+        api.audit_events()                         # every event so far, oldest first
+        token_id(tok)                              # the token's credential id, as audit events name it
+
 Only kube-apiserver and etcd run: there is no controller-manager and no scheduler, so
 namespaces never finish terminating, ServiceAccounts are not created automatically, no
 garbage collection happens and pods stay Pending. Everything listens on 127.0.0.1 only, on
@@ -143,6 +147,19 @@ def _terminate(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
         pass
 
 
+def token_id(token: str) -> str:
+    """A ServiceAccount token's credential id as the API server records it in each audit
+    event (user.extra["authentication.kubernetes.io/credential-id"]): "JTI=<the token's jti>"."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return f"JTI={claims['jti']}"
+
+
+def audit_credential(event: dict) -> str:
+    """The credential id of the caller of one audit event ("" if none, e.g. a static token)."""
+    return ((event.get("user") or {}).get("extra") or {}).get("authentication.kubernetes.io/credential-id", [""])[0]
+
+
 def _kubeconfig(server: str, ca_pem: bytes, token: str, user: str = "user",
                 namespace: str | None = None) -> str:
     """JSON is valid YAML: kubectl, helm, client-go and the Python client all read it."""
@@ -172,12 +189,14 @@ class ApiServer:
     and only in the creating process (pyroute2 forks helpers that inherit atexit handlers)."""
 
     def __init__(self, *, tls: str = "auto", ready_timeout: float = 120.0, start: bool = True,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, audit_policy: dict | None = None):
         if tls not in ("auto", "self-signed", "openssl"):
             raise ValueError("tls must be auto, self-signed or openssl")
         self.tls = tls
         self.ready_timeout = ready_timeout
         self.extra_args = list(extra_args or [])
+        self.audit_policy = audit_policy
+        self.audit_log = ""
         self.workdir = ""
         self.port = 0
         self.url = ""
@@ -236,6 +255,10 @@ class ApiServer:
         _write_private(self._path("tokens.csv"), f'{self.admin_token},admin,admin-uid,"system:masters"\n')
         for d in ("helm/cache", "helm/config", "helm/data"):
             os.makedirs(self._path(d), exist_ok=True)
+        if self.audit_policy is not None:
+            with open(self._path("audit-policy.json"), "w") as f:   # JSON is YAML
+                json.dump(self.audit_policy, f)
+            self.audit_log = self._path("audit.log")
 
     def _spawn(self, argv: list[str], log: str) -> subprocess.Popen:
         out = open(self._path(log), "ab")
@@ -291,7 +314,24 @@ class ApiServer:
                 "--disable-admission-plugins=ServiceAccount",
                 # As on kubeadm clusters: the node agent DaemonSet is privileged (XDP, netlink).
                 "--allow-privileged=true",
-                *self._tls_args, *self.extra_args]
+                *self._audit_args(), *self._tls_args, *self.extra_args]
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit_log:
+            return []
+        # The log backend in blocking mode: an event is in the file before its response is sent.
+        return [f"--audit-policy-file={self._path('audit-policy.json')}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-mode=blocking"]
+
+    def audit_events(self) -> list[dict]:
+        """The audit log so far, oldest first (one JSON object per line, across restarts)."""
+        if not self.audit_log:
+            raise HarnessError("this ApiServer was started without an audit_policy")
+        try:
+            with open(self.audit_log) as f:
+                return [json.loads(line) for line in f if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
 
     def _start_first_apiserver(self) -> None:
         if self.tls == "openssl":
