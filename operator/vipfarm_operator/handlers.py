@@ -170,8 +170,8 @@ def _cache_node(name: str, body) -> Any:     # under _lock
 def farmnode_event(name, body, type, **_):
     """Queue the Farms whose report from this node changed in substance (not appliedEpoch,
     not reportedAt: those change all the time and decide nothing)."""
+    new = {} if type == "DELETED" else _view(body)
     with _released:
-        new = {} if type == "DELETED" else _view(body)
         old = _reports.get(name, {})
         if type == "DELETED":
             _reports.pop(name, None)

@@ -7,7 +7,6 @@ import ctypes
 import logging
 import os
 import sys
-import time
 
 M_ARENA_MAX = -8
 
@@ -30,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     limit_malloc_arenas()
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s %(message)s",
-                        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr)
-    logging.Formatter.converter = time.gmtime      # UTC, as the API server's timestamps
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     import kopf
 
     from . import handlers, replica  # noqa: F401  (registers the handlers)

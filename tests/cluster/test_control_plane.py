@@ -53,6 +53,13 @@ def _utc(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def _log_time(line: str) -> datetime.datetime:
+    """The time of an operator log line ("2026-12-01 21:00:00,123 ...", the machine's local time;
+    bench/control_plane.py reads the same format)."""
+    return datetime.datetime.strptime(" ".join(line.split()[:2]), "%Y-%m-%d %H:%M:%S,%f").astimezone(
+        datetime.timezone.utc)
+
+
 class Cluster:
     def __init__(self, api, lab: Lab):
         self.api = api
@@ -137,7 +144,7 @@ class Cluster:
                      "paused" if "Pausing operations in favour of" in line or "Pausing all operators" in line
                      else None)
             if state:
-                out.append((_utc(line.split()[0]), state))
+                out.append((_log_time(line), state))
         return out
 
     def wait_one_active(self, timeout: float = 90) -> tuple[int, int]:
