@@ -104,7 +104,8 @@ sys.path.insert(0, REPO)
 
 from nodeagent.farmnode_report import farmnode_object, status_patch  # noqa: E402
 from vipfarm import __version__  # noqa: E402
-from tests.support.apiserver import ApiServer, _pdeathsig_prefix  # noqa: E402
+from nodeagent.lab.processes import pdeathsig_prefix  # noqa: E402
+from tests.support.apiserver import ApiServer  # noqa: E402
 from vipfarm.assignment import NO_OWNER, Assignment  # noqa: E402
 from vipfarm.decisions import decide  # noqa: E402
 from vipfarm.membership import node_info  # noqa: E402
@@ -361,7 +362,7 @@ class Bench:
         self.op_env = {k: v for k, v in env.items() if k.startswith("VIPFARM_")}
         out = open(self.oplog, "ab")
         try:
-            self.operator = subprocess.Popen(_pdeathsig_prefix() + [sys.executable, "-m", "vipfarm_operator.main"],
+            self.operator = subprocess.Popen(pdeathsig_prefix() + [sys.executable, "-m", "vipfarm_operator.main"],
                                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              env=env, cwd=REPO)
         finally:

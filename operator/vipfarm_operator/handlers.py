@@ -13,7 +13,14 @@ Everything the operator decides is in vipfarm.reconcile (pure, unit-tested). Her
   (at most EVENT_DELAY seconds), so they never slow down the writes the agents act on;
 * Kopf provides the watches, the finalizer (deletion waits for every agent's `released`),
   the periodic resync timer, and peering (one active replica; a paused replica's handlers
-  and timers do not run, so it queues nothing).
+  and timers do not run, so it queues nothing);
+* our own threads (workers, events poster, prune) run in every replica, and Kopf's pause
+  does not reach them: every write asks replica.active() at the moment of writing
+  (kube.py), so a standby, or a replica demoted with work queued, writes nothing and drops
+  that work. When a replica becomes active, Kopf lists every kind again and each Farm of
+  that listing is queued (on_replica_change forgets what was seen before);
+* the caches are shared by Kopf's handler threads and the workers: each read-modify-write
+  and each snapshot a reconcile takes is made under _lock (short sections, no API calls).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from vipfarm.reports import decision_view, farms_changed
 from vipfarm.timestamps import utc_now
 from vipfarm.spec import GROUP, PLURAL, REPORT_PLURAL, VERSION, FarmSpecError, parse_farm
 
-from . import kube
+from . import kube, replica
 from .workqueue import WorkQueue
 
 FINALIZER = "vipfarm.io/release"
@@ -46,12 +53,12 @@ RELEASE_TIMEOUT = float(os.environ.get("VIPFARM_RELEASE_TIMEOUT", "60"))
 PRUNE_INTERVAL = float(os.environ.get("VIPFARM_PRUNE_INTERVAL", "300"))
 REPORT_COALESCE = 0.2     # agent reports arrive in bursts: let them merge
 EVENT_DELAY = 10.0        # events wait at most this long for the status writes to finish
-RETRY_MAX = 30.0
-RELEASE_POLL = 10.0       # the finalizer waits this long in one go for the agents' `released`
+RETRY_MAX = float(os.environ.get("VIPFARM_RETRY_MAX", "30"))   # longest wait between retries of a failed write
+RELEASE_WAIT = 10.0       # the finalizer waits this long in one go for the agents' `released`
 
 log = logging.getLogger("vipfarm.operator")
 
-# -- caches, written by the watch handlers, read by the workers ----------------------------
+# -- caches, written by the watch handlers, read by the workers, all under _lock -----------
 _nodes: dict[str, Any] = {}            # node name -> NodeInfo
 _farms: dict[str, dict] = {}           # farm name -> {metadata, spec, status, ours}
 _reports: dict[str, dict] = {}         # node name -> {farm name -> report (decision fields)}
@@ -59,6 +66,8 @@ _farm_seen: dict[str, tuple] = {}      # farm name -> what in it makes a reconci
 _failures: dict[str, int] = {}
 _interned: dict[str, dict] = {}        # one shared dict per distinct report (most are alike)
 _META = ("name", "uid", "generation", "creationTimestamp", "deletionTimestamp", "resourceVersion")
+_lock = threading.RLock()
+_released = threading.Condition(_lock)   # notified when an agent's `released` changes
 
 _queue = WorkQueue()
 _events: "queue.Queue[tuple[float, dict, str, str, str]]" = queue.Queue(maxsize=10000)
@@ -87,17 +96,19 @@ def prime_caches(**_):
     """Fill the caches from one LIST of each kind before any reconcile: a Farm decided on a
     partial view of the Nodes would move buckets for nothing. Kopf retries this on failure,
     and its watches start only after it. Nothing is queued here: a standby replica runs this
-    too, and only the active one's watch handlers queue work (Kopf pauses the others)."""
+    too, and only the active one's watch handlers queue work (Kopf pauses the others). The
+    threads start in every replica; what they write is gated by replica.active()."""
     try:
         nodes, reports, farms = kube.list_nodes(), kube.list_farmnodes(), kube.list_farms()
     except Exception as e:
         raise kopf.TemporaryError(f"listing Nodes, FarmNodes and Farms failed: {e}", delay=2)
-    for body in nodes:
-        _cache_node(body["metadata"]["name"], body)
-    for body in reports:
-        _reports[body["metadata"]["name"]] = _view(body)
-    for body in farms:
-        _cache_farm(body["metadata"]["name"], body)
+    with _lock:
+        for body in nodes:
+            _cache_node(body["metadata"]["name"], body)
+        for body in reports:
+            _reports[body["metadata"]["name"]] = _view(body)
+        for body in farms:
+            _cache_farm(body["metadata"]["name"], body)
     log.info("event=caches_primed nodes=%d farmnodes=%d farms=%d", len(nodes), len(reports), len(farms))
     if not _started.is_set():
         _started.set()
@@ -112,16 +123,29 @@ def stop(**_):
     _queue.shutdown()
 
 
+def on_replica_change(active: bool) -> None:
+    """Becoming active: Kopf lists every kind again (its watches were paused); forget which
+    Farms were seen, so that listing queues every one of them. Runs in Kopf's event loop,
+    before the watchers resume."""
+    if active:
+        with _lock:
+            _farm_seen.clear()
+
+
+replica.on_change(on_replica_change)
+
+
 # -- watch handlers: update a cache, queue what it affects -------------------------------
 @kopf.on.event("", "v1", "nodes")
 def node_event(name, body, type, **_):
     """Queue the Farms that select a Node (before or after), when what membership reads changed."""
-    old = _nodes.get(name)
-    if type == "DELETED":
-        _nodes.pop(name, None)
-        new = None
-    else:
-        new = _cache_node(name, body)
+    with _lock:
+        old = _nodes.get(name)
+        if type == "DELETED":
+            _nodes.pop(name, None)
+            new = None
+        else:
+            new = _cache_node(name, body)
     if old == new:
         return
     log.info("event=node_changed node=%s ready=%s", name, new and new.ready)
@@ -131,13 +155,15 @@ def node_event(name, body, type, **_):
 def _queue_selecting(*nodes) -> None:
     """Queue every Farm whose nodeSelector matches one of these NodeInfos."""
     labels = [n.labels for n in nodes if n is not None]
-    for farm, f in list(_farms.items()):
+    with _lock:
+        farms = list(_farms.items())
+    for farm, f in farms:
         selector = (f.get("spec") or {}).get("nodeSelector") or {}
         if any(selects(selector, lab) for lab in labels):
             _queue.add(farm)
 
 
-def _cache_node(name: str, body) -> Any:
+def _cache_node(name: str, body) -> Any:     # under _lock
     md, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status", {})
     _nodes[name] = node_info(name, md.get("labels"), md.get("annotations"), status.get("conditions"),
                              spec.get("unschedulable"))
@@ -149,12 +175,16 @@ def farmnode_event(name, body, type, **_):
     """Queue the Farms whose report from this node changed in substance (not appliedEpoch,
     not reportedAt: those change all the time and decide nothing)."""
     new = {} if type == "DELETED" else _view(body)
-    old = _reports.get(name, {})
-    if type == "DELETED":
-        _reports.pop(name, None)
-    else:
-        _reports[name] = new
-    for farm in farms_changed(old, new):
+    with _released:
+        old = _reports.get(name, {})
+        if type == "DELETED":
+            _reports.pop(name, None)
+        else:
+            _reports[name] = new
+        changed = farms_changed(old, new)
+        if any((old.get(f) or {}).get("released") != (new.get(f) or {}).get("released") for f in changed):
+            _released.notify_all()        # a finalizer may be waiting for this (farm_deleted)
+    for farm in changed:
         _queue.add(farm, delay=REPORT_COALESCE)
 
 
@@ -167,34 +197,42 @@ def farm_event(name, body, type, **_):
         _forget_farm(name)
         return
     md = body.get("metadata", {})
-    _cache_farm(name, body)
     seen = (md.get("generation"), md.get("creationTimestamp"), bool(md.get("deletionTimestamp")))
-    if _farm_seen.get(name) != seen:
+    with _lock:
+        _cache_farm(name, body)
+        new = _farm_seen.get(name) != seen
         _farm_seen[name] = seen
+    if new:
         _queue.add(name)
         _requeue_conflicting(name)
 
 
 def _view(farmnode) -> dict[str, dict]:
     """A FarmNode's reports as decisions read them. 200 Farms x 64 nodes of reports are mostly
-    the same few dicts: share one object per distinct report (operator RSS, bench/RESULTS.md)."""
+    the same few dicts: share one object per distinct report (operator RSS, bench/RESULTS.md).
+    Cached reports are never changed in place: a new report is a new dict."""
     view = decision_view((farmnode.get("status") or {}).get("farms"))
-    if len(_interned) > 10000:
-        _interned.clear()
-    return {f: _interned.setdefault(json.dumps(r, sort_keys=True), r) for f, r in view.items()}
+    with _lock:
+        if len(_interned) > 10000:
+            _interned.clear()
+        return {f: _interned.setdefault(json.dumps(r, sort_keys=True), r) for f, r in view.items()}
 
 
 def _cache_farm(name: str, body) -> None:
     """Keep what reconciles read. The status is the newest one known: a watch event can lag
     behind our own write, and minimal movement needs the newest previous assignment, so a
-    status we wrote is kept until an event brings a newer epoch."""
+    status we wrote is kept until an event brings a newer epoch. An entry is replaced, never
+    changed in place, so a worker's snapshot of it stays whole. Called under _lock."""
     md = body.get("metadata") or {}
     status, ours = dict(body.get("status") or {}), False
-    old = _farms.get(name)
-    if old and old["ours"] and _epoch(old["status"]) >= _epoch(status):
-        status, ours = old["status"], True
-    _farms[name] = {"metadata": {k: md[k] for k in _META if k in md}, "spec": dict(body.get("spec") or {}),
-                    "status": status, "ours": ours, "apiVersion": body.get("apiVersion"), "kind": body.get("kind")}
+    with _lock:
+        old = _farms.get(name)
+        if old and old["ours"] and _epoch(old["status"]) >= _epoch(status):
+            status, ours = old["status"], True
+        entry = {"metadata": {k: md[k] for k in _META if k in md}, "spec": dict(body.get("spec") or {}),
+                 "status": status, "ours": ours, "apiVersion": body.get("apiVersion"), "kind": body.get("kind")}
+        entry["ref"] = farm_ref(entry)      # conflict detection reads it for every Farm, every reconcile
+        _farms[name] = entry
 
 
 def _epoch(status: dict) -> int:
@@ -202,24 +240,28 @@ def _epoch(status: dict) -> int:
 
 
 def _remember_written(name: str, status: dict) -> None:
-    cur = _farms.get(name)
-    if cur is not None:
-        cur["status"], cur["ours"] = status, True
+    with _lock:
+        cur = _farms.get(name)
+        if cur is not None:
+            _farms[name] = dict(cur, status=status, ours=True)
 
 
 def _forget_farm(name: str) -> None:
-    for cache in (_farms, _farm_seen, _failures):
-        cache.pop(name, None)
+    with _lock:
+        for cache in (_farms, _farm_seen, _failures):
+            cache.pop(name, None)
 
 
 def _requeue_conflicting(name: str) -> None:
     """A new, changed or vanishing Farm can start or end another one's VIP conflict."""
-    cached = _farms.get(name)
+    with _lock:
+        cached = _farms.get(name)
+        farms = list(_farms.items())
     if cached is None:
         return
-    mine = farm_ref(cached)
-    for other, f in list(_farms.items()):
-        if share_a_vip(mine, farm_ref(f)):
+    mine = cached["ref"]
+    for other, f in farms:
+        if share_a_vip(mine, f["ref"]):
             _queue.add(other)
 
 
@@ -238,9 +280,17 @@ def _work() -> None:
             return
         try:
             reconcile(name)
-            _failures.pop(name, None)
+            with _lock:
+                _failures.pop(name, None)
+        except kube.Standby:
+            # Demoted (or never active): drop the work, no retry. The replica that is active
+            # reconciles every Farm; so does this one if it becomes active again.
+            log.info("event=reconcile_dropped farm=%s reason=standby", name)
+            with _lock:
+                _failures.pop(name, None)
         except Exception as e:     # retried with backoff; the API may be restarting
-            n = _failures[name] = _failures.get(name, 0) + 1
+            with _lock:
+                n = _failures[name] = _failures.get(name, 0) + 1
             delay = min(RETRY_MAX, 0.5 * 2 ** n)
             log.warning("event=reconcile_failed farm=%s attempt=%d retry_in=%.1fs error=%s",
                         name, n, delay, str(e).replace("\n", " ")[:300])
@@ -250,9 +300,15 @@ def _work() -> None:
 
 
 def reconcile(name: str) -> None:
-    body = _farms.get(name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
+    if not replica.active():
+        raise kube.Standby(f"not reconciling Farm {name}: this replica is a standby")
+    with _lock:     # one consistent snapshot; decide() and the API call run without the lock
+        body = _farms.get(name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        nodes = list(_nodes.values())
+        refs = [f["ref"] for f in _farms.values()]
+        reports = {node: farms[name] for node, farms in _reports.items() if name in farms}
     status = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation", 0))
     try:
@@ -267,13 +323,13 @@ def reconcile(name: str) -> None:
             _remember_written(name, invalid)
             _event(body, "InvalidSpec", str(e)[:1000], "Warning")
         return
-    reports = {node: farms[name] for node, farms in list(_reports.items()) if name in farms}
-    d = decide(farm, generation, body["metadata"].get("creationTimestamp", ""), list(_nodes.values()),
-               [farm_ref(b) for b in list(_farms.values())], status, reports, utc_now())
+    d = decide(farm, generation, body["metadata"].get("creationTimestamp", ""), nodes, refs, status,
+               reports, utc_now())
     current = {k: v for k, v in status.items() if k in d.status}
     if _strip_times(current) != _strip_times(d.status):
         if not kube.patch_status(name, d.status):
-            _farms.pop(name, None)       # deleted meanwhile
+            with _lock:
+                _farms.pop(name, None)       # deleted meanwhile
             return
         _remember_written(name, d.status)
         log.info("event=status_written farm=%s phase=%s epoch=%s ready=%s",
@@ -305,21 +361,25 @@ def prune_stale() -> None:
     A paused (standby) replica stops watching; when it takes over, Kopf lists again, which
     brings every live object back but says nothing of those deleted meanwhile. An entry
     missing from a LIST is dropped only after a GET confirms it is gone (404), so an object
-    created after the LIST is never lost. Nothing is queued here (this thread also runs in a
-    standby replica, which must not write): the active replica's periodic resync reconciles
-    the Farms within VIPFARM_RECONCILE_INTERVAL.
+    created after the LIST is never lost. It only reads, and queues nothing (this thread also
+    runs in a standby replica): the active replica's periodic resync reconciles the Farms
+    within VIPFARM_RECONCILE_INTERVAL.
     """
     for kind, cache, listing in (("Node", _nodes, kube.list_nodes), ("FarmNode", _reports, kube.list_farmnodes),
                                  ("Farm", _farms, kube.list_farms)):
         live = {b["metadata"]["name"] for b in listing()}
-        for name in [n for n in list(cache) if n not in live]:
+        with _lock:
+            missing = [n for n in cache if n not in live]
+        for name in missing:
             if kube.exists(kind, name):
                 continue
             log.info("event=cache_pruned kind=%s name=%s", kind, name)
             if kind == "Farm":
                 _forget_farm(name)
             else:
-                cache.pop(name, None)
+                with _released:
+                    cache.pop(name, None)
+                    _released.notify_all()
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -336,7 +396,10 @@ def _post_events() -> None:
         queued_at, body, reason, message, type_ = _events.get()
         # Status writes first: the agents act on them, events are for people.
         _queue.wait_idle(max(0.0, queued_at + EVENT_DELAY - time.monotonic()))
-        kube.post_event(body, reason, message, type_)
+        try:
+            kube.post_event(body, reason, message, type_)
+        except kube.Standby:      # demoted meanwhile: the active replica tells the story
+            log.info("event=event_dropped reason=%s farm=%s cause=standby", reason, body["metadata"].get("name"))
 
 
 # -- deletion ----------------------------------------------------------------------------------
@@ -344,19 +407,20 @@ def _post_events() -> None:
 def farm_deleted(body, meta, logger, **_):
     """Hold the finalizer until every member's agent has released the VIP and filter entries."""
     name = meta["name"]
-    known = (_farms.get(name) or {}).get("status") or {}
+    with _lock:
+        known = (_farms.get(name) or {}).get("status") or {}
     members = sorted({m.get("node") for m in ((body.get("status") or {}).get("members") or [])
                       + (known.get("members") or [])})
 
-    def unreleased() -> list[str]:
+    def unreleased() -> list[str]:     # under _lock
         return [n for n in members if not (_reports.get(n, {}).get(name) or {"released": True}).get("released")]
 
-    # Agents usually release within a second or two: wait here briefly rather than have Kopf
-    # log a temporary failure (at ERROR) and retry.
-    deadline = time.monotonic() + RELEASE_POLL
-    while unreleased() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    pending = unreleased()
+    # Agents usually release within a second or two: wait here (woken by farmnode_event when a
+    # report's `released` changes) rather than have Kopf log a temporary failure (at ERROR)
+    # and retry.
+    with _released:
+        _released.wait_for(lambda: not unreleased(), timeout=RELEASE_WAIT)
+        pending = unreleased()
     waited = 0.0
     if meta.get("deletionTimestamp"):
         t = datetime.datetime.fromisoformat(meta["deletionTimestamp"].replace("Z", "+00:00"))
@@ -364,8 +428,12 @@ def farm_deleted(body, meta, logger, **_):
     if pending and waited < RELEASE_TIMEOUT:
         raise kopf.TemporaryError(f"waiting for agents to release Farm {name}: {', '.join(pending)}", delay=1)
     if pending:
-        kube.post_event(body, "ReleaseTimeout", f"gave up waiting for {', '.join(pending)} after "
-                                                f"{RELEASE_TIMEOUT:.0f}s; their nodes may keep the VIP", "Warning")
-    _failures.pop(name, None)
+        try:
+            kube.post_event(body, "ReleaseTimeout", f"gave up waiting for {', '.join(pending)} after "
+                                                    f"{RELEASE_TIMEOUT:.0f}s; their nodes may keep the VIP", "Warning")
+        except kube.Standby:
+            pass
+    with _lock:
+        _failures.pop(name, None)
     _requeue_conflicting(name)
     logger.info("event=farm_released farm=%s", name)

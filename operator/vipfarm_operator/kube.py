@@ -1,14 +1,23 @@
-"""The operator's Kubernetes API calls (the kubernetes client), kept apart from decisions."""
+"""The operator's Kubernetes API calls (the kubernetes client), kept apart from decisions.
+
+Every write (a Farm status patch, an Event) asks replica.active() right before it is sent and
+raises Standby instead when this replica is not the active one (Kopf peering): the threads that
+write are ours, and Kopf's pause does not stop them. Reads are allowed in every replica.
+"""
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from vipfarm import kubeconfig
 from vipfarm.spec import GROUP, PLURAL, REPORT_PLURAL, VERSION
+
+from . import replica
 
 log = logging.getLogger("vipfarm.operator.kube")
 COMPONENT = "vipfarm-operator"
@@ -16,16 +25,19 @@ _clients: dict[str, object] = {}
 _lock = threading.Lock()
 
 
+class Standby(RuntimeError):
+    """A write was refused here because this replica is not the active one."""
+
+
+def _must_be_active(what: str) -> None:
+    if not replica.active():
+        raise Standby(f"not {what}: this operator replica is a standby (Kopf peering), the active one writes")
+
+
 def _api_client() -> client.ApiClient:
     with _lock:
         if "api" not in _clients:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-            cfg = client.Configuration.get_default_copy()
-            cfg.connection_pool_maxsize = 16      # 8 workers keep 8 writes in flight
-            _clients["api"] = client.ApiClient(cfg)
+            _clients["api"] = kubeconfig.api_client(pool_size=16)   # 8 workers keep 8 writes in flight
         return _clients["api"]
 
 
@@ -62,7 +74,9 @@ def exists(kind: str, name: str) -> bool:
 
 
 def patch_status(name: str, status: dict) -> bool:
-    """Merge-patch a Farm's status; False when the Farm is gone (404). Other errors raise."""
+    """Merge-patch a Farm's status; False when the Farm is gone (404). Other errors raise,
+    Standby when this replica is not the active one."""
+    _must_be_active(f"writing the status of Farm {name}")
     try:
         custom().patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, {"status": status},
                                                     _content_type="application/merge-patch+json")
@@ -75,8 +89,10 @@ def patch_status(name: str, status: dict) -> bool:
 
 def post_event(body: dict, reason: str, message: str, type_: str = "Normal") -> None:
     """A core/v1 Event about a Farm. Farms are cluster scoped, so their events go to
-    `default`, as kubectl expects (`kubectl describe farm` finds them there)."""
+    `default`, as kubectl expects (`kubectl describe farm` finds them there). Raises Standby
+    when this replica is not the active one."""
     md = body.get("metadata") or {}
+    _must_be_active(f"posting Event {reason} about Farm {md.get('name')}")
     now = datetime.datetime.now(datetime.timezone.utc)
     ev = client.CoreV1Event(
         metadata=client.V1ObjectMeta(generate_name=f"{md.get('name', 'farm')}."),
@@ -85,7 +101,7 @@ def post_event(body: dict, reason: str, message: str, type_: str = "Normal") -> 
                                                  uid=md.get("uid")),
         reason=reason, message=message[:1024], type=type_, count=1,
         first_timestamp=now, last_timestamp=now, source=client.V1EventSource(component=COMPONENT),
-        reporting_component=COMPONENT, reporting_instance=COMPONENT)
+        reporting_component=COMPONENT, reporting_instance=os.environ.get("POD_NAME") or COMPONENT)
     try:
         core().create_namespaced_event("default", ev)
     except Exception as e:   # events are best effort; never fail a reconcile for one

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     import kopf
 
-    from . import handlers  # noqa: F401  (registers the handlers)
+    from . import handlers, replica  # noqa: F401  (registers the handlers)
+    replica.install()     # before kopf.operator(): a standby's own threads must not write
     asyncio.run(kopf.operator(clusterwide=True, standalone=False,
                               peering_name=os.environ.get("VIPFARM_PEERING_NAME", "vipfarm"),
                               liveness_endpoint=args.liveness or None))

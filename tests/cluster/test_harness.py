@@ -155,9 +155,35 @@ def test_openssl_fallback_and_cleanup():
     api.close()
     assert not os.path.exists(workdir)
     for p in pids:
-        assert not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2] == "Z"
+        assert _gone_or_zombie(p), f"pid {p} still running after close()"
     out = subprocess.run(["ss", "-H", "-ltn"], capture_output=True, text=True).stdout
     assert f"127.0.0.1:{port} " not in out
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_audit_log_names_the_token_that_made_each_request(apiserver, tmp_path):
+    """Two tokens of one ServiceAccount are told apart by their credential id (the JTI)."""
+    from tests.support.apiserver import audit_credential, token_id
+    ns, sa = f"audit-{_uid()}", "writer"
+    apiserver.kubectl("create", "namespace", ns)
+    apiserver.kubectl("-n", ns, "create", "serviceaccount", sa)
+    apiserver.kubectl("-n", ns, "create", "role", "cm", "--verb=create", "--resource=configmaps")
+    apiserver.kubectl("-n", ns, "create", "rolebinding", "cm", "--role=cm", f"--serviceaccount={ns}:{sa}")
+    first, second = apiserver.mint_token(ns, sa), apiserver.mint_token(ns, sa)
+    assert token_id(first) != token_id(second)
+    cfg = apiserver.kubeconfig_for_token(first, str(tmp_path / "first.kubeconfig"))
+    apiserver.kubectl("-n", ns, "create", "configmap", "by-first", kubeconfig=cfg)
+    mine = [e for e in apiserver.audit_events() if audit_credential(e) == token_id(first)]
+    assert [(e["verb"], e["objectRef"]["resource"], e["objectRef"].get("name")) for e in mine
+            if e["verb"] == "create"] == [("create", "configmaps", "by-first")], mine
+    assert not [e for e in apiserver.audit_events() if audit_credential(e) == token_id(second)]
 
 
 def test_python_client(apiserver):

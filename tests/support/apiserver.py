@@ -7,6 +7,10 @@
         url = api.forward_into("vf1234-n1")        # https://127.0.0.1:6443 inside that netns
         api.stop_apiserver(); api.start_apiserver()  # same port, certs and etcd data
 
+    with ApiServer(audit_policy=policy) as api:    # + an audit log (a kube-apiserver audit Policy)
+        api.audit_events()                         # every event so far, oldest first
+        token_id(tok)                              # the token's credential id, as audit events name it
+
 Only kube-apiserver and etcd run: there is no controller-manager and no scheduler, so
 namespaces never finish terminating, ServiceAccounts are not created automatically, no
 garbage collection happens and pods stay Pending. Everything listens on 127.0.0.1 only, on
@@ -18,7 +22,6 @@ work directory (logs, certs, etcd data) after close().
 """
 from __future__ import annotations
 
-import atexit
 import base64
 import ctypes
 import errno
@@ -28,7 +31,6 @@ import os
 import secrets
 import selectors
 import shutil
-import signal
 import socket
 import ssl
 import struct
@@ -39,6 +41,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+from nodeagent.lab.processes import CleanupOnExit, pdeathsig_prefix, spawn_logged, terminate
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN_DIR = os.path.join(os.environ.get("VIPFARM_CACHE", "/var/cache/vipfarm"), "bin")
@@ -122,27 +126,6 @@ def _tail(path: str, n: int = 40) -> str:
         return "(no log)"
 
 
-def _pdeathsig_prefix() -> list[str]:
-    """Children die with us even if we are SIGKILLed. PR_SET_PDEATHSIG fires when the forking
-    *thread* exits, so only use it when forking from the main thread."""
-    if threading.current_thread() is threading.main_thread() and shutil.which("setpriv"):
-        return ["setpriv", "--pdeathsig", "SIGKILL", "--"]
-    return []
-
-
-def _terminate(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-
-
 def _kubeconfig(server: str, ca_pem: bytes, token: str, user: str = "user",
                 namespace: str | None = None) -> str:
     """JSON is valid YAML: kubectl, helm, client-go and the Python client all read it."""
@@ -172,12 +155,14 @@ class ApiServer:
     and only in the creating process (pyroute2 forks helpers that inherit atexit handlers)."""
 
     def __init__(self, *, tls: str = "auto", ready_timeout: float = 120.0, start: bool = True,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, audit_policy: dict | None = None):
         if tls not in ("auto", "self-signed", "openssl"):
             raise ValueError("tls must be auto, self-signed or openssl")
         self.tls = tls
         self.ready_timeout = ready_timeout
         self.extra_args = list(extra_args or [])
+        self.audit_policy = audit_policy
+        self.audit_log = ""
         self.workdir = ""
         self.port = 0
         self.url = ""
@@ -190,8 +175,7 @@ class ApiServer:
         self.apiserver_proc: subprocess.Popen | None = None
         self.forwarders: list[NetnsForwarder] = []
         self._tls_args: list[str] = []
-        self._owner_pid = os.getpid()
-        self._closed = False
+        self._cleanup: CleanupOnExit | None = None
         self._lock = threading.Lock()
         if start:
             self.start()
@@ -208,7 +192,7 @@ class ApiServer:
     def start(self) -> "ApiServer":
         t0 = time.monotonic()
         self.workdir = tempfile.mkdtemp(prefix=f"vipfarm-apiserver-{os.getpid()}-")
-        atexit.register(self.close)
+        self._cleanup = CleanupOnExit(self._teardown, signals=False)
         try:
             self._prepare_files()
             self._start_etcd()
@@ -236,14 +220,13 @@ class ApiServer:
         _write_private(self._path("tokens.csv"), f'{self.admin_token},admin,admin-uid,"system:masters"\n')
         for d in ("helm/cache", "helm/config", "helm/data"):
             os.makedirs(self._path(d), exist_ok=True)
+        if self.audit_policy is not None:
+            with open(self._path("audit-policy.json"), "w") as f:   # JSON is YAML
+                json.dump(self.audit_policy, f)
+            self.audit_log = self._path("audit.log")
 
     def _spawn(self, argv: list[str], log: str) -> subprocess.Popen:
-        out = open(self._path(log), "ab")
-        try:
-            return subprocess.Popen(_pdeathsig_prefix() + argv, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.workdir)
-        finally:
-            out.close()
+        return spawn_logged(pdeathsig_prefix() + argv, self._path(log), stdin=subprocess.DEVNULL, cwd=self.workdir)
 
     def _start_etcd(self) -> None:
         etcd = binary("etcd")
@@ -270,7 +253,7 @@ class ApiServer:
                     pass
                 time.sleep(0.1)
             log = _tail(self._path("etcd.log"))
-            _terminate(self.etcd_proc)
+            terminate(self.etcd_proc)
             shutil.rmtree(self._path("etcd"), ignore_errors=True)
             if "address already in use" not in log:
                 raise HarnessError(f"etcd did not become healthy:\n{log}")
@@ -291,7 +274,24 @@ class ApiServer:
                 "--disable-admission-plugins=ServiceAccount",
                 # As on kubeadm clusters: the node agent DaemonSet is privileged (XDP, netlink).
                 "--allow-privileged=true",
-                *self._tls_args, *self.extra_args]
+                *self._audit_args(), *self._tls_args, *self.extra_args]
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit_log:
+            return []
+        # The log backend in blocking mode: an event is in the file before its response is sent.
+        return [f"--audit-policy-file={self._path('audit-policy.json')}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-mode=blocking"]
+
+    def audit_events(self) -> list[dict]:
+        """The audit log so far, oldest first (one JSON object per line, across restarts)."""
+        if not self.audit_log:
+            raise HarnessError("this ApiServer was started without an audit_policy")
+        try:
+            with open(self.audit_log) as f:
+                return [json.loads(line) for line in f if line.endswith("\n")]
+        except FileNotFoundError:
+            return []
 
     def _start_first_apiserver(self) -> None:
         if self.tls == "openssl":
@@ -319,7 +319,7 @@ class ApiServer:
     def stop_apiserver(self, grace: float = 15.0) -> None:
         """Stop kube-apiserver only (SIGTERM, then SIGKILL); etcd and the data stay."""
         with self._lock:
-            _terminate(self.apiserver_proc, grace)
+            terminate(self.apiserver_proc, grace)
         deadline = time.monotonic() + 10
         while _port_open(self.port) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -491,19 +491,16 @@ class ApiServer:
         return [p.pid for p in (self.etcd_proc, self.apiserver_proc) if p is not None and p.poll() is None]
 
     def close(self) -> None:
-        if self._closed or os.getpid() != self._owner_pid:
-            return
-        self._closed = True
+        if self._cleanup is not None:
+            self._cleanup.run()
+
+    def _teardown(self) -> None:
         for fwd in self.forwarders:
             fwd.close()
-        _terminate(self.apiserver_proc, 15)
-        _terminate(self.etcd_proc, 10)
+        terminate(self.apiserver_proc, 15)
+        terminate(self.etcd_proc, 10)
         if self.workdir and not os.environ.get("VIPFARM_KEEP_APISERVER"):
             shutil.rmtree(self.workdir, ignore_errors=True)
-        try:
-            atexit.unregister(self.close)
-        except Exception:
-            pass
 
 
 # ---------------------------------------------------------------------------------------------

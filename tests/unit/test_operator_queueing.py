@@ -129,3 +129,67 @@ def test_identical_reports_share_one_object():
     handlers.farmnode_event(name="n1", body={"status": {"farms": {"a": dict(same), "b": dict(same)}}}, type=None)
     handlers.farmnode_event(name="n2", body={"status": {"farms": {"a": dict(same, appliedEpoch=2)}}}, type=None)
     assert handlers._reports["n1"]["a"] is handlers._reports["n1"]["b"] is handlers._reports["n2"]["a"]
+
+
+def test_a_status_write_racing_a_lagging_watch_event_is_not_lost(monkeypatch):
+    """The watch handler's read-modify-write of a Farm and a worker's remembered write are
+    atomic with respect to each other: the handler is held in the middle of its update
+    while the worker records epoch 5; the lagging epoch-4 event must not overwrite it."""
+    import threading
+    handlers.farm_event(name="web", body=farm("web"), type=None)
+    handlers._remember_written("web", {"epoch": 3, "phase": "Ready"})
+    inside, go = threading.Event(), threading.Event()
+    real_epoch = handlers._epoch
+
+    def held_epoch(status):
+        if not inside.is_set():
+            inside.set()
+            assert go.wait(10), "the test never released the watch handler"
+        return real_epoch(status)
+
+    monkeypatch.setattr(handlers, "_epoch", held_epoch)
+    lagging = farm("web")
+    lagging["status"].update(epoch=4, phase="Degraded")
+    handler = threading.Thread(target=handlers.farm_event, kwargs=dict(name="web", body=lagging, type="MODIFIED"))
+    handler.start()
+    assert inside.wait(10)
+    worker = threading.Thread(target=handlers._remember_written, args=("web", {"epoch": 5, "phase": "Ready"}))
+    worker.start()
+    worker.join(0.5)     # unlocked, it is done at once; locked, it waits for the handler
+    go.set()
+    handler.join(10)
+    worker.join(10)
+    assert handlers._farms["web"]["status"] == {"epoch": 5, "phase": "Ready"}
+
+
+def test_the_finalizer_is_woken_by_the_release_report_and_never_polls(monkeypatch):
+    import threading
+
+    def no_sleep(_):
+        raise AssertionError("farm_deleted polled with time.sleep instead of waiting on the release")
+
+    monkeypatch.setattr(handlers.time, "sleep", no_sleep)
+    monkeypatch.setattr(handlers, "RELEASE_WAIT", 30.0)
+    body = farm("web")
+    body["status"]["members"] = [{"node": "n1"}, {"node": "n2"}]
+    handlers.farm_event(name="web", body=body, type=None)
+    for n in ("n1", "n2"):
+        handlers.farmnode_event(name=n, body={"status": {"farms": {"web": {"ready": False, "released": False}}}},
+                                type=None)
+    outcome: list = []
+
+    def delete():
+        try:
+            handlers.farm_deleted(body=body, meta=body["metadata"], logger=handlers.log)
+            outcome.append("released")
+        except BaseException as e:      # noqa: BLE001 (reported below)
+            outcome.append(e)
+
+    t = threading.Thread(target=delete)
+    t.start()
+    handlers.farmnode_event(name="n1", body={"status": {"farms": {"web": {"ready": False, "released": True}}}},
+                            type="MODIFIED")
+    handlers.farmnode_event(name="n2", body={"status": {"farms": {}}}, type="MODIFIED")   # entry dropped
+    t.join(10)
+    assert not t.is_alive(), "farm_deleted still waiting 10 s after both agents released"
+    assert outcome == ["released"], outcome
