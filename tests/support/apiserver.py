@@ -126,6 +126,19 @@ def _tail(path: str, n: int = 40) -> str:
         return "(no log)"
 
 
+def token_id(token: str) -> str:
+    """A ServiceAccount token's credential id as the API server records it in each audit
+    event (user.extra["authentication.kubernetes.io/credential-id"]): "JTI=<the token's jti>"."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return f"JTI={claims['jti']}"
+
+
+def audit_credential(event: dict) -> str:
+    """The credential id of the caller of one audit event ("" if none, e.g. a static token)."""
+    return ((event.get("user") or {}).get("extra") or {}).get("authentication.kubernetes.io/credential-id", [""])[0]
+
+
 def _kubeconfig(server: str, ca_pem: bytes, token: str, user: str = "user",
                 namespace: str | None = None) -> str:
     """JSON is valid YAML: kubectl, helm, client-go and the Python client all read it."""
