@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Control plane at scale: one vipfarm operator, 200 Farms x 64 Nodes, on a real API server.
 
-Everything runs against the cluster-tier harness (vipfarm/apiserver_harness.py: a real
+Everything runs against the cluster-tier harness (tests/support/apiserver.py: a real
 etcd + kube-apiserver on 127.0.0.1, RBAC on). The chart is installed with the real helm
 (CRDs, RBAC, the agents' ValidatingAdmissionPolicy); 64 Node objects (label
 vipfarm.io/member=true) are created and marked Ready, and right after them the 64 FarmNode

@@ -1,7 +1,7 @@
 """What the XDP filter on one interface should contain: a pure function of farms and ownership.
 
 The agent writes a FilterPlan into the BPF maps (filter_tables.py); the reference model
-(filter_model.py) predicts verdicts from the same FilterPlan, so both read one description.
+(tests/support/filter_model.py) predicts verdicts from the same FilterPlan, so both read one description.
 """
 from __future__ import annotations
 

@@ -195,7 +195,7 @@ def neigh_probe(vip: str, iface: str, wait: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="labtraffic")
+    p = argparse.ArgumentParser(prog="python -m nodeagent.lab.traffic")
     sub = p.add_subparsers(dest="cmd", required=True)
     sv = sub.add_parser("serve")
     sv.add_argument("--name", required=True)

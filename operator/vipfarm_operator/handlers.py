@@ -1,6 +1,7 @@
-"""Kopf handlers: thin adapters from Kubernetes events to vipfarm.reconcile.decide().
+"""Kopf handlers: thin adapters from Kubernetes events to vipfarm.decisions.decide().
 
-Everything the operator decides is in vipfarm.reconcile (pure, unit-tested). Here:
+Everything the operator decides is in the core (vipfarm.decisions and the modules it
+composes; pure, unit-tested). Here:
 
 * watch handlers keep three caches (Nodes reduced to NodeInfo, Farms, and each FarmNode's
   reports reduced to what decisions read) and queue the names of the Farms an event can
