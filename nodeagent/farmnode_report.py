@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from vipfarm.conflicts import claimed_elsewhere, farm_ref
-from vipfarm.farm_status import CorruptAssignment, served_buckets
+from vipfarm.farm_status import CorruptAssignment, served_buckets, stored_epoch
 from vipfarm.membership import selects
 from vipfarm.reports import decision_view, farms_changed
 from vipfarm.spec import FarmSpecError, parse_farm
@@ -70,18 +70,20 @@ def wanted(farms: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str], no
         except FarmSpecError as e:
             drafts[name] = {"ready": False, "reason": "InvalidSpec", "lastError": str(e)[:1000]}
             continue
+        status = body.get("status") or {}
+        if status.get("phase") == "Conflict" or claimed_elsewhere(farm_ref(body), refs):
+            drafts[name] = {"ready": False, "reason": "Conflict", "appliedEpoch": stored_epoch(status)}
+            continue
         try:
-            served = served_buckets(body.get("status"), node)
+            served = served_buckets(status, node)
         except CorruptAssignment as e:
-            problem = f"AssignmentUnreadable: {e}; keeping the buckets this node serves until it is repaired"
             if name in serving_now:
+                problem = f"AssignmentUnreadable: {e}; keeping the buckets this node serves until it is repaired"
                 serve.append(FarmOwnership(farm, serving_now[name]))
                 drafts[name] = {"ready": True, "reason": "", "lastError": problem[:1000]}
             else:
+                problem = f"AssignmentUnreadable: {e}; this node serves none of it until it is repaired"
                 drafts[name] = {"ready": False, "reason": "AssignmentUnreadable", "lastError": problem[:1000]}
-            continue
-        if not served.servable or claimed_elsewhere(farm_ref(body), refs):
-            drafts[name] = {"ready": False, "reason": "Conflict", "appliedEpoch": served.epoch}
             continue
         serve.append(FarmOwnership(farm, served.buckets))
         drafts[name] = {"ready": True, "reason": "", "appliedEpoch": served.epoch, "lastError": ""}

@@ -15,6 +15,7 @@ from . import netconfig
 from .bpf_program import PROGRAM_FUNCTION
 from .dataplane import InterfaceDataplane, merge_xdp_modes, undo_interface
 from .local_state import InterfaceState, StateCorrupt, quarantine, read_state
+from .pinned_maps import read_owned
 from .orphans import LocalRecords, OrphanInterface, Orphans, find_orphans
 from .filter_plan import FarmOwnership
 
@@ -114,8 +115,21 @@ class NodeDataplanes:
             log.error("event=orphan_removal_failed node=%s iface=%s error=%r", self.node, o.iface, str(e))
 
     def serving_now(self) -> dict[str, frozenset[int]]:
-        """The buckets each served farm holds right now, as last programmed."""
-        return {f.name: f.owned for dp in self.by_iface.values() for f in dp.plan.farms}
+        """The buckets each farm holds right now: as this agent last programmed them, or, for an
+        interface it has not started yet (the first pass after a restart), as the pinned maps
+        that the previous agent left say (the state file names each farm's slot)."""
+        out = {f.name: f.owned for dp in self.by_iface.values() for f in dp.plan.farms}
+        for iface, state in read_local_records(self.node, self.pin_root, self.state_root).states.items():
+            if iface in self.by_iface:
+                continue
+            pin_dir = os.path.join(self.pin_root, self.node, iface)
+            for farm, slot in state.slots.items():
+                try:
+                    out.setdefault(farm, frozenset(read_owned(pin_dir, slot)))
+                except OSError as e:     # no pins to read: nothing is served there
+                    log.info("event=adopted_buckets_unreadable node=%s iface=%s farm=%s error=%s",
+                             self.node, iface, farm, e)
+        return out
 
     def mode_of(self, iface: str) -> str:
         dp = self.by_iface.get(iface)

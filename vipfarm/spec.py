@@ -7,6 +7,7 @@ the offending value and the fix, and all problems are reported at once.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -134,6 +135,14 @@ _NODE_NAME_RULE = ("a node name must be a DNS-1123 subdomain, like a Kubernetes 
                    "characters starting and ending with a letter or digit, e.g. n1 or node-1.example.com")
 
 
+def _is_ip_text(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
 def node_name_problem(name: Any) -> str | None:
     """None if `name` is a valid node name (a DNS-1123 subdomain, as Kubernetes Node names
     are), else the reason and the fix. Node names become file paths and compiler macros, so
@@ -144,6 +153,9 @@ def node_name_problem(name: Any) -> str | None:
         return f"is {len(name)} characters long; {_NODE_NAME_RULE}"
     labels = name.split(".")
     if all(_LABEL_RE.fullmatch(label) for label in labels):
+        if _is_ip_text(name):
+            return (f"is an IP address, not a name; name the node (e.g. n1 or node-1.example.com) and put "
+                    f"its address in address")
         return None
     lower = name.lower()
     if lower != name and node_name_problem(lower) is None:

@@ -228,6 +228,8 @@ BAD_FARMS = [
     ("unicast MAC in multicast mode", {"vmacMode": "multicast", "virtualMAC": "02:00:00:00:00:01"}, "multicast"),
     ("node name not a DNS-1123 subdomain", {"nodes": [{"name": "ff02::1", "address": "198.51.100.1"}]},
      '"ff02::1": a node name must be a DNS-1123 subdomain'),
+    ("node name that is an IP address", {"nodes": [{"name": "0.0.0.0", "address": "198.51.100.1"}]},
+     '"0.0.0.0": a node name is a name, not an IP address'),
     ("interface name with NUL", {"interface": "eth\x000"}, '"eth\\x000": an interface name has no whitespace'),
     ("interface name over 15 bytes", {"interface": "\u00fc" * 8}, "at most 15 bytes in UTF-8"),
     ("unspecified node address", {"nodes": [{"name": "n1", "address": "0.0.0.0"}]},

@@ -196,3 +196,19 @@ def test_the_scan_reads_this_nodes_records_only(roots):
     recs = read_local_records("n1", pins, st)
     assert set(recs.states) == {"eth1"} and recs.pinned == {"eth0", "eth1"}
     assert read_local_records("n3", pins, st) == LocalRecords({}, frozenset(), frozenset())
+
+
+def test_after_a_restart_the_buckets_served_now_come_from_the_pins_the_previous_agent_left(tmp_path, monkeypatch):
+    """A Farm whose stored assignment is unreadable keeps exactly these (farmnode_report.wanted);
+    on the first pass nothing is started yet, so they must come from the adopted pins."""
+    state("eth0", WEB).save(str(tmp_path / "state" / "n1" / "eth0.json"))
+    (tmp_path / "pins" / "n1" / "eth0").mkdir(parents=True)
+    seen = []
+
+    def read_owned(pin_dir, slot):
+        seen.append((pin_dir, slot))
+        return {3, 7}
+    monkeypatch.setattr(node, "read_owned", read_owned)
+    nd = node.NodeDataplanes("n1", str(tmp_path / "pins"), str(tmp_path / "state"))
+    assert nd.serving_now() == {WEB.name: frozenset({3, 7})}
+    assert seen == [(str(tmp_path / "pins" / "n1" / "eth0"), 0)]

@@ -3,6 +3,7 @@ reported with its field path, the offending value and the reason, all at once.""
 from __future__ import annotations
 
 import copy
+import re
 import hashlib
 import ipaddress
 
@@ -421,6 +422,14 @@ def test_node_names_that_are_dns_1123_subdomains_are_accepted(name):
 def test_node_name_problem_refuses_what_is_not_a_subdomain_and_gives_the_rule(name):
     problem = node_name_problem(name)
     assert problem is not None and "DNS-1123 subdomain" in problem and "e.g. n1" in problem
+
+
+@pytest.mark.parametrize("name", ["0.0.0.0", "198.51.100.1", "255.255.255.255", "203.0.113.7"])
+def test_a_node_name_that_is_an_ip_address_is_refused_with_where_the_address_goes(name):
+    problem = node_name_problem(name)
+    assert problem is not None and "IP address" in problem and "address" in problem
+    with pytest.raises(FarmSpecError, match=re.escape(f"spec.nodes[0].name={name!r}")):
+        parse_farm(with_spec(nodes=[{"name": name, "address": "198.51.100.1"}]))
 
 
 @pytest.mark.parametrize("name", ["eth0", "bond0.100", "br-0123456789ab", "x" * 15, "veth@1", "ü" * 7, "-"])

@@ -25,6 +25,14 @@ _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME_BAD = set(b"/:\x00 \t\n\r\x0b\x0c\xa0\"\\")
 _NOT_UNICAST = [ipaddress.ip_network(n) for n in
                 ("0.0.0.0/32", "255.255.255.255/32", "224.0.0.0/4", "127.0.0.0/8", "::/128", "::1/128", "ff00::/8")]
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
 _LINK_LOCAL = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10")]
 
 
@@ -73,6 +81,7 @@ def assert_farm_invariants(farm: Farm) -> None:
     for node in farm.nodes:
         assert isinstance(node.name, str) and len(node.name) <= 253 and _SUBDOMAIN.fullmatch(node.name), node.name
         assert "/" not in node.name and "\x00" not in node.name and ".." not in node.name
+        assert not _is_ip(node.name), node.name
         assert _plain_address(node.address) and not _in_any(node.address, _NOT_UNICAST), node.address
         assert node.address not in farm.virtual_ips, node.address
         assert _is_plain_int(node.weight, 0, 1000), node.weight
