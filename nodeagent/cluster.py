@@ -133,28 +133,43 @@ class ClusterAgent:
         from kubernetes.client.rest import ApiException
         retries = self.watch_retries
         key = f"{PLURAL}.{GROUP} list+watch"
+        watch_broke = False      # the last failure came from the watch, after a good LIST
         while not self.stopping.is_set():
+            listed_ok = False
             try:
                 listing = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
                 rv = listing["metadata"]["resourceVersion"]
                 self.events.put(("LIST", {i["metadata"]["name"]: i for i in listing.get("items", [])}))
-                self._api_ok(retries, key)
+                listed_ok = True
+                if not watch_broke:
+                    self._api_ok(retries, key)
                 w = watch.Watch()
                 for ev in w.stream(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
                                    resource_version=rv, timeout_seconds=60, allow_watch_bookmarks=True):
                     if self.stopping.is_set():
                         w.stop()
                         break
+                    if watch_broke and ev["type"] != "ERROR":
+                        watch_broke = False
+                        self._api_ok(retries, key)     # the watch works again: the episode is over
                     if ev["type"] == "BOOKMARK":
                         continue
                     if ev["type"] == "ERROR":
-                        break
+                        status = ev.get("object") or {}
+                        if isinstance(status, dict) and status.get("code") == 410:
+                            break       # the watch expired: list again at once
+                        # Any other error event is a failure like an exception: logged once, backed off.
+                        raise RuntimeError(f"watch error event: {status}")
                     self.events.put((ev["type"], ev["object"]))
+                if watch_broke:
+                    watch_broke = False
+                    self._api_ok(retries, key)         # a watch that ran to its timeout
             except Exception as e:
                 if self.stopping.is_set():
                     break               # the agent is exiting: nothing failed
                 if isinstance(e, ApiException) and e.status == 410:
                     continue            # the watch expired: list again at once
+                watch_broke = listed_ok
                 self._api_failed(retries, key, e, "keep_serving")
                 self.stopping.wait(retries.wait(key, self.clock()))
 

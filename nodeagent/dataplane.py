@@ -121,7 +121,10 @@ def undo_interface(iface: str, state: InterfaceState, pin_dir: str, state_path: 
                    report: Report, link_present: bool = True) -> None:
     """Undo what `state` records on `iface`: XDP, the TC helper, its VIPs on lo, the MAC
     filters, the sysctls, the pins and the state file. report(kind, **details) is called for
-    each thing removed. Used by a graceful leave and by the orphan cleanup."""
+    each thing removed. Used by a graceful leave and by the orphan cleanup. If the XDP program
+    could not be detached, everything else is still undone and DataplaneError is raised at
+    the end: the caller must not report the interface released while its filter still runs."""
+    detach_error = None
     if link_present:
         if state.mode:
             import bcc
@@ -130,6 +133,7 @@ def undo_interface(iface: str, state: InterfaceState, pin_dir: str, state_path: 
                 report("xdp", mode=state.mode)
             except Exception as e:
                 log.warning("event=xdp_detach_failed iface=%s error=%s", iface, e)
+                detach_error = e
         if state.tc_fixup:
             netconfig.detach_tc_ingress(iface)
             report("tc_helper")
@@ -161,6 +165,10 @@ def undo_interface(iface: str, state: InterfaceState, pin_dir: str, state_path: 
         report("state_file", path=state_path)
     except FileNotFoundError:
         pass
+    if detach_error is not None:
+        raise DataplaneError(f"detaching XDP from {iface} failed ({detach_error}); the rest was undone. "
+                             f"Check `ip -d link show dev {iface}` and remove it with "
+                             f"`ip link set dev {iface} xdpgeneric off` (or xdp off)")
 
 
 class InterfaceDataplane:

@@ -97,9 +97,8 @@ def parse_state(text: str, node: str, iface: str) -> InterfaceState:
     if data.get("node") != node or data.get("iface") != iface:
         raise StateCorrupt(f"it belongs to node={data.get('node')!r} iface={data.get('iface')!r}, "
                            f"not node={node!r} iface={iface!r}")
-    for key in ("mode",):
-        if key in data:
-            _check(key, data[key], isinstance(data[key], str), "a string")
+    if "mode" in data:
+        _check("mode", data["mode"], isinstance(data["mode"], str), "a string")
     for key in ("tc_fixup", "sysctl_originals_unknown"):
         if key in data:
             _check(key, data[key], isinstance(data[key], bool), "true or false")

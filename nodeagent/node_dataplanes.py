@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 
 from . import netconfig
-from .bpf_program import PROGRAM_FUNCTION
+from .bpf_program import DataplaneError, PROGRAM_FUNCTION
 from .dataplane import InterfaceDataplane, merge_xdp_modes, undo_interface
 from .local_state import InterfaceState, StateCorrupt, quarantine, read_state
 from .pinned_maps import read_owned
@@ -80,8 +80,9 @@ class NodeDataplanes:
                 log.info("event=orphan_removed kind=%s node=%s iface=%s %s=%s%s", e.kind, self.node, iface,
                          {"farm_slot": "farm", "vip": "vip", "mac_filter": "mac"}[e.kind], e.name,
                          f" slot={e.slot}" if e.kind == "farm_slot" else "")
-        for iface in set(self.by_iface) - set(groups):
-            self.by_iface.pop(iface).stop()
+        for iface in sorted(set(self.by_iface) - set(groups)):
+            self.by_iface[iface].stop()      # raises if its filter is still attached: then it is kept
+            del self.by_iface[iface]         # and the next program() tries again
 
     def _remove_orphaned_interface(self, o: OrphanInterface) -> None:
         pin_dir = os.path.join(self.pin_root, self.node, o.iface)
@@ -119,6 +120,8 @@ class NodeDataplanes:
         interface it has not started yet (the first pass after a restart), as the pinned maps
         that the previous agent left say (the state file names each farm's slot)."""
         out = {f.name: f.owned for dp in self.by_iface.values() for f in dp.plan.farms}
+        if self.orphans_checked:
+            return out        # after the first program(), every adopted interface is started or gone
         for iface, state in read_local_records(self.node, self.pin_root, self.state_root).states.items():
             if iface in self.by_iface:
                 continue
@@ -139,6 +142,10 @@ class NodeDataplanes:
         return {iface: dp.counters() for iface, dp in self.by_iface.items()}
 
     def stop(self) -> None:
-        for dp in self.by_iface.values():
-            dp.stop()
+        """Graceful leave of every interface; one that fails is logged and the others still go."""
+        for iface, dp in sorted(self.by_iface.items()):
+            try:
+                dp.stop()
+            except DataplaneError as e:
+                log.error("event=leave_incomplete node=%s iface=%s error=%s", self.node, iface, e)
         self.by_iface.clear()

@@ -2,7 +2,7 @@
 the local records (state files and pin dirs of this node only) and the farms claimed now.
 
 A Farm deleted while the agent was down leaves its VIPs, filter entries, pins and sysctls
-behind; the first programming after start removes them (node.py), so both modes get it.
+behind; the first programming after start removes them (node_dataplanes.py), so both modes get it.
 """
 from __future__ import annotations
 

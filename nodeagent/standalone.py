@@ -4,7 +4,7 @@
 Runs in the foreground. SIGTERM/SIGINT: graceful leave (VIPs removed, XDP detached,
 sysctls restored). SIGHUP: re-read the farm files and move only the buckets that must move.
 SIGKILL leaves the pinned dataplane in place for the next agent to adopt; that agent also
-removes what farms dropped from the files meanwhile left behind (node.py).
+removes what farms dropped from the files meanwhile left behind (node_dataplanes.py).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import signal
 import threading
 
 from vipfarm.assignment import Assignment, Member, assign
+from vipfarm.conflicts import first_duplicate
 from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
 from .bpf_program import DataplaneError
@@ -44,6 +45,13 @@ def load_farms(paths: list[str], node: str) -> list[Farm]:
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise FarmSpecError(",".join(sorted(dupes)), ["the same farm name appears in two --farm-file files"])
+    # The VIP conflict rule across every file, whatever interface each farm uses: the filter
+    # would catch a clash on one interface only, and two interfaces would both answer.
+    clash = first_duplicate((f.name, f.virtual_ips) for f in farms)
+    if clash:
+        vip, first, second = clash
+        raise FarmSpecError(second, [f"spec.virtualIPs: {vip} is also claimed by farm {first!r}; a virtual IP "
+                                     f"belongs to one farm: remove it from one of the two files"])
     for f in farms:
         f.node(node)
     return farms

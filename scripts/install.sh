@@ -33,7 +33,7 @@ done
 say() { echo "[install] $*"; }
 
 # What the product needs at run time: bcc and the headers it compiles against, Python, and what the
-# namespace lab (`vipfarm lab demo`) calls: nsenter (util-linux) and ping.
+# namespace lab (`vipfarm demo`) calls: nsenter (util-linux) and ping.
 RUNTIME_PKGS=(python3-bpfcc linux-headers-amd64 python3-venv python3-pip iputils-ping
               util-linux ca-certificates)
 # What only the tests and benchmarks use.

@@ -43,8 +43,10 @@ def stored_assignment(status: Mapping[str, Any] | None) -> Assignment | None:
         return None
     if not isinstance(a, Mapping):
         raise CorruptAssignment(f"status.assignment is a {type(a).__name__}, not a mapping")
-    if not a.get("data"):
-        return None
+    if not isinstance(a.get("data"), str) or not a["data"]:
+        # The operator always writes data with the members and the epoch: without it the rest
+        # says an assignment was there, and reading that as "none" would deal every bucket anew.
+        raise CorruptAssignment(f"status.assignment has no data (data={a.get('data')!r})")
     members = a.get("members") or []
     if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
         raise CorruptAssignment(f"status.assignment.members={members!r} is not a list of node names")

@@ -200,12 +200,6 @@ class Lab:
             args += ["--farm-file", f]
         return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log")
 
-    def start_cluster_agent(self, k: int, kubeconfig: str, refresh: int = 30) -> subprocess.Popen:
-        args = [sys.executable, "-m", "nodeagent.main", "--cluster", "--refresh", str(refresh),
-                "--pin-root", self.pin_root, "--state-root", self.state_root]
-        return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log",
-                          extra_env={"NODE_NAME": f"n{k}", "KUBECONFIG": kubeconfig})
-
     def log(self, name: str) -> str:
         try:
             with open(os.path.join(self.workdir, name), errors="replace") as f:

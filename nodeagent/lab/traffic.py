@@ -156,9 +156,13 @@ def steady(vip: str, port: int, sources: list[str], seconds: float, rate: float,
 
 def neigh_probe(vip: str, iface: str, wait: float) -> dict:
     """Send one ARP request (IPv4 VIP) or NS (IPv6 VIP) and collect every answer."""
-    from nodeagent import neighbour
     ip = ipaddress.ip_address(vip)
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
+        return {"vip": vip, "answers": _probe(s, ip, iface, wait)}
+
+
+def _probe(s: socket.socket, ip, iface: str, wait: float) -> list[dict]:
+    from nodeagent import neighbour
     s.bind((iface, ETH_P_ALL))
     mac = s.getsockname()[4]
     from pyroute2 import IPRoute
@@ -190,8 +194,7 @@ def neigh_probe(vip: str, iface: str, wait: float) -> dict:
             ok = neighbour.icmpv6_checksum(frame[22:38], frame[38:54], frame[54:54 + 32]) == 0
             answers.append({"eth_src": frame[6:12].hex(":"), "mac": frame[80:86].hex(":"),
                             "checksum_ok": ok})
-    s.close()
-    return {"vip": vip, "answers": answers}
+    return answers
 
 
 def main(argv: list[str] | None = None) -> int:

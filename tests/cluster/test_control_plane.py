@@ -60,6 +60,14 @@ def _log_time(line: str) -> datetime.datetime:
         datetime.timezone.utc)
 
 
+
+def start_cluster_agent(lab: Lab, k: int, kubeconfig: str, refresh: int = 30):
+    """A cluster-mode agent in lab node k, with its own kubeconfig, as a DaemonSet pod runs it."""
+    args = [sys.executable, "-m", "nodeagent.main", "--cluster", "--refresh", str(refresh),
+            "--pin-root", lab.pin_root, "--state-root", lab.state_root]
+    return lab.spawn(lab.node(k), args, log_name=f"agent-n{k}.log",
+                     extra_env={"NODE_NAME": f"n{k}", "KUBECONFIG": kubeconfig})
+
 class Cluster:
     def __init__(self, api, lab: Lab):
         self.api = api
@@ -200,7 +208,7 @@ def cluster(apiserver):
         for k in (1, 2, 3):
             url = api.forward_into(lab.node(k), 6443)
             cfg = api.kubeconfig_for_token(tokens[k], os.path.join(lab.workdir, f"agent-n{k}.kubeconfig"), server=url)
-            c.agents[k] = lab.start_cluster_agent(k, cfg)
+            c.agents[k] = start_cluster_agent(lab, k, cfg)
         try:
             yield c
         finally:
@@ -558,7 +566,7 @@ def test_an_agent_restart_under_steady_load_fails_no_connection_and_moves_no_buc
         gone = time.time() - load_start
         # Cluster mode leaves the dataplane in place for the next agent.
         assert "xdp" in lab.run(lab.node(1), ["ip", "-o", "link", "show", "dev", "eth0"]).stdout
-        cluster.agents[1] = lab.start_cluster_agent(1, os.path.join(lab.workdir, "agent-n1.kubeconfig"))
+        cluster.agents[1] = start_cluster_agent(lab, 1, os.path.join(lab.workdir, "agent-n1.kubeconfig"))
         wait_for("the restarted agent to adopt the dataplane",
                  lambda: lab.agent_log(1).count("adopted=True") > adopted_before, timeout=90)
         adopted = time.time() - load_start

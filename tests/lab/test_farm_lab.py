@@ -132,7 +132,8 @@ def test_multicast_mode_joins_the_group_mac_and_spreads_traffic(farm_lab):
 
 def test_a_bad_farm_file_is_rejected_with_the_field_and_nothing_changes(farm_lab):
     lab = farm_lab.lab
-    bad = lab.write_farm("bad", open(farm_lab.files[0]).read().replace("buckets: 1024", "buckets: 1000"))
+    with open(farm_lab.files[0]) as f:
+        bad = lab.write_farm("bad", f.read().replace("buckets: 1024", "buckets: 1000"))
     lo_before = lab.run(lab.node(1), ["ip", "-o", "addr", "show", "dev", "lo"]).stdout
     res = lab.run(lab.node(1), [sys.executable, "-m", "nodeagent.main", "--node", "n1", "--farm-file", bad,
                                 "--pin-root", lab.pin_root + "-bad", "--state-root", lab.state_root + "-bad"],

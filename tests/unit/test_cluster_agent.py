@@ -282,3 +282,27 @@ def test_a_failing_report_patch_is_logged_once_and_retried_with_backoff(make_age
     assert len(failed) == 1 and len(recovered) == 1, caplog.text
     assert "object=farmnode/n1/status op=patch" in failed[0] and "etcd leader changed" in failed[0]
     assert not [r for r in caplog.records if "report_failed" in r.getMessage()]
+
+
+def test_watch_error_events_back_off_instead_of_listing_again_in_a_tight_loop(make_agent, caplog, monkeypatch):
+    class ErrorWatch:
+        def stream(self, *a, **kw):
+            yield {"type": "ERROR", "object": {"kind": "Status", "code": 500, "message": "etcd is sad"}}
+
+        def stop(self):
+            pass
+    monkeypatch.setattr("kubernetes.watch.Watch", ErrorWatch)
+    caplog.set_level(logging.INFO, logger="vipfarm.agent.cluster")
+    api = FakeApi([farm_body()], {})
+    api.list_gate.set()
+    agent = make_agent(api)
+    agent.watch_retries = Backoff(first=0.3, cap=0.3)
+    t = threading.Thread(target=agent._watch_loop, daemon=True)
+    t.start()
+    time.sleep(1.0)          # the loop's own pace is what is measured: ~4 LISTs in a second, not hundreds
+    agent.stopping.set()
+    api.closed.set()
+    t.join(10)
+    assert 2 <= api.calls.count("list_farms") <= 6, api.calls.count("list_farms")
+    failed = api_lines(caplog, "api_failed")
+    assert len(failed) == 1 and "etcd is sad" in failed[0], caplog.text

@@ -46,3 +46,19 @@ def test_the_agent_refuses_a_node_name_that_is_not_a_kubernetes_node_name(capsys
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "node name" in err and "Nothing was changed on this node." in err
+
+
+def test_standalone_farm_files_on_different_interfaces_may_not_share_a_vip(tmp_path):
+    import pytest
+
+    from nodeagent.standalone import load_farms
+    from vipfarm.spec import FarmSpecError
+    paths = []
+    for name, iface, vip in (("a", "eth0", "2001:db8::10"), ("b", "eth1", "2001:DB8::10")):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(f"apiVersion: vipfarm.io/v1alpha1\nkind: Farm\nmetadata: {{name: {name}}}\nspec:\n"
+                     f"  virtualIPs: [\"{vip}\"]\n  interface: {iface}\n"
+                     f"  nodes: [{{name: n1, address: 198.51.100.1}}]\n")
+        paths.append(str(p))
+    with pytest.raises(FarmSpecError, match=r"2001:db8::10 is also claimed by farm 'a'"):
+        load_farms(paths, "n1")

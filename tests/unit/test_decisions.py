@@ -195,10 +195,13 @@ CORRUPT = [
     {"encoding": "z1", "members": ["n1"], "data": "z9:AAAA", "epoch": 7},
     {"encoding": "z1", "members": "n1", "data": "z1:eJwDAAAAAAE=", "epoch": 7},
     "not a mapping",
+    {"encoding": "z1", "members": ["n1", "n2", "n3"], "data": "", "epoch": 7},
+    {"encoding": "z1", "members": ["n1", "n2", "n3"], "epoch": 7},
 ]
 
 
-@pytest.mark.parametrize("stored", CORRUPT, ids=["bad-base64", "unknown-encoding", "members-not-list", "not-mapping"])
+@pytest.mark.parametrize("stored", CORRUPT, ids=["bad-base64", "unknown-encoding", "members-not-list", "not-mapping",
+                                                 "empty-data", "no-data"])
 def test_a_corrupt_stored_assignment_is_an_error_never_an_empty_assignment(stored):
     with pytest.raises(CorruptAssignment):
         stored_assignment({"assignment": stored})

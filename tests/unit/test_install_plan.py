@@ -38,3 +38,9 @@ def test_the_development_mode_installs_the_test_tools_and_the_test_extras():
 def test_an_unknown_option_is_refused_with_the_known_ones():
     res = subprocess.run(["bash", SCRIPT, "--fast"], capture_output=True, text=True)
     assert res.returncode == 2 and "--runtime" in res.stderr
+
+
+def test_the_image_context_leaves_out_tests_benchmarks_and_local_state():
+    with open(os.path.join(REPO, ".dockerignore")) as f:
+        ignored = {line.strip() for line in f if line.strip() and not line.startswith("#")}
+    assert {"tests", "bench", ".git", ".venv"} <= ignored

@@ -52,20 +52,27 @@ MODULES = modules()
 def imports_of(name: str) -> set[str]:
     """The absolute names a module imports (relative imports resolved)."""
     path = MODULES[name]
-    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
     with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), path)
+        source = f.read()
+    return imports_in(source, name, is_package=path.endswith("__init__.py"))
+
+
+def imports_in(source: str, name: str, *, is_package: bool = False) -> set[str]:
+    """Every name an import statement in `source` may bind: for `from a import b`, both `a`
+    and `a.b` (b may be a module), so `from nodeagent import lab` counts as importing the lab."""
+    package = name if is_package else name.rpartition(".")[0]
     out = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source, name)):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-                out.update([mod] if node.module else [f"{mod}.{a.name}" for a in node.names])
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
             else:
-                out.add(node.module)
+                base = node.module
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
     return out
 
 
@@ -105,9 +112,8 @@ def test_the_core_imports_nothing_of_ours_outside_itself_and_does_no_io(name):
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if layer(n) in ("nodeagent", "vipfarm_operator")))
 def test_an_adapter_imports_the_core_and_itself_only(name):
-    mine = layer(name)
-    bad = {i for i in imported_ours(name) if layer(i) not in ("core", mine)}
-    assert not bad, f"{name} ({mine}) imports {sorted(bad)}: adapters never import each other, the lab or an entry point"
+    bad = adapter_violations(name, imports_of(name))
+    assert not bad, f"{name} ({layer(name)}) imports {sorted(bad)}: adapters never import each other, the lab or an entry point"
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if layer(n) == "lab"))
@@ -116,11 +122,43 @@ def test_the_lab_uses_the_agent_and_the_core_but_not_the_operator(name):
     assert not bad, f"{name} (lab) imports {sorted(bad)}"
 
 
-def imported_ours(name: str) -> set[str]:
-    """Our modules a module imports, as module names (a `from pkg import mod` names the module)."""
+def imported_ours(name: str, imported: set[str] | None = None) -> set[str]:
+    """Our modules a module imports, as module names (a name bound from a module, such as a
+    class, counts as that module)."""
     out = set()
-    for i in imports_of(name):
+    for i in imports_of(name) if imported is None else imported:
         if top(i) not in OURS:
             continue
-        out.add(i if i in MODULES or top(i) in ("tests", "bench") else i.rpartition(".")[0] or i)
+        while i not in MODULES and "." in i and top(i) not in ("tests", "bench"):
+            i = i.rpartition(".")[0]
+        out.add(i)
     return out
+
+
+def adapter_violations(name: str, imported: set[str]) -> set[str]:
+    mine = layer(name)
+    return {i for i in imported_ours(name, imported) if layer(i) not in ("core", mine)}
+
+
+@pytest.mark.parametrize("source", ["from nodeagent import lab", "from nodeagent import main",
+                                    "from .lab import namespaces", "from . import cli",
+                                    "import vipfarm_operator.kube", "from vipfarm_operator import handlers"])
+def test_the_checker_catches_every_spelling_of_a_forbidden_import(source):
+    assert adapter_violations("nodeagent.cluster", imports_in(source, "nodeagent.cluster")), source
+
+
+@pytest.mark.parametrize("source", ["from nodeagent import netconfig", "from . import farmnode_report as pacing",
+                                    "from vipfarm.spec import parse_farm", "import vipfarm.assignment"])
+def test_the_checker_lets_an_adapter_import_itself_and_the_core(source):
+    assert not adapter_violations("nodeagent.cluster", imports_in(source, "nodeagent.cluster")), source
+
+
+def test_the_tests_run_the_code_of_this_checkout():
+    """A shared or stale venv must not make the tests import (or compile) another tree's code."""
+    import nodeagent
+    import vipfarm
+    import vipfarm_bpf
+    import vipfarm_operator
+    for mod, folder in ((vipfarm, "vipfarm"), (nodeagent, "nodeagent"), (vipfarm_operator, "operator/vipfarm_operator"),
+                        (vipfarm_bpf, "bpf")):
+        assert os.path.dirname(os.path.realpath(mod.__file__)) == os.path.realpath(os.path.join(REPO, folder)), mod

@@ -20,6 +20,16 @@ from nodeagent.local_state import (InterfaceState, StateCorrupt, choose_sysctl_o
 from nodeagent.filter_plan import FarmOwnership
 from vipfarm.spec import parse_farm
 
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
 VIPFARM_VALUES = {"arp_ignore": "1", "arp_announce": "2"}
 GOOD = InterfaceState("n1", "eth0", mode="generic", slots={"web": 0}, saved_sysctls={"arp_ignore": "0",
                       "arp_announce": "0"}, vips=["203.0.113.10"], macs=["02:00:00:00:00:01"])
@@ -63,7 +73,7 @@ def test_save_replaces_the_file_whole_and_leaves_no_temporary_file(tmp_path):
     path = str(tmp_path / "n1" / "eth0.json")
     GOOD.save(path)
     InterfaceState("n1", "eth0", mode="native").save(path)
-    assert parse_state(open(path).read(), "n1", "eth0").mode == "native"
+    assert parse_state(_read(path), "n1", "eth0").mode == "native"
     assert os.listdir(tmp_path / "n1") == ["eth0.json"]
 
 
@@ -77,7 +87,7 @@ def test_a_save_that_fails_halfway_keeps_the_previous_record(tmp_path, monkeypat
     monkeypatch.setattr("nodeagent.local_state.json.dump", torn)
     with pytest.raises(OSError):
         InterfaceState("n1", "eth0", mode="native").save(path)
-    assert parse_state(open(path).read(), "n1", "eth0") == GOOD
+    assert parse_state(_read(path), "n1", "eth0") == GOOD
     assert os.listdir(tmp_path) == ["eth0.json"]
 
 
@@ -85,10 +95,10 @@ def test_quarantine_never_overwrites_an_earlier_quarantined_file(tmp_path):
     path = str(tmp_path / "eth0.json")
     moved = []
     for text in ("first", "second"):
-        open(path, "w").write(text)
+        _write(path, text)
         moved.append(quarantine(path, StateCorrupt("x"), now=1_700_000_000))
     assert moved[0].endswith(".corrupt-20231114T221320Z") and moved[1] != moved[0]
-    assert [open(m).read() for m in moved] == ["first", "second"]
+    assert [_read(m) for m in moved] == ["first", "second"]
     assert not os.path.exists(path)
 
 
@@ -215,7 +225,7 @@ def make_dp(tmp_path, monkeypatch, pins: bool) -> InterfaceDataplane:
     dp = InterfaceDataplane("n1", "eth0", "auto", str(tmp_path / "pins"), str(tmp_path / "state"))
     if pins:
         os.makedirs(dp.pin_dir, exist_ok=True)
-        open(os.path.join(dp.pin_dir, "vf_farms"), "w").close()
+        _write(os.path.join(dp.pin_dir, "vf_farms"), "")
     monkeypatch.setattr(dp, "_compile_and_attach", lambda mode: setattr(dp, "bpf", object()))
     return dp
 
@@ -234,7 +244,7 @@ def test_a_corrupt_state_file_is_moved_aside_and_logged_with_the_fix(tmp_path, m
         make_dp(tmp_path, monkeypatch, pins=True)
     aside = [n for n in os.listdir(os.path.dirname(path)) if n.startswith("eth0.json.corrupt-")]
     assert len(aside) == 1, os.listdir(os.path.dirname(path))
-    assert open(os.path.join(os.path.dirname(path), aside[0])).read().endswith('"we')   # kept as it was
+    assert _read(os.path.join(os.path.dirname(path), aside[0])).endswith('"we')   # kept as it was
     assert not os.path.exists(path)
     line = [r.getMessage() for r in caplog.records if "event=state_corrupt" in r.getMessage()]
     assert len(line) == 1 and f"path={path}" in line[0] and "moved_to=" in line[0] and "fix=" in line[0]
@@ -246,7 +256,7 @@ def test_a_corrupt_state_file_never_makes_vipfarm_values_the_originals(tmp_path,
     dp = make_dp(tmp_path, monkeypatch, pins=True)
     with caplog.at_level(logging.ERROR):
         dp.start()
-    on_disk = parse_state(open(path).read(), "n1", "eth0")
+    on_disk = parse_state(_read(path), "n1", "eth0")
     assert on_disk.saved_sysctls == {} and on_disk.sysctl_originals_unknown
     assert host.sysctls == VIPFARM_VALUES
     assert any("event=sysctl_originals_unknown" in r.getMessage() and "fix=" in r.getMessage()
@@ -269,7 +279,7 @@ def test_a_first_start_records_the_sysctls_before_changing_them(tmp_path, monkey
     seen = []
     real_write = netconfig.write_sysctl
     monkeypatch.setattr(netconfig, "write_sysctl", lambda i, k, v: (seen.append(
-        parse_state(open(dp.state_path).read(), "n1", "eth0").saved_sysctls), real_write(i, k, v)))
+        parse_state(_read(dp.state_path), "n1", "eth0").saved_sysctls), real_write(i, k, v)))
     dp = make_dp(tmp_path, monkeypatch, pins=False)
     dp.start()
     assert dp.state.saved_sysctls == {"arp_ignore": "0", "arp_announce": "0"}

@@ -212,3 +212,25 @@ def test_after_a_restart_the_buckets_served_now_come_from_the_pins_the_previous_
     nd = node.NodeDataplanes("n1", str(tmp_path / "pins"), str(tmp_path / "state"))
     assert nd.serving_now() == {WEB.name: frozenset({3, 7})}
     assert seen == [(str(tmp_path / "pins" / "n1" / "eth0"), 0)]
+
+
+def test_an_interface_whose_filter_cannot_be_detached_is_not_reported_gone(tmp_path, monkeypatch):
+    """Release is reported only after the dataplane let the Farm go: a failed XDP detach must
+    raise (after undoing the rest), not be logged and passed over."""
+    import bcc
+    import pytest
+
+    from nodeagent.bpf_program import DataplaneError
+    from nodeagent.dataplane import undo_interface
+
+    def refuse(iface, flags):
+        raise RuntimeError("device or resource busy")
+    monkeypatch.setattr(bcc.BPF, "remove_xdp", staticmethod(refuse))
+    pin_dir, state_path = tmp_path / "pins" / "n1" / "eth0", tmp_path / "eth0.json"
+    pin_dir.mkdir(parents=True)
+    state_path.write_text("{}")
+    removed = []
+    with pytest.raises(DataplaneError, match="detaching XDP from eth0 failed .*ip link set dev eth0"):
+        undo_interface("eth0", InterfaceState("n1", "eth0", mode="generic"), str(pin_dir), str(state_path),
+                       lambda kind, **kv: removed.append(kind))
+    assert "xdp" not in removed and "pin_dir" in removed and not state_path.exists()
