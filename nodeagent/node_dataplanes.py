@@ -14,7 +14,7 @@ from collections import defaultdict
 from . import netconfig
 from .bpf_program import DataplaneError, PROGRAM_FUNCTION
 from .dataplane import InterfaceDataplane, merge_xdp_modes, undo_interface
-from .local_state import InterfaceState, StateCorrupt, quarantine, read_state
+from .local_state import StateCorrupt, quarantine, read_state
 from .pinned_maps import read_owned
 from .orphans import LocalRecords, OrphanInterface, Orphans, find_orphans
 from .filter_plan import FarmOwnership
@@ -99,19 +99,19 @@ class NodeDataplanes:
                     log.info("event=orphan_interface_gone node=%s iface=%s", self.node, o.iface)
                 undo_interface(o.iface, o.state, pin_dir, state_path, report, link_present=present)
                 return
-            # No readable record: remove only what is certainly ours (the pins under our own
-            # pin root), keep the unreadable file for inspection, and say what is left.
+            # No readable record: remove nothing. The pins are the only account left of what a
+            # filter that may still be attached holds (an agent that serves the interface again
+            # rebuilds its record from them); the unreadable file is kept aside for inspection.
             if o.corrupt:
                 try:
                     read_state(state_path, self.node, o.iface)
                 except StateCorrupt as e:
                     quarantine(state_path, e)
-            undo_interface(o.iface, InterfaceState(self.node, o.iface), pin_dir, state_path, report,
-                           link_present=False)
             log.warning("event=orphan_incomplete node=%s iface=%s reason=no_readable_state_file "
-                        "left=xdp,vips,mac_filters,sysctls fix=%r", self.node, o.iface,
+                        "left=xdp,pins,vips,mac_filters,sysctls fix=%r", self.node, o.iface,
                         f"check `ip -d link show dev {o.iface}` for an XDP program named {PROGRAM_FUNCTION} and "
-                        f"`ip addr show dev lo` for VIPs of deleted farms, and remove them by hand")
+                        f"`ip addr show dev lo` for VIPs of deleted farms, remove them by hand, then remove "
+                        f"{pin_dir}")
         except Exception as e:        # one interface's failure must not stop the others
             log.error("event=orphan_removal_failed node=%s iface=%s error=%r", self.node, o.iface, str(e))
 
