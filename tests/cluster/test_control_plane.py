@@ -596,20 +596,13 @@ V6_VIP = "2001:db8::10"
 V6_VIP_CAPITALS = "2001:DB8::10"
 
 
-def _farm_v6(name: str, vip: str) -> dict:
-    body = json.loads(json.dumps(FARM))
-    body["metadata"]["name"] = name
-    body["spec"]["virtualIPs"] = [vip]
-    return body
-
-
 def test_a_later_farm_claiming_an_ipv6_vip_in_other_case_gets_conflict_and_breaks_nothing(cluster):
     from nodeagent.lab.namespaces import client_ips6
     try:
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(_farm_v6("v6a", V6_VIP_CAPITALS)))
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(_farm("v6a", V6_VIP_CAPITALS)))
         wait_for("v6a READY 3/3", lambda: (cluster.get_farm("v6a").get("status") or {}).get("readyText") == "3/3",
                  timeout=120)
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(_farm_v6("v6b", V6_VIP)))
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(_farm("v6b", V6_VIP)))
         st = wait_for("v6b to get Conflict", lambda: (lambda s: s if s.get("phase") == "Conflict" else None)(
             cluster.get_farm("v6b").get("status") or {}), timeout=60)
         cond = next(c for c in st["conditions"] if c["type"] == "Conflict")
