@@ -1,0 +1,92 @@
+"""One agreed view of who is alive, and the buckets each node serves under it. Pure.
+
+Every member heartbeats every other (nodeagent/heartbeat.py) and relays the freshest
+reachability row it knows of every member (vipfarm/liveness.py keeps them). From those rows
+each node builds the same matrix and computes the same view with `agreed_view`:
+
+    start from the members whose row is fresh; repeatedly remove any member that has fewer
+    than a quorum (a strict majority of the configured members) of two-way links inside the
+    set (a two-way link: each lists the other as heard; a member counts itself);
+
+the peeling always ends in the unique largest such set. Because a quorum is a majority, two
+disjoint groups can never both form a view, so a partition leaves at most one side serving
+(`quorum` explains the 2-node exception). One-way loss (A stops hearing B while C hears both)
+removes nobody as long as both still have a quorum of two-way links: nothing moves at all.
+
+The buckets follow from the view and the farm's *base* assignment (the assignment with every
+configured member live: the operator's in cluster mode, the farm file's chain in standalone
+mode): `effective_assignment` = assign(base, members live iff in the view). assign() keeps
+every live member's buckets up to its share, so a lost member's buckets are spread over the
+survivors by weight and nothing else moves; a healed member gets its base buckets back.
+A second loss while the first is still out may re-spread the first one's buckets among the
+survivors (the function depends on the base and the view only, never on the order of
+losses, which is what lets a restarted node and the operator compute the same result).
+
+Release early, acquire late (`buckets_to_serve`): a node gives up buckets as soon as its own
+view no longer gives them to it, but takes new ones only once every member of its view
+advertises the same agreement digest (same base, same view). The price of disagreement is a
+short gap, never two owners.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .assignment import Assignment, Member, assign
+
+
+def quorum(configured: int) -> int:
+    """Members a view needs: a strict majority of the configured members.
+
+    A 1-node farm needs itself. A 2-node farm needs both, so either loss stops it unless the
+    farm names a witness (spec.heartbeat.witness), which adds one vote: then 2 of 3.
+    """
+    return configured // 2 + 1
+
+
+def agreed_view(rows: Mapping[str, frozenset[str]], members: Iterable[str], votes_needed: int) -> frozenset[str]:
+    """The view every node computes from the same rows.
+
+    rows: for each member with a fresh row, the members it lists as heard (missing = no fresh
+    row: that member is out). Names outside `members` are ignored.
+    """
+    configured = frozenset(members)
+    view = {m for m in configured if m in rows}
+    while True:
+        drop = {m for m in view
+                if 1 + sum(1 for o in view if o != m and o in rows[m] and m in rows[o]) < votes_needed}
+        if not drop:
+            return frozenset(view)
+        view -= drop
+
+
+def agreement_digest(base_digest: bytes, view: Iterable[str]) -> bytes:
+    """8 bytes naming (base assignment, view): equal digests mean the same buckets everywhere."""
+    h = hashlib.sha256(b"vipfarm-agree:" + base_digest)
+    for name in sorted(view):
+        h.update(b"\0" + name.encode())
+    return h.digest()[:8]
+
+
+def effective_assignment(base: Assignment, weights: Mapping[str, int], view: Iterable[str]) -> Assignment:
+    """The assignment under `view`: the base with every member outside it dead."""
+    live = frozenset(view)
+    return assign(base, [Member(n, weights.get(n, 0), n in live) for n in base.members], base.buckets)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What one node programs: its buckets, and why."""
+    buckets: frozenset[int]
+    agreed: bool
+    released: int     # buckets given up relative to `current`
+    withheld: int     # buckets the view gives it that it does not take yet (no agreement)
+
+
+def buckets_to_serve(node: str, target: Assignment | None, current: frozenset[int], agreed: bool) -> Serving:
+    """Release early, acquire late: with agreement, the target; without, only what it already
+    has and still keeps under the target. `target` None (not in a view): nothing."""
+    want = frozenset(target.owned_by(node)) if target is not None else frozenset()
+    have = want if agreed else current & want
+    return Serving(have, agreed, len(current - have), len(want - have))
