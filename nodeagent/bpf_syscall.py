@@ -16,6 +16,7 @@ SYSCALL_NUMBERS = {"x86_64": 321, "i686": 357, "i386": 357, "aarch64": 280, "arm
                    "s390x": 351, "loongarch64": 280}
 
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
@@ -68,6 +69,13 @@ def obj_get(path: str) -> int:
     """A file descriptor for a pinned BPF object (the caller closes it)."""
     name = ctypes.create_string_buffer(path.encode())
     return bpf(BPF_OBJ_GET, ObjGetAttr(pathname=ctypes.addressof(name)), f"cannot open pinned map {path}")
+
+
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    """BPF_MAP_UPDATE_ELEM with BPF_ANY (the only writer without bcc: the lease renewals)."""
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+    attr = MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v), flags=0)
+    bpf(BPF_MAP_UPDATE_ELEM, attr, "BPF_MAP_UPDATE_ELEM")
 
 
 def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes:

@@ -134,6 +134,10 @@ class NodeDataplanes:
                              self.node, iface, farm, e)
         return out
 
+    def lease_locations(self) -> dict[str, tuple[str, int]]:
+        """farm -> (pin dir, slot) of every farm this node programs (for leases.LeaseWriter)."""
+        return {farm: (dp.pin_dir, slot) for dp in self.by_iface.values() for farm, slot in dp.state.slots.items()}
+
     def mode_of(self, iface: str) -> str:
         dp = self.by_iface.get(iface)
         return dp.mode if dp else ""

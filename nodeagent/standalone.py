@@ -1,42 +1,33 @@
 """Standalone mode: the agent serves Farm files whose spec.nodes lists the members (no Kubernetes).
 
   vipfarm-agent --farm-file farm.yaml --node n1
-Runs in the foreground. SIGTERM/SIGINT: graceful leave (VIPs removed, XDP detached,
-sysctls restored). SIGHUP: re-read the farm files and move only the buckets that must move.
-SIGKILL leaves the pinned dataplane in place for the next agent to adopt; that agent also
-removes what farms dropped from the files meanwhile left behind (node_dataplanes.py).
+Runs in the foreground. The heartbeat thread (heartbeat.py) starts first, before anything is
+compiled: it agrees with the peers on who is alive and decides the buckets; this thread
+programs them. SIGTERM/SIGINT: graceful leave (peers told at once, VIPs removed, XDP detached,
+sysctls restored). SIGHUP: re-read the farm files; a changed member list continues the farm's
+base chain (vipfarm/base_assignment.py). SIGKILL leaves the pinned dataplane in place for the
+next agent to adopt; it keeps serving what it served until the new agent agrees with its peers.
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
-from vipfarm.assignment import Assignment, Member, assign
+from vipfarm.base_assignment import Base, decode_base, encode_base, first_base, next_base
 from vipfarm.conflicts import first_duplicate
+from vipfarm.heartbeat_keys import HeartbeatKeyError, Keyring, parse_key_text
 from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
+from .base_store import load_base, save_base
 from .bpf_program import DataplaneError
-from .node_dataplanes import NodeDataplanes
 from .filter_plan import FarmOwnership
+from .heartbeat import Decision, FarmPeers, HeartbeatEngine
+from .leases import LeaseWriter
+from .node_dataplanes import NodeDataplanes, read_local_records
 
 log = logging.getLogger("vipfarm.agent")
-
-
-def members_of(farm: Farm) -> list[Member]:
-    return [Member(n.name, n.weight, True) for n in farm.nodes]
-
-
-def standalone_ownership(farms: list[Farm], node: str,
-                         previous: dict[str, Assignment]) -> tuple[list[FarmOwnership], dict[str, Assignment]]:
-    """Each farm's assignment from its member list, and the buckets `node` owns."""
-    items, assignments = [], {}
-    for farm in farms:
-        farm.node(node)   # raises with a clear message when this node is not a member
-        a = assign(previous.get(farm.name), members_of(farm), farm.buckets)
-        assignments[farm.name] = a
-        items.append(FarmOwnership(farm, frozenset(a.owned_by(node))))
-    return items, assignments
 
 
 def load_farms(paths: list[str], node: str) -> list[Farm]:
@@ -57,46 +48,174 @@ def load_farms(paths: list[str], node: str) -> list[Farm]:
     return farms
 
 
+def farm_keyring(farm: Farm) -> Keyring | None:
+    """The farm's heartbeat key; None for a farm of one member (it has nobody to talk to)."""
+    if len(farm.nodes) < 2:
+        return None
+    path = farm.heartbeat.key_file
+    if not path:
+        raise FarmSpecError(farm.name, [
+            f"spec.heartbeat.keyFile is not set, and a farm of {len(farm.nodes)} nodes authenticates its "
+            f"heartbeats with a shared key: run `vipfarm keygen --out /etc/vipfarm/heartbeat.key`, copy the file "
+            f"to every node of the farm, and set spec.heartbeat.keyFile: /etc/vipfarm/heartbeat.key"])
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FarmSpecError(farm.name, [f"spec.heartbeat.keyFile {path!r} cannot be read ({e}); create it with "
+                                        f"`vipfarm keygen --out {path}` and copy it to every node"]) from None
+    try:
+        return parse_key_text(text, path)
+    except HeartbeatKeyError as e:
+        raise FarmSpecError(farm.name, [f"spec.heartbeat.keyFile: {e}"]) from None
+
+
+def weights_of(farm: Farm) -> dict[str, int]:
+    return {n.name: n.weight for n in farm.nodes}
+
+
 class StandaloneAgent:
     def __init__(self, paths: list[str], node: str, pin_root: str, state_root: str):
         self.paths = paths
         self.node = node
+        self.pin_root = pin_root
+        self.state_root = state_root
         self.dataplanes = NodeDataplanes(node, pin_root, state_root)
-        self.assignments: dict[str, Assignment] = {}
+        self.leases = LeaseWriter()
+        self.engine = HeartbeatEngine(node, self._on_decision, self._on_base, self.leases,
+                                      base_from_chunks=_decode_or_none, base_to_bytes=encode_base)
+        self.farms: list[Farm] = []
+        self.keyrings: dict[str, Keyring | None] = {}
+        self.bases: dict[str, Base | None] = {}
+        self.decisions: dict[str, Decision] = {}
+        self.new_bases: dict[str, Base] = {}
+        self.lock = threading.Lock()
         self.wake = threading.Event()
         self.stopping = False
         self.reload_requested = False
+        self.programmed_once = False
+        self._programmed: dict[str, frozenset[int]] = {}
+        self._logged: dict[str, tuple] = {}
 
-    def program(self, farms: list[Farm]) -> None:
-        items, assignments = standalone_ownership(farms, self.node, self.assignments)
-        self.dataplanes.program(items)
-        self.assignments = assignments
+    # -- heartbeat thread callbacks: queue and return --------------------------------------
+    def _on_decision(self, d: Decision) -> None:
+        with self.lock:
+            self.decisions[d.farm] = d
+        self.wake.set()
+
+    def _on_base(self, farm: str, base: Base) -> None:
+        with self.lock:
+            self.new_bases[farm] = base
+        self.wake.set()
+
+    # -- configuration ---------------------------------------------------------------------
+    def _peers(self, farm: Farm) -> FarmPeers:
+        hb = farm.heartbeat
+        return FarmPeers(farm.name, self.node, weights_of(farm), {n.name: str(n.address) for n in farm.nodes},
+                         hb.port, hb.interval_ms, hb.timeout_ms, self.keyrings[farm.name], farm.buckets,
+                         self.bases.get(farm.name), may_start_chain=True)
+
+    def _configure(self, farms: list[Farm], keyrings: dict[str, Keyring | None]) -> None:
+        """Continue each farm's base chain for this configuration, persist it, tell the thread."""
+        bases: dict[str, Base | None] = {}
+        for farm in farms:
+            known = self.bases.get(farm.name) or load_base(self.state_root, self.node, farm.name)
+            if known is None and len(farm.nodes) == 1:
+                known = first_base(weights_of(farm), farm.buckets)
+            base = next_base(known, weights_of(farm), farm.buckets) if known is not None else None
+            if base is not None and base is not known:
+                log.info("event=base_changed node=%s farm=%s epoch=%d", self.node, farm.name, base.epoch)
+            if base is not None:
+                save_base(self.state_root, self.node, farm.name, base)
+            bases[farm.name] = base
+        self.farms, self.keyrings, self.bases = farms, keyrings, bases
+        self.engine.configure([self._peers(f) for f in farms])
 
     def run(self) -> int:
         farms = load_farms(self.paths, self.node)   # all validation before any change
+        keyrings = {f.name: farm_keyring(f) for f in farms}
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
-        self.program(farms)
+        self._publish_adopted_leases()
+        self._configure(farms, keyrings)
+        self.engine.start()
+        self._program()                              # compiles: the heartbeats run meanwhile
         log.info("event=agent_ready node=%s farms=%s mode=standalone", self.node,
                  ",".join(f.name for f in farms))
         print(f"vipfarm-agent: node {self.node} serving {', '.join(f.name for f in farms)}", flush=True)
         while not self.stopping:
-            self.wake.wait(30)
+            woken = self.wake.wait(30)
             self.wake.clear()
-            if self.reload_requested and not self.stopping:
+            if self.stopping:
+                break
+            if not woken:
+                self._log_counters()
+                continue
+            self._take_bases()
+            if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
-            elif not self.stopping:
-                self._log_counters()
+            self._program()
+        self.engine.stop(goodbye=True)
         self.dataplanes.stop()
+        self.leases.close()
         log.info("event=agent_stopped node=%s", self.node)
         return 0
+
+    def _take_bases(self) -> None:
+        with self.lock:
+            new, self.new_bases = self.new_bases, {}
+        for farm, base in new.items():
+            self.bases[farm] = base
+            save_base(self.state_root, self.node, farm, base)
+
+    def _program(self) -> None:
+        with self.lock:
+            decisions = dict(self.decisions)
+        now = self.dataplanes.serving_now() if not self.programmed_once else {}
+        items = []
+        for farm in self.farms:
+            d = decisions.get(farm.name)
+            if d is not None:
+                owned = d.buckets
+            elif not self.programmed_once:
+                owned = now.get(farm.name, frozenset())   # keep what the adopted filter serves
+            else:
+                owned = self._programmed.get(farm.name, frozenset())
+            items.append(FarmOwnership(farm, frozenset(owned)))
+        try:
+            self.dataplanes.program(items)
+        except DataplaneError as e:
+            if not self.programmed_once:
+                raise
+            log.error("event=program_failed node=%s error=%r action=keep_serving_previous", self.node, str(e))
+            return
+        self.programmed_once = True
+        self._programmed = {i.farm.name: i.owned for i in items}
+        self.leases.publish(self.dataplanes.lease_locations())
+        for farm in self.farms:
+            d = decisions.get(farm.name)
+            if d is not None and self._logged.get(farm.name) != (d.buckets, d.view, d.agreed):
+                self._logged[farm.name] = (d.buckets, d.view, d.agreed)
+                log.info("event=buckets_programmed node=%s farm=%s buckets=%d view=%s agreed=%s base_epoch=%d "
+                         "released=%d withheld=%d", self.node, farm.name, len(d.buckets),
+                         ",".join(sorted(d.view)) or "-", str(d.agreed).lower(), d.base_epoch, d.released, d.withheld)
+
+    def _publish_adopted_leases(self) -> None:
+        """Before compiling anything: where the previous agent's leases are, so the heartbeat
+        thread renews them and the adopted filter keeps taking new flows through the restart."""
+        where = {}
+        for iface, state in read_local_records(self.node, self.pin_root, self.state_root).states.items():
+            for farm, slot in state.slots.items():
+                where[farm] = (os.path.join(self.pin_root, self.node, iface), slot)
+        self.leases.publish(where)
 
     def _reload(self) -> None:
         try:
             farms = load_farms(self.paths, self.node)
-            self.program(farms)
+            keyrings = {f.name: farm_keyring(f) for f in farms}
+            self._configure(farms, keyrings)
             log.info("event=reloaded node=%s farms=%d", self.node, len(farms))
         except (FarmSpecError, KeyError, ValueError, DataplaneError) as e:
             log.error("event=reload_rejected node=%s error=%r action=keep_serving_previous", self.node, str(e))
@@ -106,6 +225,8 @@ class StandaloneAgent:
             for farm, c in per_farm.items():
                 log.info("event=counters iface=%s farm=%s %s", iface, farm,
                          " ".join(f"{k}={v}" for k, v in c.as_dict().items()))
+        log.info("event=heartbeat_counters node=%s %s", self.node,
+                 " ".join(f"{k}={v}" for k, v in sorted(self.engine.stats().items())))
 
     def _on_stop(self, signum, frame) -> None:
         self.stopping = True
@@ -114,3 +235,10 @@ class StandaloneAgent:
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True
         self.wake.set()
+
+
+def _decode_or_none(data: bytes) -> Base | None:
+    try:
+        return decode_base(data)
+    except ValueError:
+        return None

@@ -18,6 +18,7 @@ weights, bucket count), never with liveness:
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -68,3 +69,23 @@ def next_base(previous: Base | None, weights: Mapping[str, int], buckets: int) -
 def base_from_status(epoch: int, assignment: Assignment, weights: Mapping[str, int]) -> Base:
     """Cluster mode: the operator's assignment is the base."""
     return Base(epoch, config_digest(weights, assignment.buckets), assignment)
+
+
+def encode_base(base: Base) -> bytes:
+    """The base as bytes: what an agent persists and what peers send in BaseChunks."""
+    return json.dumps({"epoch": base.epoch, "config": base.config.hex(), "members": list(base.assignment.members),
+                       "assignment": base.assignment.encode()}, sort_keys=True).encode()
+
+
+def decode_base(data: bytes) -> Base:
+    """encode_base's inverse; ValueError naming what is wrong."""
+    try:
+        raw = json.loads(data.decode())
+        epoch, config, members, text = raw["epoch"], bytes.fromhex(raw["config"]), raw["members"], raw["assignment"]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"not a base assignment record ({e})") from None
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1 or len(config) != 8 \
+            or not isinstance(members, list) or not all(isinstance(m, str) for m in members) \
+            or members != sorted(set(members)) or not isinstance(text, str):
+        raise ValueError("not a base assignment record (a field has the wrong type or value)")
+    return Base(epoch, config, Assignment.decode(members, text))

@@ -33,6 +33,7 @@ class RowLike(Protocol):
     age_ms: int
     heard: frozenset[int]
     agree: bytes
+    flags: int
 
 
 @dataclass
@@ -42,6 +43,7 @@ class KnownRow:
     origin_ns: int            # when the row's owner produced it, on our clock
     heard: frozenset[int]
     agree: bytes
+    flags: int = 0
 
 
 @dataclass
@@ -122,7 +124,7 @@ class PeerTable:
                 return
             if old.boot != r.boot and origin <= old.origin_ns:
                 return
-        self.rows[r.node_id] = KnownRow(r.boot, r.seq, origin, frozenset(r.heard), bytes(r.agree))
+        self.rows[r.node_id] = KnownRow(r.boot, r.seq, origin, frozenset(r.heard), bytes(r.agree), int(getattr(r, 'flags', 0)))
 
     def heard(self, now_ns: int) -> frozenset[int]:
         """Members heard directly within the timeout, and this node."""

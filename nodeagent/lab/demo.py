@@ -34,7 +34,7 @@ def run_demo(nodes: int = 3, connections: int = 600) -> int:
     weights = {f"n{k}": (2 if k == 2 else 1) for k in range(1, nodes + 1)}
     with Lab(nodes=nodes, clients=60) as lab:
         step(f"lab {lab.prefix}*: bridge, {nodes} nodes (198.51.100.1-{nodes}), client with 60 addresses")
-        farm = lab.write_farm("web", farm_yaml("web", [VIP, VIP6], weights))
+        farm = lab.write_farm("web", farm_yaml("web", [VIP, VIP6], weights, key_file=lab.key_file))
         with open(farm) as f:
             print(f.read())
         step("starting echo servers and agents (each agent compiles the XDP filter: ~10 s)")

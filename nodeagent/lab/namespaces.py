@@ -24,6 +24,8 @@ from pyroute2 import IPRoute, netns
 
 from .processes import CleanupOnExit, pdeathsig_prefix, spawn_logged
 
+from vipfarm.heartbeat_keys import generate_key_text
+
 
 
 def _code_path() -> str:
@@ -84,6 +86,11 @@ class Lab:
         return f"/sys/fs/bpf/vipfarm-lab/{self.prefix.rstrip('-')}"
 
     @property
+    def key_file(self) -> str:
+        """The lab farms' heartbeat key (written by build())."""
+        return os.path.join(self.workdir, "heartbeat.key")
+
+    @property
     def state_root(self) -> str:
         return os.path.join(self.workdir, "state")
 
@@ -100,6 +107,9 @@ class Lab:
 
     def build(self) -> "Lab":
         self.workdir = tempfile.mkdtemp(prefix=self.prefix)
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_key_text())
         self._cleanup = CleanupOnExit(self._teardown)
         try:
             for ns in self.namespaces():
@@ -228,8 +238,11 @@ class Lab:
 
 
 def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode: str = "unicast-flood",
-              xdp_mode: str = "auto", buckets: int = 1024, rules: str | None = None) -> str:
-    """A standalone Farm file for lab nodes n1..nN."""
+              xdp_mode: str = "auto", buckets: int = 1024, rules: str | None = None,
+              key_file: str | None = None, interval_ms: int | None = None, timeout_ms: int | None = None,
+              extra: str = "") -> str:
+    """A standalone Farm file for lab nodes n1..nN (`extra`: more spec lines, indented by two).
+    A farm of two or more nodes needs `key_file` (Lab.key_file)."""
     if rules is None:
         rules = ('    - {protocol: TCP, ports: "80", affinity: ClientIPPort}\n'
                  '    - {protocol: TCP, ports: "8080", affinity: ClientIP}\n'
@@ -239,4 +252,11 @@ def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode:
     vip_list = ", ".join(f'"{ipaddress.ip_address(v)}"' for v in vips)
     return (f"apiVersion: vipfarm.io/v1alpha1\nkind: Farm\nmetadata:\n  name: {name}\nspec:\n"
             f"  virtualIPs: [{vip_list}]\n  interface: eth0\n  buckets: {buckets}\n"
-            f"  vmacMode: {vmac_mode}\n  xdpMode: {xdp_mode}\n  rules:\n{rules}  nodes:\n{nodes}")
+            f"  vmacMode: {vmac_mode}\n  xdpMode: {xdp_mode}\n  rules:\n{rules}  nodes:\n{nodes}"
+            + _heartbeat_yaml(key_file, interval_ms, timeout_ms) + extra)
+
+
+def _heartbeat_yaml(key_file: str | None, interval_ms: int | None, timeout_ms: int | None) -> str:
+    fields = [f"{k}: {v}" for k, v in (("keyFile", key_file), ("intervalMs", interval_ms),
+                                          ("timeoutMs", timeout_ms)) if v is not None]
+    return f"  heartbeat: {{{', '.join(fields)}}}\n" if fields else ""

@@ -25,7 +25,8 @@ class FarmLab:
     def __init__(self, lab: Lab):
         self.lab = lab
         self.files = [lab.write_farm(name, farm_yaml(name, f["vips"], f["weights"],
-                                                     vmac_mode=f.get("vmac_mode", "unicast-flood")))
+                                                     vmac_mode=f.get("vmac_mode", "unicast-flood"),
+                                                     key_file=lab.key_file))
                       for name, f in FARMS.items()]
         self.agents = {}
 

@@ -18,7 +18,8 @@ VIP, VIP6 = "203.0.113.40", "2001:db8::40"
 @pytest.fixture(scope="module")
 def native_lab():
     with Lab(nodes=2, clients=40) as lab:
-        f = lab.write_farm("nat", farm_yaml("nat", [VIP, VIP6], {"n1": 1, "n2": 1}, xdp_mode="native"))
+        f = lab.write_farm("nat", farm_yaml("nat", [VIP, VIP6], {"n1": 1, "n2": 1}, xdp_mode="native",
+                                                key_file=lab.key_file))
         lab.start_servers(tcp_ports=(80,), udp_ports=())
         procs = {k: lab.start_agent(k, [f]) for k in (1, 2)}
         for k, p in procs.items():

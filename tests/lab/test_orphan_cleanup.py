@@ -58,8 +58,8 @@ def restarted():
             for name in ("side0", "side1"):
                 ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
         weights = {"n1": 1, "n2": 1}
-        keep = lab.write_farm("keep", farm_yaml("keep", [KEEP], weights))
-        gone = lab.write_farm("gone", farm_yaml("gone", [GONE], weights))
+        keep = lab.write_farm("keep", farm_yaml("keep", [KEEP], weights, key_file=lab.key_file))
+        gone = lab.write_farm("gone", farm_yaml("gone", [GONE], weights, key_file=lab.key_file))
         side = lab.write_farm("side", farm_yaml("side", [SIDE], {"n1": 1}).replace(
             "interface: eth0", "interface: side0"))
         lab.start_servers(tcp_ports=(80,), udp_ports=())

@@ -1,0 +1,437 @@
+"""The heartbeat thread: UDP heartbeats with every farm peer, the agreed view, the lease.
+
+One thread per agent runs every farm's heartbeats. It does nothing else: no API calls, no
+compiling, no file writes. It sends each farm's heartbeat every intervalMs (at once when its
+view or agreement digest changes), reads every datagram as it arrives (kernel receive
+timestamps, so a stall of this thread never makes a peer look older than it is), keeps the
+peer table (vipfarm/liveness.py), computes the view and the buckets to serve
+(vipfarm/agreement.py), renews the farm's lease in the filter while the node is in a quorum
+view (leases.py), and hands each new decision to the main thread, which programs the
+filter (`on_decision`; it must only queue and return).
+
+Datagrams that fail authentication or parsing, replays and heartbeats of non-members are
+counted by reason and dropped; they cost at most one HMAC each.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import secrets
+import selectors
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
+
+from vipfarm.agreement import Serving, agreed_view, agreement_digest, buckets_to_serve, effective_assignment, quorum
+from vipfarm.assignment import Assignment
+from vipfarm.base_assignment import Base, config_digest, first_base
+from vipfarm.heartbeat_keys import Keyring
+from vipfarm.heartbeat_wire import (BaseChunk, BaseRequest, Heartbeat, Row, WireError, decode, encode,
+                                    node_id)
+from vipfarm.liveness import ACCEPTED, PeerTable
+
+ROW_WITHDRAWN = 1            # Row.flags: the member's checkers fail; it counts for quorum, serves nothing
+
+from .leases import LeaseWriter
+
+log = logging.getLogger("vipfarm.heartbeat")
+
+SO_TIMESTAMPNS = 35          # linux/asm-generic/socket.h (SCM_TIMESTAMPNS has the same value)
+RECV_BATCH = 256             # datagrams read per wakeup per socket, at most
+MS = 1_000_000
+
+
+@dataclass(frozen=True)
+class FarmPeers:
+    """What the heartbeat thread needs of one farm."""
+    farm: str
+    node: str
+    weights: Mapping[str, int]            # every configured member (this node too) -> weight
+    addresses: Mapping[str, str]          # member -> heartbeat address (IPv4 or IPv6)
+    port: int
+    interval_ms: int
+    timeout_ms: int
+    keyring: Keyring | None               # None only for a farm of one member
+    buckets: int
+    base: Base | None                     # None: ask the peers first (no persisted base)
+    may_start_chain: bool = True          # standalone: with no base anywhere, compute the first one
+    withdrawn: bool = False               # this node's checkers fail: it stays in the view, serves nothing
+
+    @property
+    def lease_ns(self) -> int:
+        """A lease shorter than the time peers need to declare this node dead: the timeout
+        minus the longest gap since its last heartbeat (one interval)."""
+        return (self.timeout_ms - self.interval_ms) * MS
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the main thread should program for one farm, and why."""
+    farm: str
+    buckets: frozenset[int]
+    view: frozenset[str]
+    withdrawn: frozenset[str]
+    agreed: bool
+    base_epoch: int
+    digest: bytes
+    released: int
+    withheld: int
+
+
+@dataclass
+class _Farm:
+    cfg: FarmPeers
+    ids: dict[int, str]
+    table: PeerTable
+    boot: int
+    seq: int = 0
+    next_send_ns: int = 0
+    current: frozenset[int] = frozenset()
+    decided: bool = False                 # a first decision has been handed over
+    started_ns: int = 0
+    view: frozenset[str] = frozenset()
+    digest: bytes = b"\0" * 8
+    pending_base: dict = field(default_factory=dict)   # (sender, epoch, digest) -> {index: data}
+    last_request_ns: int = 0
+
+
+class HeartbeatEngine:
+    def __init__(self, node: str, on_decision: Callable[[Decision], None],
+                 on_base: Callable[[str, Base], None], leases: LeaseWriter,
+                 base_from_chunks: Callable[[bytes], Base | None], base_to_bytes: Callable[[Base], bytes],
+                 clock: Callable[[], int] = time.monotonic_ns):
+        self.node = node
+        self.on_decision = on_decision
+        self.on_base = on_base
+        self.leases = leases
+        self.base_from_chunks = base_from_chunks
+        self.base_to_bytes = base_to_bytes
+        self.clock = clock
+        self.boot = int.from_bytes(secrets.token_bytes(8), "big") or 1
+        self.farms: dict[str, _Farm] = {}
+        self.sockets: dict[tuple[str, int], socket.socket] = {}
+        self.selector = selectors.DefaultSelector()
+        self.counts: dict[str, int] = {}
+        self.worst_send_delay_ns = 0
+        self._lock = threading.Lock()
+        self._pending: list[FarmPeers] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._goodbye = False
+
+    # -- called from other threads -------------------------------------------------------
+    def configure(self, farms: list[FarmPeers]) -> None:
+        """Replace the farm set (start-up, SIGHUP, a Farm change). Applied by the thread."""
+        with self._lock:
+            self._pending = list(farms)
+        self._poke()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vipfarm-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, goodbye: bool = True) -> None:
+        """Stop; with goodbye, first tell the peers this node leaves (its row then lists only
+        itself), so they take its buckets over at once instead of after the timeout."""
+        self._goodbye = goodbye
+        self._stop = True
+        self._poke()
+        if self._thread is not None:
+            self._thread.join(5)
+        for s in self.sockets.values():
+            s.close()
+        self.sockets.clear()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counts, worst_send_delay_us=self.worst_send_delay_ns // 1000)
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    # -- the thread ------------------------------------------------------------------------
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def _run(self) -> None:
+        try:
+            while not self._stop:
+                self._take_config()
+                now = self.clock()
+                wake = [f.next_send_ns for f in self.farms.values()]
+                wake += [t for t in (f.table.next_expiry_ns(now) for f in self.farms.values()) if t]
+                wake += [f.started_ns + self._grace_ns(f) for f in self.farms.values() if not f.decided]
+                timeout = max(0.0, (min(wake) - now) / 1e9) if wake else 1.0
+                for key, _ in self.selector.select(min(timeout, 1.0)):
+                    if key.data is None:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    else:
+                        self._drain(key.fileobj)
+                now = self.clock()
+                for f in list(self.farms.values()):
+                    if now >= f.next_send_ns:
+                        late = now - f.next_send_ns
+                        if f.next_send_ns and late > self.worst_send_delay_ns:
+                            self.worst_send_delay_ns = late
+                        f.next_send_ns = max(f.next_send_ns + f.cfg.interval_ms * MS, now) \
+                            if late < f.cfg.interval_ms * MS else now + f.cfg.interval_ms * MS
+                        self._evaluate(f, now)
+                        self._send_heartbeat(f, now)
+                        self._renew_lease(f, now)
+                    else:
+                        self._evaluate(f, now)
+            if self._goodbye:
+                now = self.clock()
+                for f in self.farms.values():
+                    for _ in range(3):
+                        self._send_heartbeat(f, now, goodbye=True)
+        except Exception:          # the thread dying silently would be the worst outcome
+            log.exception("event=heartbeat_thread_failed node=%s action=exit", self.node)
+            os._exit(70)
+
+    def _grace_ns(self, f: _Farm) -> int:
+        """How long a starting agent keeps what the pins say before acting on its own view:
+        long enough to hear every peer and agree (the timeout plus two exchanges)."""
+        return (f.cfg.timeout_ms + 2 * f.cfg.interval_ms) * MS
+
+    def _take_config(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        now = self.clock()
+        wanted = {p.farm: p for p in pending}
+        for name in list(self.farms):
+            if name not in wanted:
+                del self.farms[name]
+        for p in pending:
+            ids = {node_id(n): n for n in p.weights}
+            if len(ids) != len(p.weights):
+                raise ValueError(f"farm {p.farm}: two member names hash to one node id; rename one")
+            old = self.farms.get(p.farm)
+            if old is None:
+                table = PeerTable(node_id(p.node), self.boot, ids, p.timeout_ms * MS)
+                self.farms[p.farm] = _Farm(p, ids, table, self.boot, next_send_ns=now, started_ns=now)
+            else:
+                old.table.set_members(ids)
+                old.table.timeout_ns = p.timeout_ms * MS
+                if p.base is None and old.cfg.base is not None and p.weights == old.cfg.weights:
+                    p = replace(p, base=old.cfg.base)      # keep a base adopted from peers meanwhile
+                old.cfg, old.ids = p, ids
+                old.next_send_ns = now                     # tell the peers at once
+            self._ensure_socket(p)
+
+    def _ensure_socket(self, p: FarmPeers) -> None:
+        addr = p.addresses.get(p.node)
+        if addr is None or len(p.weights) < 2:
+            return
+        key = (addr, p.port)
+        if key in self.sockets:
+            return
+        ip = ipaddress.ip_address(addr)
+        s = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind((addr, p.port))
+        s.setblocking(False)
+        self.sockets[key] = s
+        self.selector.register(s, selectors.EVENT_READ, key)
+
+    def _socket_for(self, f: _Farm) -> socket.socket | None:
+        addr = f.cfg.addresses.get(f.cfg.node)
+        return self.sockets.get((addr, f.cfg.port)) if addr else None
+
+    def _drain(self, s: socket.socket) -> None:
+        offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - self.clock()
+        for _ in range(RECV_BATCH):
+            try:
+                data, anc, _flags, source = s.recvmsg(65535, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue        # an ICMP error of an earlier send: the peer is down, as we will see
+                raise
+            when = self.clock()
+            for level, kind, value in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    when = min(when, sec * 1_000_000_000 + nsec - offset)
+            self._receive(data, when)
+
+    def _receive(self, data: bytes, now: int) -> None:
+        msg = None
+        for f in self.farms.values():
+            if f.cfg.keyring is None:
+                continue
+            try:
+                msg = decode(data, f.cfg.keyring)
+                break
+            except WireError as e:
+                if e.reason != "unknown_key":
+                    self._count(f"rejected_{e.reason}")
+                    return
+        if msg is None:
+            self._count("rejected_unknown_key")
+            return
+        f = self.farms.get(msg.farm)
+        if f is None or f.cfg.keyring is None:
+            self._count("rejected_unknown_farm")
+            return
+        if isinstance(msg, Heartbeat):
+            verdict = f.table.receive(msg.sender_id, msg.boot, msg.seq, msg.echoes, msg.rows, now)
+            self._count(f"heartbeat_{verdict}")
+            if verdict == ACCEPTED:
+                self._maybe_request_base(f, msg, now)
+                self._evaluate(f, self.clock())
+        elif isinstance(msg, BaseRequest):
+            self._count("base_request")
+            self._send_base(f, msg)
+        elif isinstance(msg, BaseChunk):
+            self._count("base_chunk")
+            self._take_chunk(f, msg)
+
+    # -- deciding --------------------------------------------------------------------------
+    def _evaluate(self, f: _Farm, now: int) -> None:
+        cfg = f.cfg
+        names = list(cfg.weights)
+        if cfg.base is None and cfg.may_start_chain and now >= f.started_ns + self._grace_ns(f):
+            cfg = f.cfg = replace(cfg, base=first_base(cfg.weights, cfg.buckets))
+            log.info("event=base_started node=%s farm=%s epoch=1 reason=no_persisted_base_and_no_peer_offered_one",
+                     cfg.node, cfg.farm)
+            self.on_base(cfg.farm, cfg.base)
+        heard = f.table.heard(now)
+        if cfg.base is None:
+            view, digest = frozenset(), b"\0" * 8
+        else:
+            view = agreed_view(f.table.matrix(now, heard), names, quorum(len(names)))
+            withdrawn = self._withdrawn(f, now, view)
+            digest = agreement_digest(cfg.base.digest, sorted(view) + ["-" + w for w in sorted(withdrawn)])
+        if view != f.view or digest != f.digest:
+            if f.view or view:
+                log.info("event=view_changed node=%s farm=%s view=%s size=%d quorum=%d base_epoch=%s",
+                         cfg.node, cfg.farm, ",".join(sorted(view)) or "-", len(view), quorum(len(names)),
+                         cfg.base.epoch if cfg.base else "-")
+            f.view, f.digest = view, digest
+            f.next_send_ns = now                # spread the news now, not in an interval
+        if not f.decided and now < f.started_ns + self._grace_ns(f) and not (view and self._agreed(f, now)):
+            return                              # starting: keep what the filter does until we know
+        in_view = cfg.node in view
+        agreed = in_view and self._agreed(f, now)
+        target: Assignment | None = None
+        if in_view and cfg.base is not None:
+            out = self._withdrawn(f, now, view)
+            weights = {n: (0 if n in out else w) for n, w in cfg.weights.items()}
+            target = effective_assignment(cfg.base.assignment, weights, view)
+        s: Serving = buckets_to_serve(cfg.node, target, f.current, agreed)
+        if s.buckets != f.current or not f.decided:
+            f.current, f.decided = s.buckets, True
+            self.on_decision(Decision(cfg.farm, s.buckets, view, frozenset(self._withdrawn(f, now, view)), agreed,
+                                      cfg.base.epoch if cfg.base else 0, digest, s.released, s.withheld))
+
+    def _withdrawn(self, f: _Farm, now: int, view: frozenset[str]) -> frozenset[str]:
+        out = {f.cfg.node} if f.cfg.withdrawn else set()
+        for i, r in f.table.fresh_rows(now).items():
+            if r.flags & ROW_WITHDRAWN and f.ids.get(i) in view:
+                out.add(f.ids[i])
+        return frozenset(out)
+
+    def _agreed(self, f: _Farm, now: int) -> bool:
+        ids = [i for i, n in f.ids.items() if n in f.view]
+        return f.table.agrees(ids, f.digest, now)
+
+    def _renew_lease(self, f: _Farm, now: int) -> None:
+        if len(f.cfg.weights) < 2:
+            self.leases.renew(f.cfg.farm, 0)                   # a farm of one has nobody to yield to
+        elif f.cfg.node in f.view:
+            self.leases.renew(f.cfg.farm, now + f.cfg.lease_ns)
+
+    # -- sending ---------------------------------------------------------------------------
+    def _send_heartbeat(self, f: _Farm, now: int, goodbye: bool = False) -> None:
+        s = self._socket_for(f)
+        if s is None or f.cfg.keyring is None:
+            return
+        me = node_id(f.cfg.node)
+        f.seq += 1
+        heard = frozenset({me}) if goodbye else f.table.heard(now)
+        own = Row(me, f.boot, f.seq, 0, heard, f.digest, 1 if f.cfg.withdrawn else 0)
+        rows = [own] + [Row(i, r.boot, r.seq, max(0, (now - r.origin_ns) // MS), r.heard, r.agree, r.flags)
+                        for i, r in sorted(f.table.fresh_rows(now).items())]
+        base = f.cfg.base
+        msg = Heartbeat(f.cfg.farm, me, f.boot, f.seq, base.epoch if base else 0,
+                        base.digest if base else b"\0" * 8, f.table.echoes(), tuple(rows))
+        self._send_all(f, s, encode(msg, f.cfg.keyring.signing))
+
+    def _send_all(self, f: _Farm, s: socket.socket, data: bytes, only: str | None = None) -> None:
+        for name, addr in f.cfg.addresses.items():
+            if name == f.cfg.node or (only and name != only):
+                continue
+            try:
+                s.sendto(data, (addr, f.cfg.port))
+                self._count("sent")
+            except OSError:
+                self._count("send_failed")      # no route / link down: the peer tables will tell
+
+    # -- base sync -------------------------------------------------------------------------
+    def _maybe_request_base(self, f: _Farm, msg: Heartbeat, now: int) -> None:
+        base = f.cfg.base
+        wants = msg.base_epoch and (base is None or (msg.base_epoch, msg.base_digest) > (base.epoch, base.digest))
+        if not wants or now - f.last_request_ns < f.cfg.interval_ms * MS:
+            return
+        f.last_request_ns = now
+        s = self._socket_for(f)
+        if s is None:
+            return
+        sender = f.ids.get(msg.sender_id)
+        f.seq += 1
+        req = BaseRequest(f.cfg.farm, node_id(f.cfg.node), f.boot, f.seq, msg.base_epoch, msg.base_digest)
+        self._send_all(f, s, encode(req, f.cfg.keyring.signing), only=sender)
+
+    def _send_base(self, f: _Farm, req: BaseRequest) -> None:
+        base, s = f.cfg.base, self._socket_for(f)
+        asker = f.ids.get(req.sender_id)
+        if base is None or s is None or asker is None:
+            return
+        data = self.base_to_bytes(base)
+        size = 1200
+        chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+        for k, piece in enumerate(chunks):
+            f.seq += 1
+            msg = BaseChunk(f.cfg.farm, node_id(f.cfg.node), f.boot, f.seq, base.epoch, base.digest, k, len(chunks), piece)
+            self._send_all(f, s, encode(msg, f.cfg.keyring.signing), only=asker)
+
+    def _take_chunk(self, f: _Farm, c: BaseChunk) -> None:
+        key = (c.sender_id, c.base_epoch, c.base_digest, c.count)
+        parts = f.pending_base.setdefault(key, {})
+        parts[c.index] = c.data
+        if len(parts) < c.count:
+            return
+        del f.pending_base[key]
+        base = self.base_from_chunks(b"".join(parts[i] for i in range(c.count)))
+        if base is None or base.digest != c.base_digest \
+                or base.config != config_digest(f.cfg.weights, f.cfg.buckets):
+            self._count("base_rejected")
+            return
+        mine = f.cfg.base
+        if mine is not None and not base.newer_than(mine.epoch, mine.digest):
+            return
+        f.cfg = replace(f.cfg, base=base)
+        log.info("event=base_adopted node=%s farm=%s epoch=%d from=%s", f.cfg.node, f.cfg.farm, base.epoch,
+                 f.ids.get(c.sender_id, "?"))
+        self.on_base(f.cfg.farm, base)
+        self._evaluate(f, self.clock())

@@ -1,0 +1,70 @@
+"""Renewing each farm's lease in the XDP filter from the heartbeat thread.
+
+The filter stops accepting new TCP flows (SYN) for this node's buckets of a farm once
+bpf_ktime_get_ns() passes that farm's deadline in the pinned `vf_lease` map (bpf/). The
+heartbeat thread renews it while its node is in a quorum view, so an agent that is frozen,
+stuck or cut off stops taking new flows by itself, before its peers take its buckets over.
+
+Writes go through the pinned map with the bpf(2) syscall, not bcc: they need no lock with
+the main thread's table updates, and they work before this agent has compiled anything
+(a restarted agent renews the previous agent's lease from the pins while it compiles).
+Where each farm's lease lives (pin directory, slot) is published by the main thread as one
+immutable mapping that the heartbeat thread reads (`publish`): a plain attribute swap.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from typing import Mapping
+
+from .bpf_syscall import map_update, obj_get
+
+log = logging.getLogger("vipfarm.lease")
+
+LEASE_MAP = "vf_lease"
+
+
+class LeaseWriter:
+    def __init__(self) -> None:
+        self._where: Mapping[str, tuple[str, int]] = {}
+        self._published = 0       # bumped by publish(); the renewing thread reopens its fds after
+        self._opened_for = 0
+        self._fds: dict[str, int] = {}
+        self.failures = 0
+
+    def publish(self, where: Mapping[str, tuple[str, int]]) -> None:
+        """farm -> (pin dir, slot). Called by the main thread after each programming."""
+        self._where = dict(where)
+        self._published += 1      # a restarted interface has new maps under the same pin paths
+
+    def renew(self, farm: str, deadline_ns: int) -> bool:
+        """Write the deadline (CLOCK_MONOTONIC ns; 0 = no lease). False when the farm has no
+        filter yet or the write failed (logged once per failure streak)."""
+        if self._opened_for != self._published:
+            self.close()
+            self._opened_for = self._published
+        where = self._where.get(farm)
+        if where is None:
+            return False
+        pin_dir, slot = where
+        try:
+            fd = self._fds.get(pin_dir)
+            if fd is None:
+                fd = self._fds[pin_dir] = obj_get(os.path.join(pin_dir, LEASE_MAP))
+            map_update(fd, bytes(ctypes.c_uint32(slot)), int(deadline_ns).to_bytes(8, "little"))
+        except OSError as e:
+            stale = self._fds.pop(pin_dir, None)
+            if stale is not None:
+                os.close(stale)
+            if self.failures == 0:
+                log.warning("event=lease_write_failed farm=%s pin_dir=%s error=%r", farm, pin_dir, str(e))
+            self.failures += 1
+            return False
+        self.failures = 0
+        return True
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
