@@ -36,8 +36,10 @@ from vipfarm.heartbeat_wire import (BaseChunk, BaseRequest, Heartbeat, Row, Wire
 from vipfarm.liveness import ACCEPTED, PeerTable
 
 ROW_WITHDRAWN = 1            # Row.flags: the member's checkers fail; it counts for quorum, serves nothing
+ROW_HEARS_WITNESS = 2        # Row.flags: the member hears the farm's witness (one more vote)
 
 from .leases import LeaseWriter
+from .witness import WitnessProbe
 
 log = logging.getLogger("vipfarm.heartbeat")
 
@@ -61,6 +63,9 @@ class FarmPeers:
     base: Base | None                     # None: ask the peers first (no persisted base)
     may_start_chain: bool = True          # standalone: with no base anywhere, compute the first one
     withdrawn: bool = False               # this node's checkers fail: it stays in the view, serves nothing
+    adopted: frozenset[int] = frozenset()  # what the filter serves when the engine first sees the farm
+    interface: str = ""                   # the farm interface (the witness is probed on it)
+    witness: str = ""                     # spec.heartbeat.witness: an IPv4 address whose ARP replies vote
 
     @property
     def lease_ns(self) -> int:
@@ -93,6 +98,7 @@ class _Farm:
     next_send_ns: int = 0
     current: frozenset[int] = frozenset()
     decided: bool = False                 # a first decision has been handed over
+    sent_once: bool = False
     started_ns: int = 0
     view: frozenset[str] = frozenset()
     digest: bytes = b"\0" * 8
@@ -115,6 +121,7 @@ class HeartbeatEngine:
         self.boot = int.from_bytes(secrets.token_bytes(8), "big") or 1
         self.farms: dict[str, _Farm] = {}
         self.sockets: dict[tuple[str, int], socket.socket] = {}
+        self.witnesses: dict[tuple[str, str], WitnessProbe] = {}
         self.selector = selectors.DefaultSelector()
         self.counts: dict[str, int] = {}
         self.worst_send_delay_ns = 0
@@ -149,6 +156,8 @@ class HeartbeatEngine:
         for s in self.sockets.values():
             s.close()
         self.sockets.clear()
+        for w in self.witnesses.values():
+            w.stop()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -169,12 +178,7 @@ class HeartbeatEngine:
         try:
             while not self._stop:
                 self._take_config()
-                now = self.clock()
-                wake = [f.next_send_ns for f in self.farms.values()]
-                wake += [t for t in (f.table.next_expiry_ns(now) for f in self.farms.values()) if t]
-                wake += [f.started_ns + self._grace_ns(f) for f in self.farms.values() if not f.decided]
-                timeout = max(0.0, (min(wake) - now) / 1e9) if wake else 1.0
-                for key, _ in self.selector.select(min(timeout, 1.0)):
+                for key, _ in self.selector.select(self._seconds_to_next(self.clock())):
                     if key.data is None:
                         try:
                             os.read(self._wake_r, 4096)
@@ -182,27 +186,39 @@ class HeartbeatEngine:
                             pass
                     else:
                         self._drain(key.fileobj)
-                now = self.clock()
-                for f in list(self.farms.values()):
-                    if now >= f.next_send_ns:
-                        late = now - f.next_send_ns
-                        if f.next_send_ns and late > self.worst_send_delay_ns:
-                            self.worst_send_delay_ns = late
-                        f.next_send_ns = max(f.next_send_ns + f.cfg.interval_ms * MS, now) \
-                            if late < f.cfg.interval_ms * MS else now + f.cfg.interval_ms * MS
-                        self._evaluate(f, now)
-                        self._send_heartbeat(f, now)
-                        self._renew_lease(f, now)
-                    else:
-                        self._evaluate(f, now)
+                self.tick(self.clock())
             if self._goodbye:
-                now = self.clock()
-                for f in self.farms.values():
-                    for _ in range(3):
-                        self._send_heartbeat(f, now, goodbye=True)
+                self.say_goodbye(self.clock())
         except Exception:          # the thread dying silently would be the worst outcome
             log.exception("event=heartbeat_thread_failed node=%s action=exit", self.node)
             os._exit(70)
+
+    def _seconds_to_next(self, now: int) -> float:
+        wake = [f.next_send_ns for f in self.farms.values()]
+        wake += [t for t in (f.table.next_expiry_ns(now) for f in self.farms.values()) if t]
+        wake += [f.started_ns + self._grace_ns(f) for f in self.farms.values() if not f.decided]
+        return min(1.0, max(0.0, (min(wake) - now) / 1e9)) if wake else 1.0
+
+    def tick(self, now: int) -> None:
+        """Send what is due, re-decide every farm (expiries), renew leases. Public for tests."""
+        for f in list(self.farms.values()):
+            if now >= f.next_send_ns:
+                late = now - f.next_send_ns
+                if f.sent_once and late > self.worst_send_delay_ns:
+                    self.worst_send_delay_ns = late
+                step = f.cfg.interval_ms * MS
+                f.next_send_ns = f.next_send_ns + step if late < step else now + step
+                f.sent_once = True
+                self._evaluate(f, now)
+                self._send_heartbeat(f, now)
+                self._renew_lease(f, now)
+            else:
+                self._evaluate(f, now)
+
+    def say_goodbye(self, now: int) -> None:
+        for f in self.farms.values():
+            for _ in range(3):
+                self._send_heartbeat(f, now, goodbye=True)
 
     def _grace_ns(self, f: _Farm) -> int:
         """How long a starting agent keeps what the pins say before acting on its own view:
@@ -226,7 +242,8 @@ class HeartbeatEngine:
             old = self.farms.get(p.farm)
             if old is None:
                 table = PeerTable(node_id(p.node), self.boot, ids, p.timeout_ms * MS)
-                self.farms[p.farm] = _Farm(p, ids, table, self.boot, next_send_ns=now, started_ns=now)
+                self.farms[p.farm] = _Farm(p, ids, table, self.boot, next_send_ns=now, started_ns=now,
+                                           current=frozenset(p.adopted))
             else:
                 old.table.set_members(ids)
                 old.table.timeout_ns = p.timeout_ms * MS
@@ -235,6 +252,7 @@ class HeartbeatEngine:
                 old.cfg, old.ids = p, ids
                 old.next_send_ns = now                     # tell the peers at once
             self._ensure_socket(p)
+            self._ensure_witness(p)
 
     def _ensure_socket(self, p: FarmPeers) -> None:
         addr = p.addresses.get(p.node)
@@ -251,6 +269,19 @@ class HeartbeatEngine:
         s.setblocking(False)
         self.sockets[key] = s
         self.selector.register(s, selectors.EVENT_READ, key)
+
+    def _ensure_witness(self, p: FarmPeers) -> None:
+        if not p.witness or len(p.weights) < 2 or (p.interface, p.witness) in self.witnesses:
+            return
+        from .netconfig import link_info
+        probe = WitnessProbe(p.interface, link_info(p.interface)[1], p.addresses[p.node], p.witness,
+                             p.interval_ms / 1000, p.timeout_ms / 1000, clock=self.clock)
+        probe.start()
+        self.witnesses[(p.interface, p.witness)] = probe
+
+    def _hears_witness(self, cfg: FarmPeers, now: int) -> bool:
+        probe = self.witnesses.get((cfg.interface, cfg.witness)) if cfg.witness else None
+        return probe is not None and probe.heard(now)
 
     def _socket_for(self, f: _Farm) -> socket.socket | None:
         addr = f.cfg.addresses.get(f.cfg.node)
@@ -316,32 +347,33 @@ class HeartbeatEngine:
                      cfg.node, cfg.farm)
             self.on_base(cfg.farm, cfg.base)
         heard = f.table.heard(now)
-        if cfg.base is None:
-            view, digest = frozenset(), b"\0" * 8
-        else:
-            view = agreed_view(f.table.matrix(now, heard), names, quorum(len(names)))
-            withdrawn = self._withdrawn(f, now, view)
-            digest = agreement_digest(cfg.base.digest, sorted(view) + ["-" + w for w in sorted(withdrawn)])
+        hears = {f.ids[i] for i, r in f.table.fresh_rows(now).items() if r.flags & ROW_HEARS_WITNESS and i in f.ids}
+        if self._hears_witness(cfg, now):
+            hears.add(cfg.node)
+        votes = quorum(len(names), witness=bool(cfg.witness))
+        view = agreed_view(f.table.matrix(now, heard), names, votes, hears)
+        withdrawn = self._withdrawn(f, now, view)
+        digest = agreement_digest(cfg.base.digest if cfg.base else b"\0" * 8, view, withdrawn)
         if view != f.view or digest != f.digest:
             if f.view or view:
-                log.info("event=view_changed node=%s farm=%s view=%s size=%d quorum=%d base_epoch=%s",
-                         cfg.node, cfg.farm, ",".join(sorted(view)) or "-", len(view), quorum(len(names)),
+                log.info("event=view_changed node=%s farm=%s view=%s size=%d votes_needed=%d base_epoch=%s",
+                         cfg.node, cfg.farm, ",".join(sorted(view)) or "-", len(view), votes,
                          cfg.base.epoch if cfg.base else "-")
             f.view, f.digest = view, digest
             f.next_send_ns = now                # spread the news now, not in an interval
-        if not f.decided and now < f.started_ns + self._grace_ns(f) and not (view and self._agreed(f, now)):
+        if not f.decided and now < f.started_ns + self._grace_ns(f) \
+                and not (cfg.base is not None and view and self._agreed(f, now)):
             return                              # starting: keep what the filter does until we know
         in_view = cfg.node in view
         agreed = in_view and self._agreed(f, now)
         target: Assignment | None = None
         if in_view and cfg.base is not None:
-            out = self._withdrawn(f, now, view)
-            weights = {n: (0 if n in out else w) for n, w in cfg.weights.items()}
+            weights = {n: (0 if n in withdrawn else w) for n, w in cfg.weights.items()}
             target = effective_assignment(cfg.base.assignment, weights, view)
         s: Serving = buckets_to_serve(cfg.node, target, f.current, agreed)
         if s.buckets != f.current or not f.decided:
             f.current, f.decided = s.buckets, True
-            self.on_decision(Decision(cfg.farm, s.buckets, view, frozenset(self._withdrawn(f, now, view)), agreed,
+            self.on_decision(Decision(cfg.farm, s.buckets, view, withdrawn, agreed,
                                       cfg.base.epoch if cfg.base else 0, digest, s.released, s.withheld))
 
     def _withdrawn(self, f: _Farm, now: int, view: frozenset[str]) -> frozenset[str]:
@@ -369,7 +401,8 @@ class HeartbeatEngine:
         me = node_id(f.cfg.node)
         f.seq += 1
         heard = frozenset({me}) if goodbye else f.table.heard(now)
-        own = Row(me, f.boot, f.seq, 0, heard, f.digest, 1 if f.cfg.withdrawn else 0)
+        flags = (ROW_WITHDRAWN if f.cfg.withdrawn else 0) | (ROW_HEARS_WITNESS if self._hears_witness(f.cfg, now) else 0)
+        own = Row(me, f.boot, f.seq, 0, heard, f.digest, flags)
         rows = [own] + [Row(i, r.boot, r.seq, max(0, (now - r.origin_ns) // MS), r.heard, r.agree, r.flags)
                         for i, r in sorted(f.table.fresh_rows(now).items())]
         base = f.cfg.base

@@ -64,6 +64,15 @@ def parse_arp_request(frame: bytes) -> ArpRequest | None:
     return ArpRequest(sha, spa, tpa)
 
 
+def arp_reply_sender(frame: bytes) -> bytes | None:
+    """The sender IPv4 address of an Ethernet/IPv4 ARP reply, else None."""
+    if len(frame) < 42 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_ARP:
+        return None
+    if struct.unpack_from("!HHBBH", frame, 14) != (1, ETH_P_IP, 6, 4, 2):
+        return None
+    return frame[28:32]
+
+
 def parse_neighbour_solicitation(frame: bytes) -> NeighbourSolicitation | None:
     """An ICMPv6 NS directly after the IPv6 header, with hop limit 255 and code 0."""
     if len(frame) < 14 + 40 + 24 or struct.unpack_from("!H", frame, 12)[0] != ETH_P_IPV6:

@@ -109,11 +109,13 @@ class StandaloneAgent:
         self.wake.set()
 
     # -- configuration ---------------------------------------------------------------------
-    def _peers(self, farm: Farm) -> FarmPeers:
+    def _peers(self, farm: Farm, adopted: dict[str, frozenset[int]]) -> FarmPeers:
         hb = farm.heartbeat
         return FarmPeers(farm.name, self.node, weights_of(farm), {n.name: str(n.address) for n in farm.nodes},
                          hb.port, hb.interval_ms, hb.timeout_ms, self.keyrings[farm.name], farm.buckets,
-                         self.bases.get(farm.name), may_start_chain=True)
+                         self.bases.get(farm.name), may_start_chain=True,
+                         adopted=adopted.get(farm.name, frozenset()), interface=farm.interface,
+                         witness=str(hb.witness or ""))
 
     def _configure(self, farms: list[Farm], keyrings: dict[str, Keyring | None]) -> None:
         """Continue each farm's base chain for this configuration, persist it, tell the thread."""
@@ -129,7 +131,8 @@ class StandaloneAgent:
                 save_base(self.state_root, self.node, farm.name, base)
             bases[farm.name] = base
         self.farms, self.keyrings, self.bases = farms, keyrings, bases
-        self.engine.configure([self._peers(f) for f in farms])
+        serving = self.dataplanes.serving_now() if not self.programmed_once else self._programmed
+        self.engine.configure([self._peers(f, serving) for f in farms])
 
     def run(self) -> int:
         farms = load_farms(self.paths, self.node)   # all validation before any change

@@ -36,36 +36,45 @@ from typing import Iterable, Mapping
 from .assignment import Assignment, Member, assign
 
 
-def quorum(configured: int) -> int:
-    """Members a view needs: a strict majority of the configured members.
+def quorum(configured: int, witness: bool = False) -> int:
+    """Votes a view needs: a strict majority of the configured members, plus the witness's
+    vote when the farm names one.
 
-    A 1-node farm needs itself. A 2-node farm needs both, so either loss stops it unless the
-    farm names a witness (spec.heartbeat.witness), which adds one vote: then 2 of 3.
+    A 1-node farm needs itself. A 2-node farm needs both, so either loss stops it, unless the
+    farm names a witness (spec.heartbeat.witness): then 2 of 3 votes, and the node that still
+    hears the witness serves alone. The price: if both nodes hear the witness but not each
+    other (only the heartbeat path broke), both serve every bucket.
     """
-    return configured // 2 + 1
+    return (configured + (1 if witness else 0)) // 2 + 1
 
 
-def agreed_view(rows: Mapping[str, frozenset[str]], members: Iterable[str], votes_needed: int) -> frozenset[str]:
+def agreed_view(rows: Mapping[str, frozenset[str]], members: Iterable[str], votes_needed: int,
+                hears_witness: Iterable[str] = ()) -> frozenset[str]:
     """The view every node computes from the same rows.
 
     rows: for each member with a fresh row, the members it lists as heard (missing = no fresh
     row: that member is out). Names outside `members` are ignored.
+    hears_witness: the members whose fresh row says they hear the farm's witness (one vote each).
     """
     configured = frozenset(members)
+    bonus = frozenset(hears_witness)
     view = {m for m in configured if m in rows}
     while True:
         drop = {m for m in view
-                if 1 + sum(1 for o in view if o != m and o in rows[m] and m in rows[o]) < votes_needed}
+                if 1 + (m in bonus) + sum(1 for o in view if o != m and o in rows[m] and m in rows[o]) < votes_needed}
         if not drop:
             return frozenset(view)
         view -= drop
 
 
-def agreement_digest(base_digest: bytes, view: Iterable[str]) -> bytes:
-    """8 bytes naming (base assignment, view): equal digests mean the same buckets everywhere."""
+def agreement_digest(base_digest: bytes, view: Iterable[str], withdrawn: Iterable[str] = ()) -> bytes:
+    """8 bytes naming (base assignment, view, withdrawn members): equal digests mean the same
+    buckets everywhere."""
     h = hashlib.sha256(b"vipfarm-agree:" + base_digest)
     for name in sorted(view):
-        h.update(b"\0" + name.encode())
+        h.update(b"\0+" + name.encode())
+    for name in sorted(withdrawn):
+        h.update(b"\0-" + name.encode())
     return h.digest()[:8]
 
 

@@ -130,3 +130,15 @@ def test_without_agreement_a_node_releases_but_never_acquires():
     assert s.released == 1 and s.withheld == len(target.owned_by("a")) - len(base.owned_by("a"))
     assert buckets_to_serve("a", target, current, agreed=True).buckets == frozenset(target.owned_by("a"))
     assert buckets_to_serve("a", None, current, agreed=True).buckets == frozenset()
+
+
+def test_a_two_node_farm_without_a_witness_stops_when_either_node_is_lost():
+    assert agreed_view({"a": frozenset("a")}, "ab", quorum(2)) == frozenset()
+
+
+def test_with_a_witness_the_node_that_hears_it_serves_alone():
+    q = quorum(2, witness=True)
+    assert q == 2
+    assert agreed_view({"a": frozenset("a")}, "ab", q, hears_witness={"a"}) == frozenset("a")
+    assert agreed_view({"b": frozenset("b")}, "ab", q, hears_witness=set()) == frozenset()
+    assert agreed_view(full("ab"), "ab", q, hears_witness={"a", "b"}) == frozenset("ab")

@@ -1,0 +1,283 @@
+"""nodeagent.heartbeat: the whole protocol between real engines over a simulated network.
+
+Each engine is the real HeartbeatEngine; only its sockets are replaced by an in-memory
+network with a fake clock, so the tests can crash nodes, cut links one way, replay captures
+and measure, at 1 ms resolution, how long any bucket had two owners or none.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+
+import pytest
+
+from vipfarm.base_assignment import first_base, next_base
+from vipfarm.heartbeat_keys import Key, Keyring
+from vipfarm.heartbeat_wire import node_id
+
+from nodeagent.heartbeat import FarmPeers, HeartbeatEngine
+
+MS = 1_000_000
+KEY = Keyring(Key(b"k" * 40), (Key(b"k" * 40),))
+OTHER_KEY = Keyring(Key(b"o" * 40), (Key(b"o" * 40),))
+
+
+class FakeLeases:
+    def __init__(self):
+        self.deadlines = {}
+
+    def renew(self, farm, deadline):
+        self.deadlines[farm] = deadline
+        return True
+
+
+class Net:
+    """Delivers datagrams after `delay_ms`; `cut` holds (from, to) pairs that are dropped."""
+
+    def __init__(self, names, weights=None, interval=100, timeout=300, buckets=256, delay_ms=1):
+        self.now = 1_000 * MS
+        self.delay = delay_ms * MS
+        self.queue: list = []
+        self.counter = itertools.count()
+        self.cut: set[tuple[str, str]] = set()
+        self.down: set[str] = set()
+        self.captured: list[tuple[str, str, bytes]] = []
+        self.weights = weights or {n: 1 for n in names}
+        self.names = list(names)
+        self.base = first_base(self.weights, buckets)
+        self.interval, self.timeout, self.buckets = interval, timeout, buckets
+        self.engines: dict[str, HeartbeatEngine] = {}
+        self.decisions: dict[str, list] = {n: [] for n in names}
+        self.leases = {n: FakeLeases() for n in names}
+        self.history: list[tuple[int, dict[str, frozenset[int]]]] = []
+        for n in names:
+            self.start(n)
+
+    def peers(self, n, base="default", keyring=KEY, withdrawn=False):
+        return FarmPeers("web", n, dict(self.weights), {m: f"198.51.100.{i + 1}" for i, m in enumerate(self.names)},
+                         7946, self.interval, self.timeout, keyring, self.buckets,
+                         self.base if base == "default" else base, withdrawn=withdrawn)
+
+    def start(self, n, base="default"):
+        e = HeartbeatEngine(n, lambda d, n=n: self.decisions[n].append(d), lambda farm, b: None,
+                            self.leases[n], base_from_chunks=_decode, base_to_bytes=_encode, clock=lambda: self.now)
+        e._ensure_socket = lambda p: None
+        e._socket_for = lambda f: object()
+        e._send_all = lambda f, s, data, only=None, n=n: self.send(n, data, only)
+        e.configure([self.peers(n, base)])
+        e._take_config()
+        self.engines[n] = e
+        return e
+
+    def send(self, src, data, only):
+        for dst in self.names:
+            if dst == src or (only and dst != only):
+                continue
+            self.captured.append((src, dst, data))
+            if (src, dst) in self.cut or src in self.down:
+                continue
+            heapq.heappush(self.queue, (self.now + self.delay, next(self.counter), dst, data))
+
+    def serving(self) -> dict[str, frozenset[int]]:
+        out = {}
+        for n, e in self.engines.items():
+            if n in self.down:
+                continue
+            f = e.farms["web"]
+            out[n] = f.current
+        return out
+
+    def run(self, ms: int):
+        end = self.now + ms * MS
+        while self.now < end:
+            self.now += MS
+            while self.queue and self.queue[0][0] <= self.now:
+                _, _, dst, data = heapq.heappop(self.queue)
+                if dst in self.engines and dst not in self.down:
+                    self.engines[dst]._receive(data, self.now)
+            for n, e in self.engines.items():
+                if n not in self.down:
+                    e.tick(self.now)
+            self.history.append((self.now, self.serving()))
+
+    def owners(self, serving):
+        counts = [0] * self.buckets
+        for s in serving.values():
+            for b in s:
+                counts[b] += 1
+        return counts
+
+    def windows(self, since_ns=0):
+        """Longest run (ms) of any bucket with two owners, and with none."""
+        longest_double = longest_zero = 0
+        run_double = [0] * self.buckets
+        run_zero = [0] * self.buckets
+        for t, serving in self.history:
+            if t < since_ns:
+                continue
+            for b, c in enumerate(self.owners(serving)):
+                run_double[b] = run_double[b] + 1 if c >= 2 else 0
+                run_zero[b] = run_zero[b] + 1 if c == 0 else 0
+                longest_double = max(longest_double, run_double[b])
+                longest_zero = max(longest_zero, run_zero[b])
+        return longest_double, longest_zero
+
+
+def _encode(base):
+    from vipfarm.base_assignment import encode_base
+    return encode_base(base)
+
+
+def _decode(data):
+    from vipfarm.base_assignment import decode_base
+    try:
+        return decode_base(data)
+    except ValueError:
+        return None
+
+
+def assert_exactly_one_owner(net, who=None):
+    serving = {n: s for n, s in net.serving().items() if who is None or n in who}
+    counts = net.owners(serving)
+    assert counts == [1] * net.buckets, (
+        f"{sum(1 for c in counts if c == 0)} buckets have no owner, {sum(1 for c in counts if c > 1)} two")
+
+
+def test_three_nodes_agree_and_every_bucket_has_one_owner():
+    net = Net("abc")
+    net.run(500)
+    assert_exactly_one_owner(net)
+    assert net.serving()["a"] == frozenset(net.base.assignment.owned_by("a"))
+
+
+def test_a_crashed_node_is_replaced_within_the_timeout_plus_one_round():
+    net = Net("abc")
+    net.run(500)
+    lost = net.serving()["c"]
+    net.down.add("c")
+    crash = net.now
+    net.run(600)
+    assert_exactly_one_owner(net, "ab")
+    back = next(t for t, s in net.history if t > crash and net.owners({k: v for k, v in s.items() if k != "c"})
+                == [1] * net.buckets)
+    assert (back - crash) / MS <= net.timeout + net.interval + 50, f"failover took {(back - crash) / MS} ms"
+    assert lost <= net.serving()["a"] | net.serving()["b"]
+    # nothing else moved: a and b kept their buckets
+    assert frozenset(net.base.assignment.owned_by("a")) <= net.serving()["a"]
+    double, _ = net.windows(crash)
+    assert double == 0
+
+
+def test_one_way_loss_moves_nothing():
+    net = Net("abc")
+    net.run(500)
+    before = net.serving()
+    net.cut.add(("b", "a"))           # a stops hearing b; c hears both, b hears a
+    t = net.now
+    net.run(1500)
+    assert net.serving() == before
+    assert net.windows(t) == (0, 0)
+
+
+def test_the_minority_side_of_a_partition_stops_serving_and_the_majority_takes_over():
+    net = Net("abcde", buckets=512)
+    net.run(500)
+    for x, y in itertools.product("ab", "cde"):
+        net.cut |= {(x, y), (y, x)}
+    t = net.now
+    net.run(1000)
+    s = net.serving()
+    assert s["a"] == s["b"] == frozenset()
+    assert_exactly_one_owner(net, "cde")
+    double, _ = net.windows(t)
+    assert double == 0, f"a bucket had two owners for {double} ms"
+    net.cut.clear()                    # heal
+    t = net.now
+    net.run(1000)
+    assert_exactly_one_owner(net)
+    assert net.serving()["a"] == frozenset(net.base.assignment.owned_by("a"))
+    assert net.windows(t)[0] == 0
+
+
+def test_forged_replayed_and_garbage_datagrams_change_nothing():
+    net = Net("abc")
+    net.run(500)
+    before = net.serving()
+    captured = [d for s, _, d in net.captured if s == "c"]
+    net.down.add("c")                  # c crashes; an attacker replays its heartbeats
+    forger = Net("abc").engines["c"]   # same names, other key below
+    forger.farms["web"].cfg = forger.farms["web"].cfg.__class__(**{**forger.farms["web"].cfg.__dict__,
+                                                                    "keyring": OTHER_KEY})
+    t = net.now
+    for step in range(60):
+        for d in captured[-30:]:
+            net.engines["a"]._receive(d, net.now)
+            net.engines["b"]._receive(d, net.now)
+        for junk in (b"", b"VFH1", bytes(range(256)), b"\xff" * 1500):
+            net.engines["a"]._receive(junk, net.now)
+        net.run(10)
+    s = net.serving()
+    assert "c" not in {n for n in s if s[n]}
+    assert_exactly_one_owner(net, "ab"), "the replays must not keep the crashed node alive"
+    stats = net.engines["a"].stats()
+    assert stats.get("heartbeat_replayed", 0) + stats.get("heartbeat_old_boot", 0) > 0
+    assert stats.get("rejected_truncated", 0) + stats.get("rejected_bad_magic", 0) > 0
+    assert before["a"] <= s["a"]
+    del t
+
+
+def test_a_restarted_agent_with_its_base_moves_nothing():
+    net = Net("abc")
+    net.run(500)
+    before = net.serving()
+    old = net.engines["c"]
+    carried = old.farms["web"].current
+    net.start("c")                          # new boot, same base (persisted)
+    net.engines["c"].farms["web"].current = carried   # adopted pins
+    t = net.now
+    net.run(800)
+    assert net.serving() == before
+    assert net.windows(t) == (0, 0)
+
+
+def test_a_restarted_agent_without_state_adopts_the_chained_base_from_its_peers():
+    """The 3 -> 2 by SIGHUP then restart case: the restarted node must not start a chain of its own."""
+    net = Net("abc")
+    net.run(300)
+    two = {"a": 1, "b": 1}
+    chained = next_base(net.base, two, net.buckets)
+    net.names, net.weights, net.base = ["a", "b"], two, chained
+    net.down.add("c")
+    del net.engines["c"]
+    for n in "ab":
+        net.engines[n].configure([net.peers(n)])
+        net.engines[n]._take_config()
+    net.run(500)
+    assert_exactly_one_owner(net, "ab")
+    net.start("b", base=None)               # b lost /run: no persisted base
+    net.run(1500)
+    assert net.engines["b"].farms["web"].cfg.base == chained
+    assert_exactly_one_owner(net, "ab")
+
+
+def test_a_withdrawn_node_keeps_its_vote_and_serves_nothing():
+    net = Net("abc")
+    net.run(500)
+    e = net.engines["c"]
+    e.configure([net.peers("c", withdrawn=True)])
+    e._take_config()
+    net.run(500)
+    assert net.serving()["c"] == frozenset()
+    assert_exactly_one_owner(net, "ab")
+    net.down.add("b")                       # b crashes: a and withdrawn c still make a quorum
+    net.run(600)
+    assert_exactly_one_owner(net, "a")
+
+
+def test_lease_is_renewed_only_in_a_quorum_view():
+    net = Net("abc")
+    net.run(500)
+    assert net.leases["a"].deadlines["web"] > net.now
+    net.cut |= {("b", "a"), ("c", "a"), ("a", "b"), ("a", "c")}
+    net.run(1000)
+    assert net.leases["a"].deadlines["web"] < net.now, "cut off from a quorum, a's lease must lapse"
