@@ -229,3 +229,15 @@ def test_the_api_server_and_parse_farm_agree_on_random_mutations(farms_api):
                                f"(reproduce with mutate(BASE, random.Random(seed), spec_only=True, "
                                f"json_safe=True)):\n" + "\n".join(disagreements))
     assert accepted >= 5, f"only {accepted} of {RANDOM_DOCUMENTS} mutations were accepted by both: not a comparison"
+
+
+@pytest.mark.parametrize("field,needle", [
+    ("farm.spec.heartbeat.keyFile", "vipfarm keygen"),
+    ("farm.spec.checkers.type", "exec: command, passing when it"),
+    ("farm.spec.checkers.expectStatus", "Defaults to [200]"),
+    ("farm.spec.checkers.timeoutMs", "at most intervalMs"),
+    ("farm.spec.recovery.maxRestarts", "in any windowSeconds"),
+])
+def test_kubectl_explain_describes_the_checker_recovery_and_key_fields(apiserver, farms_api, field, needle):
+    out = apiserver.kubectl("explain", field).stdout
+    assert needle in " ".join(out.split()), f"kubectl explain {field} does not say {needle!r}:\n{out}"
