@@ -96,6 +96,7 @@ class Heartbeat:
     interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS
     timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS
     key_file: str = ""      # standalone mode; cluster mode reads the chart's Secret
+    witness: str = ""       # an IPv4 address whose ARP replies are one more vote (2-node farms)
 
 
 @dataclass(frozen=True)
@@ -531,18 +532,18 @@ def _parse_virtual_mac(c: _Collector, raw: Any, farm_name: str, vmac_mode: str) 
     return vmac
 
 
-_HEARTBEAT_KEYS = ("port", "intervalMs", "timeoutMs", "keyFile")
+_HEARTBEAT_KEYS = ("port", "intervalMs", "timeoutMs", "keyFile", "witness")
 
 
 def _parse_heartbeat(c: _Collector, raw: Any) -> Heartbeat:
     hb_raw = {} if raw is None else raw
     if not isinstance(hb_raw, Mapping):
-        c.add("spec.heartbeat", hb_raw, "must be a mapping {port, intervalMs, timeoutMs, keyFile}")
+        c.add("spec.heartbeat", hb_raw, "must be a mapping {port, intervalMs, timeoutMs, keyFile, witness}")
         hb_raw = {}
     for key in hb_raw:
         if key not in _HEARTBEAT_KEYS:
             c.add(f"spec.heartbeat.{key}", hb_raw[key],
-                  "unknown field; heartbeat has port, intervalMs, timeoutMs and keyFile")
+                  "unknown field; heartbeat has port, intervalMs, timeoutMs, keyFile and witness")
     port = _int_field(c, "spec.heartbeat.port", hb_raw.get("port"), DEFAULT_HEARTBEAT_PORT, 1, 65535)
     interval = _int_field(c, "spec.heartbeat.intervalMs", hb_raw.get("intervalMs"),
                           DEFAULT_HEARTBEAT_INTERVAL_MS, 10, 60000)
@@ -560,7 +561,22 @@ def _parse_heartbeat(c: _Collector, raw: Any) -> Heartbeat:
               f"must be the absolute path of the heartbeat key file (at most {MAX_COMMAND_ARG_CHARS} "
               f"characters, no NUL), e.g. /etc/vipfarm/heartbeat.key; `vipfarm keygen` writes one")
         key_file = ""
-    return Heartbeat(port, interval, timeout, key_file)
+    witness_raw = _given(hb_raw, "witness", None)
+    witness = ""
+    if witness_raw is not None:
+        fix = ("must be the IPv4 address of a host on the farm's segment that answers ARP (a router, a third "
+               "machine), e.g. 198.51.100.254; it breaks the tie of a 2-node farm")
+        try:
+            ip = parse_ip(witness_raw) if isinstance(witness_raw, str) else None
+        except ValueError:
+            ip = None
+        if ip is None or ip.version != 4:
+            c.add("spec.heartbeat.witness", witness_raw, fix)
+        elif unicast_problem(ip):
+            c.add("spec.heartbeat.witness", witness_raw, f"is {unicast_problem(ip)}; it {fix}")
+        else:
+            witness = str(ip)
+    return Heartbeat(port, interval, timeout, key_file, witness)
 
 
 # -- spec.checkers and spec.recovery ------------------------------------------------------------

@@ -282,7 +282,7 @@ BAD = [
     ("node-unknown-field", with_spec(nodes=[_node(1, wieght=2)]), {},
      ["spec.nodes[0].wieght", "2", "unknown field; a node has name, address and weight"]),
     ("heartbeat-unknown-field", with_spec(heartbeat={"intervalMS": 500}), {},
-     ["spec.heartbeat.intervalMS", "500", "unknown field; heartbeat has port, intervalMs, timeoutMs and keyFile"]),
+     ["spec.heartbeat.intervalMS", "500", "unknown field; heartbeat has port, intervalMs, timeoutMs, keyFile and witness"]),
     # an empty value of the wrong type is not "absent" (the API server refuses these too)
     ("node-selector-empty-list", with_spec(nodeSelector=[]), {},
      ["spec.nodeSelector", "[]", "must map label names"]),

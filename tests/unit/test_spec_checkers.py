@@ -165,3 +165,13 @@ def test_every_checker_problem_is_reported_at_once():
 def test_sixty_four_nodes_are_accepted():
     nodes = [{"name": f"n{i}", "address": f"198.51.100.{i + 1}"} for i in range(MAX_NODES)]
     assert MAX_NODES == 64 and len(parse_farm(doc(nodes=nodes)).nodes) == 64
+
+
+def test_a_heartbeat_witness_must_be_a_unicast_ipv4_address():
+    hb = dict(ISSUE_8_SPEC["heartbeat"])
+    assert parse_farm(doc(heartbeat=dict(hb, witness="198.51.100.254"))).heartbeat.witness == "198.51.100.254"
+    assert parse_farm(doc()).heartbeat.witness == ""
+    for bad in ("2001:db8::fe", "224.0.0.1", "255.255.255.255", "router", 7):
+        found = problems(doc(heartbeat=dict(hb, witness=bad)))
+        assert len(found) == 1 and found[0].startswith("spec.heartbeat.witness") and str(bad) in found[0], found
+        assert "IPv4 address of a host on the farm's segment" in found[0]
