@@ -5,6 +5,11 @@
  * the bucket; everyone else drops it. ARP requests and neighbour solicitations for a VIP are
  * answered with the farm's virtual MAC. Everything else passes untouched.
  *
+ * The lease: the agent keeps a deadline per farm in vf_lease while it hears its peers. Once it
+ * has passed (a frozen or cut-off agent), new TCP flows to this node's buckets are refused,
+ * so the node stops taking flows before its peers take its buckets over. Established flows,
+ * UDP and ICMP are untouched by it.
+ *
  * Compile-time defines (passed as -D flags by nodeagent/bpf_program.py):
  *   VF_IFACE_MAC0..5 the NIC's own MAC, one byte each
  *   VF_ANSWER_NEIGH  1: answer ARP/NS here with XDP_TX; 0: pass them up to the agent
@@ -37,6 +42,7 @@ struct vf_flow {
     int has_ports;
     __u16 sport;           /* network order */
     __u16 dport;           /* network order */
+    __u8 tcp_flags;        /* TCP only */
 };
 
 /* Map access stays in this file: bcc rewrites table calls in the main source only. */
@@ -104,11 +110,29 @@ static __always_inline int vf_owns(__u32 farm, const struct vf_vip *vip, const s
     return (*bits >> (bucket & 63)) & 1;
 }
 
+/* A segment that opens a TCP flow: SYN without ACK. */
+static __always_inline int vf_opens_flow(const struct vf_flow *flow)
+{
+    return flow->proto == IPPROTO_TCP && (flow->tcp_flags & (VF_TCP_SYN | VF_TCP_ACK)) == VF_TCP_SYN;
+}
+
+/* Has this farm's lease run out? Read only for flow-opening segments, so established traffic
+ * never pays for the map read or the clock. */
+static __always_inline int vf_lease_expired(__u32 farm)
+{
+    __u64 *deadline = vf_lease.lookup(&farm);
+    return deadline && *deadline && bpf_ktime_get_ns() > *deadline;
+}
+
 static __always_inline int vf_decide(struct ethhdr *eth, __u32 farm, const struct vf_vip *vip,
                                      const struct vf_flow *flow)
 {
     if (vf_owns(farm, vip, flow)) {
-            /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */
+        if (vf_opens_flow(flow) && vf_lease_expired(farm)) {
+            vf_count(farm, VF_CNT_LEASE_EXPIRED);
+            return XDP_DROP;
+        }
+        /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */
         vf_set_own_mac(eth->h_dest);
         vf_count(farm, VF_CNT_ACCEPTED);
         return XDP_PASS;
@@ -125,6 +149,13 @@ static __always_inline int vf_read_ports(void *l4, void *end, void *data_end, __
     if (l4 + need > end || l4 + 4 > data_end)
         return 0;
     __u16 *ports = l4;
+    if (proto == IPPROTO_TCP) {
+        /* Never taken once the header fits before `end` (which is <= data_end); the verifier
+         * needs the bound against data_end itself. */
+        if (l4 + 14 > data_end)
+            return 0;
+        flow->tcp_flags = ((__u8 *)l4)[13];
+    }
     flow->proto = proto;
     flow->has_ports = 1;
     flow->sport = ports[0];

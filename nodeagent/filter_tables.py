@@ -1,5 +1,9 @@
 """Writing a FilterPlan into the filter's BPF maps, and reading its counters.
 
+The lease (vf_lease, one u64 per farm slot) is a deadline in bpf_ktime_get_ns()'s clock,
+CLOCK_MONOTONIC, which is Python's time.monotonic_ns(): past it, the filter drops new TCP flows
+(SYN without ACK) to this node's buckets of that farm. 0 means no lease: always valid.
+
 Ownership changes never open a window with zero or two owners on this node: the new bitmap
 (with its seed and mask) is written into the idle half of the farm's double-buffered table,
 then one aligned 4-byte write to vf_active flips the farm to it. A packet reads vf_active
@@ -44,6 +48,7 @@ class Counters:
     neigh_punted: int = 0
     malformed: int = 0
     passed: int = 0
+    lease_expired: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {n: getattr(self, n) for n in COUNTER_NAMES}
@@ -59,6 +64,7 @@ class FilterTables:
         self.tables = bpf[b"vf_tables"]
         self.owner = bpf[b"vf_owner"]
         self.stats = bpf[b"vf_stats"]
+        self.lease = bpf[b"vf_lease"]
 
     # -- reading ------------------------------------------------------------------------
     def vip_keys(self) -> set[tuple[int, bytes]]:
@@ -76,6 +82,11 @@ class FilterTables:
         mask = self.tables[ctypes.c_uint32(half)].mask
         return buckets_from_words([self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)].value
                                    for w in range((mask + 64) // 64)])
+
+    def read_lease(self, slot: int) -> int:
+        """The slot's lease deadline (ns, CLOCK_MONOTONIC); 0 = no lease."""
+        _check_slot(slot)
+        return self.lease[ctypes.c_uint32(slot)].value
 
     def counters(self, slot: int) -> Counters:
         c = Counters()
@@ -105,6 +116,15 @@ class FilterTables:
             leaf.rules[i].port_lo = r.port_lo
             leaf.rules[i].port_hi = r.port_hi
         return leaf
+
+    def write_lease(self, slot: int, deadline_ns: int) -> None:
+        """Set the slot's lease deadline (ns, CLOCK_MONOTONIC; 0 = no lease). One map update:
+        cheap enough for every heartbeat."""
+        _check_slot(slot)
+        if not 0 <= deadline_ns < 1 << 64:
+            raise ValueError(f"lease deadline {deadline_ns} for farm slot {slot} is not a u64 "
+                             f"nanosecond time; pass time.monotonic_ns() + the lease length, or 0 for none")
+        self.lease[ctypes.c_uint32(slot)] = ctypes.c_uint64(deadline_ns)
 
     def write_farm(self, f: FarmEntry) -> None:
         """Farm MAC, then the idle table half, then the flip. Idempotent."""
@@ -159,7 +179,13 @@ class FilterTables:
             self.clear_farm(slot)
 
     def clear_farm(self, slot: int) -> None:
-        if not 0 <= slot < MAX_FARMS:
-            raise ValueError(f"farm slot {slot} out of range")
+        """Empty the slot: no buckets, no MAC, no lease (the next farm in it starts without one)."""
+        _check_slot(slot)
         self.swap_ownership(slot, 0, 1, frozenset())
         self.farms[ctypes.c_uint32(slot)] = self.farms.Leaf()
+        self.write_lease(slot, 0)
+
+
+def _check_slot(slot: int) -> None:
+    if not 0 <= slot < MAX_FARMS:
+        raise ValueError(f"farm slot {slot} out of range 0..{MAX_FARMS - 1}")

@@ -83,7 +83,7 @@ class StandaloneAgent:
         self.pin_root = pin_root
         self.state_root = state_root
         self.dataplanes = NodeDataplanes(node, pin_root, state_root)
-        self.leases = LeaseWriter()
+        self.leases = LeaseWriter(self.dataplanes)
         self.engine = HeartbeatEngine(node, self._on_decision, self._on_base, self.leases,
                                       base_from_chunks=_decode_or_none, base_to_bytes=encode_base)
         self.farms: list[Farm] = []
@@ -251,7 +251,7 @@ class StandaloneAgent:
             return
         self.programmed_once = True
         self._programmed = {i.farm.name: i.owned for i in items}
-        self.leases.publish(self.dataplanes.lease_locations())
+        self.leases.publish({})          # every farm now has a started interface (set_lease)
         for farm in self.farms:
             d = decisions.get(farm.name)
             if d is not None and self._logged.get(farm.name) != (d.buckets, d.view, d.agreed):

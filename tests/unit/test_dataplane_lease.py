@@ -1,0 +1,110 @@
+"""set_lease on one interface and on the node: routing by farm name, and safety against an
+apply() running on another thread (the heartbeat thread renews leases while farms change)."""
+from __future__ import annotations
+
+import threading
+
+from nodeagent import netconfig
+from nodeagent.dataplane import InterfaceDataplane
+from nodeagent.filter_plan import FarmOwnership
+from nodeagent.node_dataplanes import NodeDataplanes
+from vipfarm.spec import parse_farm
+
+WAIT_S = 5.0
+
+
+def farm(name: str, vip: str, iface: str = "eth0"):
+    return parse_farm({"apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": {"name": name},
+                       "spec": {"virtualIPs": [vip], "buckets": 16, "interface": iface}})
+
+
+WEB, DNS = farm("web", "203.0.113.10"), farm("dns", "203.0.113.20")
+
+
+class RecordingTables:
+    """The lease map and slot clearing of FilterTables, in memory."""
+
+    def __init__(self):
+        self.leases: dict[int, int] = {}
+        self.during_apply = None           # called inside apply(), after the removed slots are cleared
+
+    def write_lease(self, slot: int, deadline_ns: int) -> None:
+        self.leases[slot] = deadline_ns
+
+    def apply(self, plan, previous_slots):
+        for slot in set(previous_slots) - {f.slot for f in plan.farms}:
+            self.leases[slot] = 0          # clear_farm
+        if self.during_apply:
+            self.during_apply()
+
+
+def quiet_host(monkeypatch):
+    m = monkeypatch
+    m.setattr(netconfig, "link_info", lambda iface: (7, b"\x02\x00\x00\x00\x00\x01", "veth"))
+    for name in ("add_vip", "del_vip"):
+        m.setattr(netconfig, name, lambda ip: None)
+    for name in ("add_mac_filter", "del_mac_filter", "send_frames"):
+        m.setattr(netconfig, name, lambda iface, x: None)
+    m.setattr(netconfig, "vips_on_lo", lambda: set())
+
+
+def programmed(tmp_path, monkeypatch, farms, iface="eth0") -> InterfaceDataplane:
+    quiet_host(monkeypatch)
+    dp = InterfaceDataplane("n1", iface, "auto", str(tmp_path / "pins"), str(tmp_path / "state"))
+    dp.tables = RecordingTables()
+    dp.apply([FarmOwnership(f, frozenset({1})) for f in farms])
+    return dp
+
+
+def test_set_lease_writes_the_deadline_into_the_farms_slot(tmp_path, monkeypatch):
+    dp = programmed(tmp_path, monkeypatch, [WEB, DNS])
+    slots = dict(dp.state.slots)
+    assert dp.set_lease("dns", 123) is True
+    assert dp.set_lease("web", 456) is True
+    assert dp.tables.leases == {slots["dns"]: 123, slots["web"]: 456}
+
+
+def test_set_lease_for_a_farm_without_a_slot_here_writes_nothing_and_says_false(tmp_path, monkeypatch):
+    dp = programmed(tmp_path, monkeypatch, [WEB])
+    assert dp.set_lease("dns", 123) is False
+    assert dp.tables.leases == {}
+
+
+def test_set_lease_before_start_says_false(tmp_path, monkeypatch):
+    quiet_host(monkeypatch)
+    dp = InterfaceDataplane("n1", "eth0", "auto", str(tmp_path / "pins"), str(tmp_path / "state"))
+    assert dp.set_lease("web", 123) is False
+
+
+def test_a_lease_renewed_while_apply_removes_its_farm_never_lands_in_the_freed_slot(tmp_path, monkeypatch):
+    """The heartbeat thread calls set_lease for dns just after apply() (on this thread) cleared
+    dns's slot and before it published the new plan. The renewal must wait for apply() and then
+    find dns gone: otherwise the next farm given that slot would inherit dns's deadline."""
+    dp = programmed(tmp_path, monkeypatch, [WEB, DNS])
+    dns_slot = dp.state.slots["dns"]
+    result: list[bool] = []
+    renewal = threading.Thread(target=lambda: result.append(dp.set_lease("dns", 999)))
+
+    def renew_from_another_thread():
+        renewal.start()
+        # set_lease must not finish while apply() is mid-way; give it the time it would need.
+        renewal.join(timeout=0.2)
+        assert renewal.is_alive() or result == [], "set_lease ran while apply() was rewriting the maps"
+
+    dp.tables.during_apply = renew_from_another_thread
+    dp.apply([FarmOwnership(WEB, frozenset({1}))])
+    renewal.join(timeout=WAIT_S)
+    assert not renewal.is_alive(), f"set_lease still blocked {WAIT_S} s after apply() returned"
+    assert result == [False], "set_lease reported a lease written for a farm apply() removed"
+    assert dp.tables.leases.get(dns_slot, 0) == 0, (
+        f"dns's deadline was written into slot {dns_slot} after apply() freed it")
+
+
+def test_node_set_lease_routes_to_the_interface_that_serves_the_farm(tmp_path, monkeypatch):
+    eth0 = programmed(tmp_path, monkeypatch, [WEB], "eth0")
+    eth1 = programmed(tmp_path, monkeypatch, [farm("dns", "203.0.113.20", "eth1")], "eth1")
+    node = NodeDataplanes("n1", str(tmp_path / "pins"), str(tmp_path / "state"))
+    node.by_iface = {"eth0": eth0, "eth1": eth1}
+    assert node.set_lease("dns", 77) is True
+    assert eth1.tables.leases == {eth1.state.slots["dns"]: 77} and eth0.tables.leases == {}
+    assert node.set_lease("gone", 77) is False
