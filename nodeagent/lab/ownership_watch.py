@@ -163,6 +163,7 @@ class OwnershipWatcher:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _report: OwnershipReport | None = None
+    _zero_now: int = -1            # the last sample's buckets with no acceptor (-1: none yet)
     error: BaseException | None = None
 
     @classmethod
@@ -182,6 +183,12 @@ class OwnershipWatcher:
     def include(self, name: str) -> None:
         with self._lock:
             self._excluded.discard(name)
+
+    def unowned_now(self) -> set[int] | None:
+        """The buckets with no acceptor at the latest sample (None before the first one)."""
+        with self._lock:
+            mask = self._zero_now
+        return None if mask < 0 else set(_bits(mask))
 
     def start(self) -> "OwnershipWatcher":
         if self._thread is not None:
@@ -234,6 +241,8 @@ class OwnershipWatcher:
                     for b in _bits(ended):
                         spells.append(Spell(b, kind, open_since[kind].pop(b), now))
                     prev[kind] = bits
+                with self._lock:
+                    self._zero_now = state["zero"]
                 samples += 1
                 self._stop.wait(self.period_s)
         except BaseException as e:       # noqa: BLE001 - reported by stop()
