@@ -133,6 +133,44 @@ def test_ownership_watcher_sees_one_acceptor_for_every_bucket_in_steady_state(to
     assert sum(len(tool_lab.owned(k)) for k in (1, 2, 3)) == 1024
 
 
+def test_ownership_watcher_counts_a_node_whose_lease_has_passed_as_accepting_nothing(tool_lab):
+    """n1's lease (array vf_lease, u32 farm slot -> u64 CLOCK_MONOTONIC deadline, 0 = no lease):
+    the filter's own pin when it has one (today's agents never renew it, so it stays 0), else
+    one this test pins in n1's folder. Set valid, passed, then none."""
+    import ctypes
+    from nodeagent.bpf_program import import_bcc
+    lab = tool_lab.lab
+    pin = os.path.join(lab.pin_root, "n1", "eth0", "vf_lease")
+    created = not os.path.exists(pin)
+    with open(os.path.join(lab.state_root, "n1", "eth0.json")) as f:
+        slot = json.load(f)["slots"]["tools"]
+    bpf = import_bcc().BPF(text=f'BPF_TABLE_PINNED("array", u32, u64, vf_lease, 64, "{pin}");'.encode())
+    lease = bpf[b"vf_lease"]
+    if lease[ctypes.c_uint32(slot)].value != 0:
+        pytest.skip(f"n1's agent renews its lease in {pin}; its renewals would overwrite this test's deadlines")
+    n1 = tool_lab.owned(1)
+
+    def watch(deadline: int):
+        lease[ctypes.c_uint32(slot)] = ctypes.c_uint64(deadline)
+        w = OwnershipWatcher.for_lab(lab, "tools").start()
+        wait_for(lambda: w.unowned_now() is not None, 5, "the watcher's first sample")
+        time.sleep(0.3)      # the observation window itself
+        return w.stop()
+    try:
+        valid = watch(time.monotonic_ns() + 60 * 10**9)
+        assert valid.max_zero_ms == 0, valid.summary()
+        passed = watch(1)
+        assert passed.buckets("zero") == n1, passed.summary()
+        assert all(s.open_at_stop for s in passed.spells), passed.summary()
+        none = watch(0)
+        assert none.max_zero_ms == 0, none.summary()
+    finally:
+        lease[ctypes.c_uint32(slot)] = ctypes.c_uint64(0)
+        bpf.cleanup()
+        if created:
+            os.unlink(pin)
+
+
 def test_freeze_stops_every_process_of_the_node_and_thaw_resumes_them(tool_lab):
     lab = tool_lab.lab
     probe = tool_lab.probe()
