@@ -4,7 +4,7 @@ Today's agents do not fail over, which is itself a check of the tools: after a n
 down, the prober must report that node's clients as never served again, and the ownership
 watcher must report that node's buckets as owned by nobody. One farm `tools` (203.0.113.40,
 ClientIP affinity on 8080, weights 1/1/1) on 3 nodes, 30 client addresses. Tests run in file
-order; the last one crashes n3.
+order; the last one on this farm crashes n3, and the two after it build labs of their own.
 """
 from __future__ import annotations
 
