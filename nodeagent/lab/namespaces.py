@@ -67,6 +67,8 @@ class Lab:
     prefix: str = field(default_factory=lambda: f"vf{os.getpid() & 0xffff:04x}{int(time.time() * 1000) & 0xff:02x}-")
     procs: list[subprocess.Popen] = field(default_factory=list)
     workdir: str = ""
+    # Run first at teardown, before any process is killed (faults.py undoes its faults here).
+    teardown_hooks: list = field(default_factory=list)
     _cleanup: CleanupOnExit | None = None
 
     # -- names ----------------------------------------------------------------------------
@@ -151,6 +153,11 @@ class Lab:
             self._cleanup.run()
 
     def _teardown(self) -> None:
+        for hook in self.teardown_hooks:
+            try:
+                hook()
+            except Exception as e:      # noqa: BLE001 - the namespaces must go whatever happens
+                print(f"event=lab_teardown_hook_failed hook={hook!r} error={e!r}", file=sys.stderr)
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
