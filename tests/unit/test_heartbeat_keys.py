@@ -3,9 +3,12 @@ fix and never hold key material), key rotation, and `vipfarm keygen`."""
 from __future__ import annotations
 
 import base64
+import os
+import stat
 
 import pytest
 
+from nodeagent import cli
 from vipfarm.heartbeat_keys import (MIN_KEY_BYTES, HeartbeatKeyError, Key, Keyring, generate_key_text,
                                     keyring_from_secret, parse_key_text)
 from vipfarm.heartbeat_wire import BaseRequest, WireError, decode, encode
@@ -155,7 +158,7 @@ def test_a_bad_secret_value_is_refused_with_what_is_wrong(value, why):
     assert K1 not in msg and K2 not in msg
 
 
-# ---- generation --------------------------------------------------------
+# ---- generation and `vipfarm keygen` --------------------------------------------------------
 
 def test_a_generated_key_file_parses_to_one_long_key_and_says_what_it_is():
     text = generate_key_text()
@@ -165,3 +168,46 @@ def test_a_generated_key_file_parses_to_one_long_key_and_says_what_it_is():
     assert parse_key_text(text, SOURCE).signing.secret == key.encode()
     assert len(key.encode()) >= MIN_KEY_BYTES
     assert generate_key_text() != text
+
+
+def test_keygen_prints_a_new_key(capsys):
+    assert cli.main(["keygen"]) == 0
+    assert len(parse_key_text(capsys.readouterr().out, "stdout").signing.secret) >= MIN_KEY_BYTES
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o277])
+def test_keygen_writes_the_key_file_with_mode_0600_whatever_the_umask(tmp_path, capsys, umask):
+    out = tmp_path / "heartbeat.key"
+    old = os.umask(umask)
+    try:
+        assert cli.main(["keygen", "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    ring = parse_key_text(out.read_text(), str(out))
+    assert f"key_id={ring.signing.key_id.hex()}" in capsys.readouterr().err
+
+
+def test_keygen_refuses_to_overwrite_a_key_file_without_force(tmp_path, capsys):
+    out = tmp_path / "heartbeat.key"
+    out.write_text("the key in use\n")
+    assert cli.main(["keygen", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out} exists" in err and "--force" in err
+    assert out.read_text() == "the key in use\n"
+
+
+def test_keygen_force_replaces_the_file_with_a_new_key_and_mode_0600(tmp_path):
+    out = tmp_path / "heartbeat.key"
+    out.write_text("old\n")
+    out.chmod(0o644)
+    assert cli.main(["keygen", "--out", str(out), "--force"]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    parse_key_text(out.read_text(), str(out))
+    assert os.listdir(tmp_path) == ["heartbeat.key"]
+
+
+def test_keygen_into_a_missing_directory_says_it_cannot_write(tmp_path, capsys):
+    out = tmp_path / "missing" / "heartbeat.key"
+    assert cli.main(["keygen", "--out", str(out)]) == 1
+    assert f"cannot write {out}: No such file or directory" in capsys.readouterr().err
