@@ -19,8 +19,10 @@ It comes from one of two places, with the same rules:
 Key rotation, without losing a heartbeat. Each agent loads a new keyring at its own moment, so
 the rule is: every agent must accept a key before any agent signs with it, and every agent must
 have stopped signing with a key before any agent stops accepting it. Three changes, each made
-only once every agent has loaded the one before (an agent logs Keyring.describe(), the key ids
-it signs with and accepts, when it loads a keyring):
+only once every agent has loaded the one before (so an agent should log, and report,
+Keyring.describe() - the ids of the key it signs with and of those it accepts - whenever it
+loads a keyring). `-previous` is the second accepted key: it holds the next key in step 1 and
+the old one in step 2.
 
   1. accept the new key:   <name> = OLD, <name>-previous = NEW  (key file: OLD, then NEW)
      Everyone still signs with OLD; agents that loaded this also accept NEW.
