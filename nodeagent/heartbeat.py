@@ -31,12 +31,9 @@ from vipfarm.agreement import Serving, agreed_view, agreement_digest, buckets_to
 from vipfarm.assignment import Assignment
 from vipfarm.base_assignment import Base, config_digest, first_base
 from vipfarm.heartbeat_keys import Keyring
-from vipfarm.heartbeat_wire import (BaseChunk, BaseRequest, Heartbeat, Row, WireError, decode, encode,
-                                    node_id)
+from vipfarm.heartbeat_wire import (ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
+                                    WireError, decode, encode, node_id)
 from vipfarm.liveness import ACCEPTED, PeerTable
-
-ROW_WITHDRAWN = 1            # Row.flags: the member's checkers fail; it counts for quorum, serves nothing
-ROW_HEARS_WITNESS = 2        # Row.flags: the member hears the farm's witness (one more vote)
 
 from .leases import LeaseWriter
 from .witness import WitnessProbe

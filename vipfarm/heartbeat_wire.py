@@ -19,7 +19,7 @@ A Heartbeat's body goes on with
     n_ids u8 (1..64), ids u32 x n_ids             every node id the message names, strictly ascending,
                                                   each named by a row, an echo or a heard set
     n_echoes u8 (0..64), n_echoes x (id_index u8, boot u64)
-    n_rows u8 (1..64), n_rows x (id_index u8, boot u64, seq u64, age_ms u32, agree 8 bytes,
+    n_rows u8 (1..64), n_rows x (id_index u8, boot u64, seq u64, age_ms u32, agree 8 bytes, flags u8,
                                  heard: a bitmap of ceil(n_ids / 8) bytes, bit i (byte i // 8,
                                  bit i % 8 from the least significant) = ids[i]; unused bits 0)
 
@@ -61,7 +61,7 @@ U64 = 0xFFFFFFFFFFFFFFFF
 _HEADER = struct.Struct(f">4sBB{KEY_ID_BYTES}s")
 _ENVELOPE = struct.Struct(f">IQQQ{DIGEST_BYTES}s")
 _ECHO = struct.Struct(">BQ")
-_ROW = struct.Struct(f">BQQI{DIGEST_BYTES}s")
+_ROW = struct.Struct(f">BQQI{DIGEST_BYTES}sB")
 _CHUNK = struct.Struct(">HHH")
 
 _ENVELOPE_MAX = 1 + MAX_FARM_NAME_BYTES + _ENVELOPE.size
@@ -73,6 +73,18 @@ MAX_DATAGRAM = max(_HEARTBEAT_MAX, _CHUNK_MAX)
 MIN_DATAGRAM = _HEADER.size + 1 + 1 + _ENVELOPE.size + MAC_BYTES     # a BaseRequest of a 1-byte farm name
 
 
+ROW_WITHDRAWN = 1            # Row.flags: the member's checkers fail; it keeps its vote and serves nothing
+ROW_HEARS_WITNESS = 2        # Row.flags: the member hears the farm's witness (one more vote)
+ROW_FLAGS = ROW_WITHDRAWN | ROW_HEARS_WITNESS
+
+
+def _row_flags(r: "Row") -> int:
+    if not isinstance(r.flags, int) or isinstance(r.flags, bool) or r.flags & ~ROW_FLAGS:
+        raise ValueError(f"row of node {r.node_id}: flags must be a combination of ROW_WITHDRAWN and "
+                         f"ROW_HEARS_WITNESS, got {r.flags!r}")
+    return r.flags
+
+
 @dataclass(frozen=True)
 class Row:
     """One member's reachability, as known to the sender (its own row, or relayed)."""
@@ -82,6 +94,7 @@ class Row:
     age_ms: int            # u32 how old the row was at the sender when sent (0 for its own row); encode clamps
     heard: frozenset[int]  # node ids that member counts as heard (it includes itself)
     agree: bytes           # 8 bytes: that member's agreement digest
+    flags: int = 0         # u8: ROW_WITHDRAWN | ROW_HEARS_WITNESS (undefined bits must be 0)
 
 
 @dataclass(frozen=True)
@@ -209,7 +222,7 @@ def _heartbeat_body(msg: Heartbeat) -> bytes:
             bits |= 1 << index[h]
         out.append(_ROW.pack(index[r.node_id], _uint(f"boot of row {r.node_id}", r.boot, U64),
                              _uint(f"seq of row {r.node_id}", r.seq, U64), min(r.age_ms, U32),
-                             _digest(f"agree of row {r.node_id}", r.agree)))
+                             _digest(f"agree of row {r.node_id}", r.agree), _row_flags(r)))
         out.append(bits.to_bytes(bitmap_bytes, "little"))
     return b"".join(out)
 
@@ -356,7 +369,9 @@ def _parse_heartbeat(r: _Reader, env: tuple) -> Heartbeat:
     bitmap_bytes = (n_ids + 7) // 8
     rows, row_seen = [], 0
     for _ in range(n_rows):
-        i, boot, seq, age, agree = r.unpack(_ROW, "row")
+        i, boot, seq, age, agree, flags = r.unpack(_ROW, "row")
+        if flags & ~ROW_FLAGS:
+            raise WireError("malformed", f"row flags {flags:#04x} set undefined bits")
         if i >= n_ids:
             raise WireError("malformed", f"row names id index {i} of {n_ids}")
         if row_seen >> i & 1:
@@ -367,7 +382,7 @@ def _parse_heartbeat(r: _Reader, env: tuple) -> Heartbeat:
             raise WireError("malformed", f"heard bitmap of node {table[i]} sets bits past the {n_ids} ids")
         named |= bits
         heard = frozenset(table[b] for b in range(n_ids) if bits >> b & 1)
-        rows.append(Row(table[i], boot, seq, age, heard, agree))
+        rows.append(Row(table[i], boot, seq, age, heard, agree, flags))
     named |= row_seen
     if named != (1 << n_ids) - 1:
         raise WireError("malformed", "the id table names a node no echo, row or heard set refers to")

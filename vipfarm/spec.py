@@ -193,8 +193,8 @@ def node_name_problem(name: Any) -> str | None:
     labels = name.split(".")
     if all(_LABEL_RE.fullmatch(label) for label in labels):
         if _is_ip_text(name):
-            return (f"is an IP address, not a name; name the node (e.g. n1 or node-1.example.com) and put "
-                    f"its address in address")
+            return ("is an IP address, not a name; name the node (e.g. n1 or node-1.example.com) and put "
+                    "its address in address")
         return None
     lower = name.lower()
     if lower != name and node_name_problem(lower) is None:

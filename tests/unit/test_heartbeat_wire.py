@@ -44,7 +44,7 @@ def body_heartbeat(ids, echoes, rows, **env) -> bytes:
     out += bytes([len(echoes)]) + b"".join(struct.pack(">BQ", i, b) for i, b in echoes)
     out += bytes([len(rows)])
     for i, boot, seq, age, agree, bits in rows:
-        out += struct.pack(">BQQI", i, boot, seq, age) + agree + bits.to_bytes((len(ids) + 7) // 8, "little")
+        out += struct.pack(">BQQI", i, boot, seq, age) + agree + b"\0" + bits.to_bytes((len(ids) + 7) // 8, "little")
     return out
 
 

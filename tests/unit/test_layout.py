@@ -25,7 +25,7 @@ ENTRY_POINTS = {"nodeagent.main", "nodeagent.cli", "vipfarm_operator.main"}
 # (yaml: spec.load_farm_file parses the one file it is given; sys: assignment's byte order.)
 CORE_MAY_IMPORT = {"__future__", "array", "base64", "dataclasses", "datetime", "hashlib", "ipaddress",
                    "re", "sys", "typing", "zlib", "yaml", "collections", "itertools", "functools", "enum",
-                   "hmac", "struct"}
+                   "hmac", "struct", "json"}
 
 
 # The two core modules that may do more, and why: vipfarm_bpf names its own folder (os.path);
