@@ -12,6 +12,7 @@ children also die with it if it is SIGKILLed.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -22,10 +23,10 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, netns
 
-from .processes import CleanupOnExit, pdeathsig_prefix, spawn_logged
-
 from vipfarm.heartbeat_keys import generate_key_text
 
+from ..pinned_maps import read_owned
+from .processes import CleanupOnExit, pdeathsig_prefix, spawn_logged
 
 
 def _code_path() -> str:
@@ -236,6 +237,31 @@ class Lab:
                 raise RuntimeError(f"agent n{k} exited with {proc.returncode}:\n{self.agent_log(k)}")
             time.sleep(0.2)
         raise TimeoutError(f"agent n{k} not ready after {timeout}s:\n{self.agent_log(k)}")
+
+    def owned(self, k: int, farm: str, iface: str = "eth0") -> set[int] | None:
+        """The buckets node k's filter owns for `farm` (from its pinned maps), None before it has any."""
+        try:
+            with open(os.path.join(self.state_root, f"n{k}", f"{iface}.json")) as f:
+                slot = json.load(f)["slots"][farm]
+            return read_owned(os.path.join(self.pin_root, f"n{k}", iface), slot)
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def wait_converged(self, farm: str, nodes: list[int], buckets: int = 1024, timeout: float = 30) -> dict[int, set[int]]:
+        """Wait until the nodes' filters partition the farm's buckets: every bucket owned by
+        exactly one of them (the agents agreed and programmed it). Returns each node's share."""
+        deadline = time.monotonic() + timeout
+        last: dict[int, set[int] | None] = {}
+        while time.monotonic() < deadline:
+            last = {k: self.owned(k, farm) for k in nodes}
+            shares = [s for s in last.values() if s is not None]
+            if len(shares) == len(nodes) and sum(map(len, shares)) == buckets \
+                    and set().union(*shares) == set(range(buckets)):
+                return {k: set(s) for k, s in last.items()}
+            time.sleep(0.05)
+        counts = {k: (None if s is None else len(s)) for k, s in last.items()}
+        raise TimeoutError(f"farm {farm}: nodes {nodes} did not converge on one owner per bucket within "
+                           f"{timeout}s (buckets held: {counts}); agent logs in {self.workdir}")
 
     def write_farm(self, name: str, text: str) -> str:
         path = os.path.join(self.workdir, f"{name}.yaml")
