@@ -273,7 +273,7 @@ class Lab:
 def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode: str = "unicast-flood",
               xdp_mode: str = "auto", buckets: int = 1024, rules: str | None = None,
               key_file: str | None = None, interval_ms: int | None = None, timeout_ms: int | None = None,
-              extra: str = "") -> str:
+              witness: str | None = None, extra: str = "") -> str:
     """A standalone Farm file for lab nodes n1..nN (`extra`: more spec lines, indented by two).
     A farm of two or more nodes needs `key_file` (Lab.key_file)."""
     if rules is None:
@@ -286,10 +286,11 @@ def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode:
     return (f"apiVersion: vipfarm.io/v1alpha1\nkind: Farm\nmetadata:\n  name: {name}\nspec:\n"
             f"  virtualIPs: [{vip_list}]\n  interface: eth0\n  buckets: {buckets}\n"
             f"  vmacMode: {vmac_mode}\n  xdpMode: {xdp_mode}\n  rules:\n{rules}  nodes:\n{nodes}"
-            + _heartbeat_yaml(key_file, interval_ms, timeout_ms) + extra)
+            + _heartbeat_yaml(key_file, interval_ms, timeout_ms, witness) + extra)
 
 
-def _heartbeat_yaml(key_file: str | None, interval_ms: int | None, timeout_ms: int | None) -> str:
+def _heartbeat_yaml(key_file: str | None, interval_ms: int | None, timeout_ms: int | None,
+                    witness: str | None) -> str:
     fields = [f"{k}: {v}" for k, v in (("keyFile", key_file), ("intervalMs", interval_ms),
-                                          ("timeoutMs", timeout_ms)) if v is not None]
+                                          ("timeoutMs", timeout_ms), ("witness", witness)) if v is not None]
     return f"  heartbeat: {{{', '.join(fields)}}}\n" if fields else ""
