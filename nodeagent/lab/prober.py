@@ -278,6 +278,60 @@ def probe(vip: str, port: int, clients: list[str], out_path: str, seconds: float
     return attempts
 
 
+def wait_for(cond, timeout: float, what: str, step: float = 0.05):
+    """Poll cond() until it is truthy (returns its value) or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class RunningProbe:
+    """A prober spawned in a lab's client namespace (spawn_probe), and its records so far."""
+    lab: object
+    path: str
+    stop_file: str
+    proc: object
+    clients: list[str]
+
+    def records(self) -> list[Attempt]:
+        return load_records(self.path) if os.path.exists(self.path) else []
+
+    def wait_all_served(self, clients: list[str] | None = None, timeout: float = 10) -> None:
+        want = set(clients or self.clients)
+        wait_for(lambda: want <= set(serving_nodes(self.records())), timeout,
+                 f"every client to be served once (prober output {self.path})")
+
+    def stop(self, timeout: float = 15) -> list[Attempt]:
+        open(self.stop_file, "w").close()
+        self.proc.wait(timeout=timeout)
+        if not finished(self.path):
+            raise AssertionError(f"prober did not write its end line:\n"
+                                 f"{self.lab.log(os.path.basename(self.path) + '.log')}")
+        return self.records()
+
+
+_runs = iter(range(1, 1 << 30))
+
+
+def spawn_probe(lab, vip: str, port: int, clients: list[str], seconds: float = 30, interval_ms: float = 20,
+                timeout_ms: float = 80) -> RunningProbe:
+    """Start a prober in the lab's client namespace; stop it with .stop()."""
+    path = os.path.join(lab.workdir, f"probe{next(_runs)}.jsonl")
+    stop = path + ".stop"
+    args = [sys.executable, "-m", "nodeagent.lab.prober", "--vip", vip, "--port", str(port), "--out", path,
+            "--stop-file", stop, "--seconds", str(seconds), "--interval-ms", str(interval_ms),
+            "--timeout-ms", str(timeout_ms)]
+    for c in clients:
+        args += ["--src", c]
+    proc = lab.spawn(lab.client, args, log_name=os.path.basename(path) + ".log")
+    return RunningProbe(lab, path, stop, proc, list(clients))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nodeagent.lab.prober")
     p.add_argument("--vip", required=True)
