@@ -215,11 +215,20 @@ class StandaloneAgent:
             self._program()
         for runner in self.runners.values():
             runner.stop()
-        self.engine.stop(goodbye=True)
-        self.dataplanes.stop()
+        self._release_all()                  # first give the buckets up,
+        self.engine.stop(goodbye=True)       # then tell the peers, who take them at once,
+        self.dataplanes.stop()               # then take the VIPs and the filter away
         self.leases.close()
         log.info("event=agent_stopped node=%s", self.node)
         return 0
+
+    def _release_all(self) -> None:
+        if not self.programmed_once:
+            return
+        try:
+            self.dataplanes.program([FarmOwnership(f, frozenset()) for f in self.farms])
+        except DataplaneError as e:
+            log.error("event=release_failed node=%s error=%r", self.node, str(e))
 
     def _take_bases(self) -> None:
         with self.lock:

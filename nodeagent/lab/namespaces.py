@@ -247,16 +247,19 @@ class Lab:
         except (OSError, KeyError, ValueError):
             return None
 
-    def wait_converged(self, farm: str, nodes: list[int], buckets: int = 1024, timeout: float = 30) -> dict[int, set[int]]:
+    def wait_converged(self, farm: str, nodes: list[int], buckets: int = 1024, timeout: float = 30,
+                       idle: tuple[int, ...] = ()) -> dict[int, set[int]]:
         """Wait until the nodes' filters partition the farm's buckets: every bucket owned by
-        exactly one of them (the agents agreed and programmed it). Returns each node's share."""
+        exactly one of them and every node but those in `idle` (weight 0) holding some (the
+        agents agreed and programmed it). Returns each node's share."""
         deadline = time.monotonic() + timeout
         last: dict[int, set[int] | None] = {}
         while time.monotonic() < deadline:
             last = {k: self.owned(k, farm) for k in nodes}
             shares = [s for s in last.values() if s is not None]
             if len(shares) == len(nodes) and sum(map(len, shares)) == buckets \
-                    and set().union(*shares) == set(range(buckets)):
+                    and set().union(*shares) == set(range(buckets)) \
+                    and all(last[k] for k in nodes if k not in idle):
                 return {k: set(s) for k, s in last.items()}
             time.sleep(0.05)
         counts = {k: (None if s is None else len(s)) for k, s in last.items()}

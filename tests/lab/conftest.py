@@ -44,8 +44,9 @@ class FarmLab:
 
     def wait_converged(self, nodes=(1, 2, 3)) -> None:
         """Every farm's buckets owned by exactly one of `nodes` (the agents agreed)."""
-        for name in FARMS:
-            self.lab.wait_converged(name, list(nodes))
+        for name, f in FARMS.items():
+            idle = tuple(int(n[1:]) for n, w in f["weights"].items() if w == 0)
+            self.lab.wait_converged(name, list(nodes), idle=idle)
 
     def sources(self, n: int = 60) -> list[str]:
         return client_ips(n)
