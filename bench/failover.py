@@ -8,19 +8,18 @@ lost node accepts new connections again. Repeated over --trials (>= 20 for a p99
 Everything runs in a lab of network namespaces this script creates and deletes
 (nodeagent/lab; DESIGN.md "Lab network rules"): 3 node namespaces with real standalone agents
 and an echo server each, a client namespace with --clients addresses. The farm file carries
-spec.heartbeat {port, intervalMs, timeoutMs, keyFile} from the flags, with a key file of 48
-random base64url characters generated in the lab's folder. (If this checkout's spec does not
-know keyFile yet, the script says so and leaves it out, so the agents still start.)
+spec.heartbeat {intervalMs, timeoutMs} from the flags and the lab's heartbeat key file.
 
 One trial: a prober (nodeagent/lab/prober.py) in the client namespace opens a TCP connection
 from every client every --probe-interval-ms (--probe-timeout-ms each); an ownership watcher
 (nodeagent/lab/ownership_watch.py) reads every node's pinned tables and leases every ~2 ms.
 Once every client is served, node k's link goes down (k = 1, 2, 3 in turn) and the watcher
-stops counting node k. The trial's failover time is the later of
-  * clients: recovery_time over node k's clients (served only by k before the fault): the
-    first success after which none of them failed again, and
+stops counting node k. The trial's failover time (the issue's measure) is
   * buckets: when every bucket node k owned at the fault had an acceptor again (tables+lease),
-or "never" if either did not happen within --window-s. Then the link comes back up and the
+and beside it, as the clients saw it,
+  * clients: recovery_time over node k's clients (served only by k before the fault): the
+    first success after which none of them failed again (it includes the probe's timeout),
+or "never" if it did not happen within --window-s. Then the link comes back up and the
 next trial waits until every client is served again.
 
 Printed: each trial; p50/p99/max over the trials (a trial that never recovered counts as
@@ -32,10 +31,8 @@ verdict; it is bounded in time (each trial by --window-s, the whole run by the t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -48,11 +45,10 @@ import yaml  # noqa: E402
 from nodeagent.lab import faults  # noqa: E402
 from nodeagent.lab.namespaces import Lab, client_ips, farm_yaml  # noqa: E402
 from nodeagent.lab.ownership_watch import OwnershipWatcher  # noqa: E402
-from nodeagent.lab.prober import clients_of, failed_attempts, load_records, recovery_time  # noqa: E402
-from nodeagent.pinned_maps import read_owned  # noqa: E402
+from nodeagent.lab.prober import clients_of, failed_attempts, load_records, recovery_time, wait_for  # noqa: E402
 from vipfarm.spec import FarmSpecError, parse_farm  # noqa: E402
 
-FARM, VIP, PORT, HB_PORT = "fo", "203.0.113.50", 8080, 7946
+FARM, VIP, PORT = "fo", "203.0.113.50", 8080
 RULES = '    - {protocol: TCP, ports: "8080", affinity: ClientIP}\n'
 
 
@@ -74,50 +70,14 @@ class Trial:
         return max(self.client_ms, self.bucket_ms)
 
 
-def write_key(lab: Lab) -> str:
-    path = os.path.join(lab.workdir, "heartbeat.key")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(36) + "\n")       # 36 bytes -> 48 base64url characters
-    return path
-
-
-def farm_text(interval_ms: int, timeout_ms: int, key_file: str | None) -> str:
-    text = farm_yaml(FARM, [VIP], {"n1": 1, "n2": 1, "n3": 1}, rules=RULES)
-    text += f"  heartbeat:\n    port: {HB_PORT}\n    intervalMs: {interval_ms}\n    timeoutMs: {timeout_ms}\n"
-    if key_file:
-        text += f"    keyFile: {key_file}\n"
-    return text
-
-
 def farm_file(lab: Lab, interval_ms: int, timeout_ms: int) -> str:
-    key = write_key(lab)
-    text = farm_text(interval_ms, timeout_ms, key)
+    text = farm_yaml(FARM, [VIP], {"n1": 1, "n2": 1, "n3": 1}, rules=RULES, key_file=lab.key_file,
+                     interval_ms=interval_ms, timeout_ms=timeout_ms)
     try:
         parse_farm(yaml.safe_load(text), require_nodes=True)
     except FarmSpecError as e:
-        if "keyFile" not in str(e):
-            raise SystemExit(f"bench/failover.py: the farm built from the flags is invalid: {e}")
-        print("note: this checkout's Farm spec does not accept spec.heartbeat.keyFile yet; "
-              f"the farm file leaves it out (the key is in {key})")
-        text = farm_text(interval_ms, timeout_ms, None)
-        parse_farm(yaml.safe_load(text), require_nodes=True)
+        raise SystemExit(f"bench/failover.py: the farm built from the flags is invalid: {e}")
     return lab.write_farm(FARM, text)
-
-
-def wait_for(cond, timeout: float, what: str, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(step)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-def owned(lab: Lab, k: int) -> set[int]:
-    with open(os.path.join(lab.state_root, f"n{k}", "eth0.json")) as f:
-        slot = json.load(f)["slots"][FARM]
-    return read_owned(os.path.join(lab.pin_root, f"n{k}", "eth0"), slot)
 
 
 def settled(recs, clients: list[str]) -> bool:
@@ -142,12 +102,14 @@ def run_trial(lab: Lab, n: int, k: int, clients: list[str], a) -> Trial:
         return load_records(out) if os.path.exists(out) else []
     try:
         wait_for(lambda: settled(records(), clients), 30, "every client's last 3 attempts to succeed before the fault")
-        lost = owned(lab, k)
+        lab.wait_converged(FARM, [1, 2, 3])
+        lost = lab.owned(k, FARM)
         watcher = OwnershipWatcher.for_lab(lab, FARM).start()
         time.sleep(0.1)       # a little steady state in the watcher's record before the fault
-        t_fault = time.monotonic_ns()
-        mine = clients_of(records(), f"n{k}", until=t_fault)
+        mine = clients_of(records(), f"n{k}", until=time.monotonic_ns())
         faults.link_down(lab, k)
+        t_fault = time.monotonic_ns()       # the link is down once link_down returns (its namespace
+        #                                     entry, ~40 ms, comes before the netlink call)
         watcher.exclude(f"n{k}")
         deadline = time.monotonic() + a.window_s
         while time.monotonic() < deadline:       # stop early once both measures have recovered
@@ -224,17 +186,22 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.poll() is not None:
                     print(f"agent n{j} exited ({proc.returncode}); stopping:\n{lab.agent_log(j)[-2000:]}")
                     return 1
-    ms = [t.ms for t in trials]
+    ms = [t.bucket_ms for t in trials]       # the measure: every lost bucket accepts again
     recovered = [v for v in ms if v is not None]
+    clients_ms = [t.client_ms for t in trials]
     print()
     print(f"recovered: {len(recovered)}/{len(trials)} trials")
-    print(f"failover time: p50 {pct(ms, 0.50)}, p99 {pct(ms, 0.99)}, max {pct(ms, 1.0)}"
-          + (f", mean of recovered {statistics.mean(recovered):.0f} ms" if recovered else ""))
+    print(f"failover time (every lost bucket accepts again): p50 {pct(ms, 0.50)}, p99 {pct(ms, 0.99)}, "
+          f"max {pct(ms, 1.0)}" + (f", mean of recovered {statistics.mean(recovered):.0f} ms" if recovered else ""))
+    print(f"as the clients saw it (first success after which none failed; includes the probe's "
+          f"{a.probe_timeout_ms:g} ms timeout and {a.probe_interval_ms:g} ms interval): p50 {pct(clients_ms, 0.50)}, "
+          f"p99 {pct(clients_ms, 0.99)}, max {pct(clients_ms, 1.0)}")
     print(f"bound: timeoutMs + intervalMs + 50 = {bound} ms")
     print(f"baseline: timeoutMs = {a.timeout_ms} ms (no peer can be declared lost sooner); probe resolution "
           f"~{a.probe_interval_ms:g} ms; double ownership max {max(t.max_double_ms for t in trials):.1f} ms")
     p99 = pct(ms, 0.99)
-    ok = len(recovered) == len(trials) and max(recovered) <= bound
+    ok = len(recovered) == len(trials) and pct(ms, 0.99) != "never" and sorted(recovered)[
+        max(0, math.ceil(0.99 * len(recovered)) - 1)] <= bound
     print(f"verdict: {'PASS' if ok else 'MISS'} (p99 {p99} against {bound} ms"
           + ("" if recovered else "; no trial recovered: this build does not fail over") + ")")
     return 0
