@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from vipfarm.checks import (CHECKER_TRANSITION, Event, Health, ProbeResult, RecoveryState, farm_health,
                             initial_state, observe, recovery_finished, recovery_step, retry_gap,
@@ -92,12 +92,15 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def run_command(command: Sequence[str], timeout: float, what: str,
-                started: Callable[[subprocess.Popen], None] | None = None, timeout_text: str = "") -> ProbeResult:
+                started: Callable[[subprocess.Popen], None] | None = None, timeout_text: str = "",
+                env: Mapping[str, str] | None = None) -> ProbeResult:
     """Run a command in its own process group; killed with the group past `timeout`; judged by
-    its exit code. `started` receives the process (so a stop() can kill it)."""
+    its exit code. `started` receives the process (so a stop() can kill it). `env` is added to
+    the agent's environment (VIPFARM_NODE, VIPFARM_FARM, VIPFARM_CHECKER)."""
     try:
         proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                                env={**os.environ, **env} if env else None)
     except OSError as e:
         return ProbeResult(False, f"{what}: cannot run {command[0]!r}: {_os_reason(e)}")
     if started is not None:
@@ -134,7 +137,8 @@ def probe_interface(name: str, root: str = SYS_CLASS_NET) -> ProbeResult:
     return ProbeResult(False, f"{where}: carrier {carrier}, operstate {operstate}")
 
 
-def probe(checker: Checker, started: Callable[[subprocess.Popen], None] | None = None) -> ProbeResult:
+def probe(checker: Checker, started: Callable[[subprocess.Popen], None] | None = None,
+          env: Mapping[str, str] | None = None) -> ProbeResult:
     """One probe of `checker`, within its timeout."""
     timeout = checker.timeout_ms / 1000.0
     start = time.monotonic()
@@ -143,7 +147,7 @@ def probe(checker: Checker, started: Callable[[subprocess.Popen], None] | None =
     elif checker.type == "http":
         result = probe_http(checker.host, checker.port, checker.path, checker.expect_status, timeout)
     elif checker.type == "exec":
-        result = run_command(checker.command, timeout, "exec", started)
+        result = run_command(checker.command, timeout, "exec", started, env=env)
     elif checker.type == "interface":
         result = probe_interface(checker.interface)
     else:
@@ -174,8 +178,10 @@ class CheckRunner:
     NoCheckers) and gets no thread."""
 
     def __init__(self, farm: Farm, on_change: Callable[[Health, list[Event]], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, node: str = ""):
         self.farm = farm
+        # exec checkers and the recovery command learn where they run from their environment
+        self.env = {"VIPFARM_FARM": farm.name, **({"VIPFARM_NODE": node} if node else {})}
         self._on_change = on_change
         self._clock = clock
         self._cond = threading.Condition()
@@ -304,7 +310,7 @@ class CheckRunner:
                 if self._stopping:
                     _kill_group(proc)
         try:
-            result = probe(slot.checker, started)
+            result = probe(slot.checker, started, dict(self.env, VIPFARM_CHECKER=slot.checker.name))
         except Exception as e:     # a probe bug is a failed probe, not a dead runner
             result = ProbeResult(False, f"probe error: {type(e).__name__}: {e}")
         with self._cond:
@@ -330,7 +336,7 @@ class CheckRunner:
         def work() -> None:
             try:
                 result = run_command(recovery.command, float(recovery.timeout_seconds), "recovery", started,
-                                     f"{recovery.timeout_seconds} s")
+                                     f"{recovery.timeout_seconds} s", dict(self.env, VIPFARM_CHECKER=checker))
             except Exception as e:
                 result = ProbeResult(False, f"recovery error: {type(e).__name__}: {e}")
             with self._cond:

@@ -178,7 +178,7 @@ class StandaloneAgent:
                     self.health.pop(name, None)
         for name, farm in wanted.items():
             if name not in self.runners:
-                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_health(name, h, ev))
+                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_health(name, h, ev), node=self.node)
                 with self.lock:
                     self.health[name] = runner.health()
                 self.runners[name] = runner

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from .namespaces import Lab, node_ip, node_ip6
+from .namespaces import Lab, node_ip, node_ip6, ns_pids
 
 log = logging.getLogger("vipfarm.lab.faults")
 
@@ -47,25 +47,6 @@ def _state(lab: Lab) -> _Faults:
         lab.__dict__["_vf_faults"] = st
         lab.teardown_hooks.append(lambda: undo_all(lab))
     return st
-
-
-def ns_pids(ns: str) -> list[int]:
-    """Every process whose network namespace is /run/netns/<ns> (what `ip netns pids` prints)."""
-    try:
-        target = os.stat(f"/run/netns/{ns}")
-    except FileNotFoundError:
-        return []
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{entry}/ns/net")
-        except OSError:          # gone, or a zombie
-            continue
-        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-            pids.append(int(entry))
-    return sorted(pids)
 
 
 def process_state(pid: int) -> str | None:

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,25 @@ def client_ips(count: int) -> list[str]:
 
 def client_ips6(count: int) -> list[str]:
     return [f"2001:db8:1::{0x100 + i:x}" for i in range(count)]
+
+
+def ns_pids(ns: str) -> list[int]:
+    """Every process whose network namespace is /run/netns/<ns> (what `ip netns pids` prints)."""
+    try:
+        target = os.stat(f"/run/netns/{ns}")
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:          # gone, or a zombie
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            pids.append(int(entry))
+    return sorted(pids)
 
 
 @dataclass
@@ -167,6 +187,15 @@ class Lab:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        # Whatever else still runs in the lab's namespaces (a server a recovery command started,
+        # a process a test spawned itself) would outlive them: a deleted netns kills nobody.
+        for ns in self.namespaces():
+            for pid in ns_pids(ns):
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
         for ns in self.namespaces():
             try:
                 netns.remove(ns)

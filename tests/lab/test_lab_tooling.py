@@ -157,7 +157,9 @@ def test_lab_teardown_leaves_no_process_of_a_frozen_node_stopped():
     lab = Lab(nodes=1, clients=1).build()
     outsider = None
     try:
-        # A process the lab did not start (so its teardown does not kill it) in node n1's namespace.
+        # A process the lab did not start in node n1's namespace: teardown must not leave it
+        # stopped (it kills what still runs in its namespaces; a stopped process ignores SIGKILL
+        # only until SIGCONT, which teardown sends first).
         outsider = subprocess.Popen(lab.command(lab.node(1), ["sleep", "60"]))
         wait_for(lambda: outsider.pid in faults.ns_pids(lab.node(1)), 5, "the sleep to enter n1's namespace")
         faults.freeze(lab, 1)

@@ -153,6 +153,21 @@ class Recorder:
         return any(h.reason == reason for h in self.healths())
 
 
+def test_exec_checkers_and_recovery_learn_node_farm_and_checker_from_their_environment(tmp_path):
+    out = tmp_path / "seen"
+    script = f'test "$VIPFARM_NODE/$VIPFARM_FARM/$VIPFARM_CHECKER" = n7/shop/env && echo ok > {out}'
+    farm = farm_with([{"name": "env", "type": "exec", "command": ["sh", "-c", script], "intervalMs": 50,
+                       "timeoutMs": 40, "successThreshold": 1}])
+    rec = Recorder()
+    runner = CheckRunner(farm, rec, node="n7")
+    runner.start()
+    try:
+        wait_until(lambda: runner.health().ok, f"the exec checker to see its environment; {runner.health()}")
+    finally:
+        runner.stop()
+    assert out.read_text() == "ok\n"
+
+
 def farm_with(checkers: list[dict], recovery: dict | None = None) -> Farm:
     spec = {"virtualIPs": ["203.0.113.10"], "checkers": checkers}
     if recovery:
