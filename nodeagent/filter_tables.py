@@ -122,7 +122,10 @@ class FilterTables:
 
     def write_lease(self, slot: int, syn_deadline_ns: int, deadline_ns: int) -> None:
         """Set the slot's lease (ns, CLOCK_MONOTONIC; 0 = that stage not in use). One map
-        update of both deadlines: cheap enough for every heartbeat."""
+        update of both deadlines: cheap enough for every heartbeat. The kernel copies the 16
+        bytes without a lock, so a packet may read one deadline of this renewal and one of the
+        previous: each is a deadline the agent wrote, at most one renewal old, so nothing is
+        dropped that a lease in force would take."""
         _check_slot(slot)
         check_lease(slot, syn_deadline_ns, deadline_ns)
         leaf = self.lease.Leaf()
