@@ -5,10 +5,13 @@
  * the bucket; everyone else drops it. ARP requests and neighbour solicitations for a VIP are
  * answered with the farm's virtual MAC. Everything else passes untouched.
  *
- * The lease: the agent keeps a deadline per farm in vf_lease while it hears its peers. Once it
- * has passed (a frozen or cut-off agent), new TCP flows to this node's buckets are refused,
- * so the node stops taking flows before its peers take its buckets over. Established flows,
- * UDP and ICMP are untouched by it.
+ * The lease: the agent keeps two deadlines per farm in vf_lease while it hears its peers.
+ * Past syn_deadline (a frozen, killed or cut-off agent), new TCP flows to this node's buckets
+ * are refused, so the node stops taking flows before its peers take its buckets over. Past
+ * deadline (one heartbeat interval later, just before the peers take over) every packet to
+ * this node's buckets is dropped: the new owner's clients' segments would otherwise reach this
+ * node's stack too, which has no socket for them and would answer with a RST. ARP/NS answers
+ * are untouched by either stage (every node answers with the same virtual MAC).
  *
  * Compile-time defines (passed as -D flags by nodeagent/bpf_program.py):
  *   VF_IFACE_MAC0..5 the NIC's own MAC, one byte each
@@ -116,20 +119,43 @@ static __always_inline int vf_opens_flow(const struct vf_flow *flow)
     return flow->proto == IPPROTO_TCP && (flow->tcp_flags & (VF_TCP_SYN | VF_TCP_ACK)) == VF_TCP_SYN;
 }
 
-/* Has this farm's lease run out? Read only for flow-opening segments, so established traffic
- * never pays for the map read or the clock. */
-static __always_inline int vf_lease_expired(__u32 farm)
+/* The lease's verdict on a packet to an owned bucket: 0 = take it, otherwise the counter it
+ * is dropped under. One vf_lease lookup per owned packet, and at most one clock read:
+ *  - a SYN (no ACK) reads the exact clock, bpf_ktime_get_ns, and is judged by both stages
+ *    with it: past syn_deadline it is lease_expired, else past deadline lease_lapsed;
+ *  - any other segment, UDP, ICMP or fragment reads the clock only when the second stage is
+ *    in use, and then the coarse one (bpf_ktime_get_coarse_ns, one tick behind at most: the
+ *    second stage is a margin before the peers take over, so a tick late is harmless), which
+ *    keeps the established fast path cheap. */
+static __always_inline __u32 vf_lease_drop(__u32 farm, const struct vf_flow *flow)
 {
-    __u64 *deadline = vf_lease.lookup(&farm);
-    return deadline && *deadline && bpf_ktime_get_ns() > *deadline;
+    struct vf_lease *lease = vf_lease.lookup(&farm);
+    if (!lease)
+        return 0;
+    __u64 syn_deadline = lease->syn_deadline;
+    __u64 deadline = lease->deadline;
+    if (vf_opens_flow(flow)) {
+        if (!syn_deadline && !deadline)
+            return 0;
+        __u64 now = bpf_ktime_get_ns();
+        if (syn_deadline && now > syn_deadline)
+            return VF_CNT_LEASE_EXPIRED;
+        if (deadline && now > deadline)
+            return VF_CNT_LEASE_LAPSED;
+        return 0;
+    }
+    if (deadline && bpf_ktime_get_coarse_ns() > deadline)
+        return VF_CNT_LEASE_LAPSED;
+    return 0;
 }
 
 static __always_inline int vf_decide(struct ethhdr *eth, __u32 farm, const struct vf_vip *vip,
                                      const struct vf_flow *flow)
 {
     if (vf_owns(farm, vip, flow)) {
-        if (vf_opens_flow(flow) && vf_lease_expired(farm)) {
-            vf_count(farm, VF_CNT_LEASE_EXPIRED);
+        __u32 reason = vf_lease_drop(farm, flow);
+        if (reason) {
+            vf_count(farm, reason);
             return XDP_DROP;
         }
         /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */

@@ -15,9 +15,10 @@ CNT_NEIGH_PUNTED = 3
 CNT_MALFORMED = 4
 CNT_PASSED = 5
 CNT_LEASE_EXPIRED = 6
-NCOUNTERS = 7
+CNT_LEASE_LAPSED = 7
+NCOUNTERS = 8
 COUNTER_NAMES = ("accepted", "dropped", "neigh_replied", "neigh_punted", "malformed", "passed",
-                 "lease_expired")
+                 "lease_expired", "lease_lapsed")
 
 TCP_SYN = 0x02
 TCP_ACK = 0x10

@@ -361,10 +361,11 @@ class InterfaceDataplane:
                      self.iface, f.name, f.slot, f.buckets, len(f.owned))
         return plan
 
-    def set_lease(self, farm_name: str, deadline_ns: int) -> bool:
-        """Set the farm's lease: a deadline in time.monotonic_ns() nanoseconds (the clock of
-        bpf_ktime_get_ns), past which the filter takes no new TCP flow for this node's buckets;
-        0 = no lease. False when the farm has no slot on this interface (nothing written).
+    def set_lease(self, farm_name: str, syn_deadline_ns: int, deadline_ns: int) -> bool:
+        """Set the farm's lease: two deadlines in time.monotonic_ns() nanoseconds (the clock of
+        bpf_ktime_get_ns). Past syn_deadline the filter takes no new TCP flow for this node's
+        buckets; past deadline it drops every packet to them. 0 = that stage not in use. False
+        when the farm has no slot on this interface (nothing written).
 
         Called from the heartbeat thread while apply() may run on another: under the lock,
         a farm apply() is removing is either still in its slot (and the clear that follows
@@ -376,7 +377,7 @@ class InterfaceDataplane:
                 return False
             for f in self.plan.farms:
                 if f.name == farm_name:
-                    self.tables.write_lease(f.slot, deadline_ns)
+                    self.tables.write_lease(f.slot, syn_deadline_ns, deadline_ns)
                     return True
         return False
 

@@ -1,8 +1,9 @@
 """Writing a FilterPlan into the filter's BPF maps, and reading its counters.
 
-The lease (vf_lease, one u64 per farm slot) is a deadline in bpf_ktime_get_ns()'s clock,
-CLOCK_MONOTONIC, which is Python's time.monotonic_ns(): past it, the filter drops new TCP flows
-(SYN without ACK) to this node's buckets of that farm. 0 means no lease: always valid.
+The lease (vf_lease, one struct vf_lease per farm slot) is two deadlines in bpf_ktime_get_ns()'s
+clock, CLOCK_MONOTONIC, which is Python's time.monotonic_ns(): past syn_deadline the filter drops
+new TCP flows (SYN without ACK) to this node's buckets of that farm; past deadline it drops every
+packet to them. 0 in either means that stage is not in use; (0, 0) is no lease: always valid.
 
 Ownership changes never open a window with zero or two owners on this node: the new bitmap
 (with its seed and mask) is written into the idle half of the farm's double-buffered table,
@@ -49,6 +50,7 @@ class Counters:
     malformed: int = 0
     passed: int = 0
     lease_expired: int = 0
+    lease_lapsed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {n: getattr(self, n) for n in COUNTER_NAMES}
@@ -83,10 +85,11 @@ class FilterTables:
         return buckets_from_words([self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)].value
                                    for w in range((mask + 64) // 64)])
 
-    def read_lease(self, slot: int) -> int:
-        """The slot's lease deadline (ns, CLOCK_MONOTONIC); 0 = no lease."""
+    def read_lease(self, slot: int) -> tuple[int, int]:
+        """The slot's lease, (syn_deadline, deadline) in ns, CLOCK_MONOTONIC; 0 = stage not in use."""
         _check_slot(slot)
-        return self.lease[ctypes.c_uint32(slot)].value
+        leaf = self.lease[ctypes.c_uint32(slot)]
+        return leaf.syn_deadline, leaf.deadline
 
     def counters(self, slot: int) -> Counters:
         c = Counters()
@@ -117,14 +120,18 @@ class FilterTables:
             leaf.rules[i].port_hi = r.port_hi
         return leaf
 
-    def write_lease(self, slot: int, deadline_ns: int) -> None:
-        """Set the slot's lease deadline (ns, CLOCK_MONOTONIC; 0 = no lease). One map update:
-        cheap enough for every heartbeat."""
+    def write_lease(self, slot: int, syn_deadline_ns: int, deadline_ns: int) -> None:
+        """Set the slot's lease (ns, CLOCK_MONOTONIC; 0 = that stage not in use). One map
+        update of both deadlines: cheap enough for every heartbeat. The kernel copies the 16
+        bytes without a lock, so a packet may read one deadline of this renewal and one of the
+        previous: each is a deadline the agent wrote, at most one renewal old, so nothing is
+        dropped that a lease in force would take."""
         _check_slot(slot)
-        if not 0 <= deadline_ns < 1 << 64:
-            raise ValueError(f"lease deadline {deadline_ns} for farm slot {slot} is not a u64 "
-                             f"nanosecond time; pass time.monotonic_ns() + the lease length, or 0 for none")
-        self.lease[ctypes.c_uint32(slot)] = ctypes.c_uint64(deadline_ns)
+        check_lease(slot, syn_deadline_ns, deadline_ns)
+        leaf = self.lease.Leaf()
+        leaf.syn_deadline = syn_deadline_ns
+        leaf.deadline = deadline_ns
+        self.lease[ctypes.c_uint32(slot)] = leaf
 
     def write_farm(self, f: FarmEntry) -> None:
         """Farm MAC, then the idle table half, then the flip. Idempotent."""
@@ -183,7 +190,19 @@ class FilterTables:
         _check_slot(slot)
         self.swap_ownership(slot, 0, 1, frozenset())
         self.farms[ctypes.c_uint32(slot)] = self.farms.Leaf()
-        self.write_lease(slot, 0)
+        self.write_lease(slot, 0, 0)
+
+
+def check_lease(slot: int, syn_deadline_ns: int, deadline_ns: int) -> None:
+    """Pure: raise ValueError unless the two deadlines make a lease the filter can hold."""
+    for name, value in (("syn_deadline", syn_deadline_ns), ("deadline", deadline_ns)):
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"lease {name} {value} for farm slot {slot} is not a u64 nanosecond time; "
+                             f"pass time.monotonic_ns() + the lease length, or 0 for none")
+    if syn_deadline_ns and deadline_ns and syn_deadline_ns > deadline_ns:
+        raise ValueError(f"lease for farm slot {slot}: syn_deadline {syn_deadline_ns} is after deadline "
+                         f"{deadline_ns}, so the node would drop every packet before it stopped taking "
+                         f"new flows; pass deadline = syn_deadline + the heartbeat interval")
 
 
 def _check_slot(slot: int) -> None:

@@ -386,9 +386,10 @@ class HeartbeatEngine:
 
     def _renew_lease(self, f: _Farm, now: int) -> None:
         if len(f.cfg.weights) < 2:
-            self.leases.renew(f.cfg.farm, 0)                   # a farm of one has nobody to yield to
+            self.leases.renew(f.cfg.farm, 0, 0)                # a farm of one has nobody to yield to
         elif f.cfg.node in f.view:
-            self.leases.renew(f.cfg.farm, now + f.cfg.lease_ns)
+            syn_deadline = now + f.cfg.lease_ns
+            self.leases.renew(f.cfg.farm, syn_deadline, syn_deadline + f.cfg.interval_ms * MS)
 
     # -- sending ---------------------------------------------------------------------------
     def _send_heartbeat(self, f: _Farm, now: int, goodbye: bool = False) -> None:

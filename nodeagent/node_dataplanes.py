@@ -134,12 +134,12 @@ class NodeDataplanes:
                              self.node, iface, farm, e)
         return out
 
-    def set_lease(self, farm_name: str, deadline_ns: int) -> bool:
+    def set_lease(self, farm_name: str, syn_deadline_ns: int, deadline_ns: int) -> bool:
         """Set the farm's lease on the interface that serves it (InterfaceDataplane.set_lease);
         False when no interface here has the farm in a slot. Safe from the heartbeat thread:
         the interface dict is read from a snapshot."""
         for dp in list(self.by_iface.values()):
-            if dp.set_lease(farm_name, deadline_ns):
+            if dp.set_lease(farm_name, syn_deadline_ns, deadline_ns):
                 return True
         return False
 

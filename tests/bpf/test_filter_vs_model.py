@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 
 from nodeagent import neighbour
-from nodeagent.bpf_consts import (CNT_LEASE_EXPIRED, CNT_MALFORMED, GLOBAL_SLOT, NCOUNTERS, XDP_DROP,
-                                  XDP_PASS, XDP_TX)
+from nodeagent.bpf_consts import (CNT_ACCEPTED, CNT_LEASE_EXPIRED, CNT_LEASE_LAPSED, CNT_MALFORMED,
+                                  GLOBAL_SLOT, NCOUNTERS, XDP_DROP, XDP_PASS, XDP_TX)
 from nodeagent.bpf_program import compile_filter, load_filter
 from tests.support.filter_model import FilterModel
 from nodeagent.filter_tables import FilterTables
@@ -27,11 +27,15 @@ VIP6 = ipaddress.ip_address("2001:db8::10").packed
 # none, SYN+ECE+CWR, everything.
 TCP_FLAG_MIX = (0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x03, 0x06, 0x00, 0xC2, 0xFF)
 HOUR_NS = 3600 * 10**9
+INTERVAL_NS = 100 * 10**6         # deadline = syn_deadline + one heartbeat interval, as the agent writes
 
 
-def lease_deadlines(state: str) -> int:
-    """A deadline for slots 0 and 5: none (0), an hour ahead, or long past (1 ns after boot)."""
-    return {"none": 0, "valid": time.monotonic_ns() + HOUR_NS, "expired": 1}[state]
+def lease_deadlines(state: str) -> tuple[int, int]:
+    """(syn_deadline, deadline) for slots 0 and 5: none, both an hour ahead, the SYN stage long
+    past (1 ns after boot) with the deadline an hour ahead, or both long past."""
+    ahead = time.monotonic_ns() + HOUR_NS
+    return {"none": (0, 0), "valid": (ahead, ahead + INTERVAL_NS), "syn-expired": (1, ahead),
+            "lapsed": (1, 1 + INTERVAL_NS)}[state]
 
 
 def farm_doc(name, vips, buckets, rules=()):
@@ -62,10 +66,10 @@ class Loaded:
         self.trace = self.bpf[b"vf_trace"]
         self.model = FilterModel(plan, OWN_MAC, answer_neigh)
 
-    def set_leases(self, leases: dict[int, int]) -> None:
-        """The same lease deadlines in the kernel's map and in the model."""
-        for slot, deadline in leases.items():
-            self.tables.write_lease(slot, deadline)
+    def set_leases(self, leases: dict[int, tuple[int, int]]) -> None:
+        """The same leases, (syn_deadline, deadline), in the kernel's map and in the model."""
+        for slot, (syn_deadline, deadline) in leases.items():
+            self.tables.write_lease(slot, syn_deadline, deadline)
         self.model.leases = dict(leases)
 
     def counters(self) -> Counter:
@@ -103,22 +107,28 @@ def test_random_frames_get_the_verdict_bucket_and_bytes_of_the_model(loaded, see
     compare_random_frames(loaded, seed, count)
 
 
-@pytest.fixture(params=["none", "valid", "expired"])
+@pytest.fixture(params=["none", "valid", "syn-expired", "lapsed"])
 def lease_state(loaded, request):
     """Both farms' leases in one state for the test, and no lease again after it."""
-    deadline = lease_deadlines(request.param)
-    loaded.set_leases({0: deadline, 5: deadline})
+    lease = lease_deadlines(request.param)
+    loaded.set_leases({0: lease, 5: lease})
     yield request.param
-    loaded.set_leases({0: 0, 5: 0})
+    loaded.set_leases({0: (0, 0), 5: (0, 0)})
 
 
 def test_random_frames_with_every_tcp_flag_mix_agree_with_the_model_under_a_lease(loaded, lease_state):
-    """SYNs, SYN-ACKs, ACKs, RSTs and odd mixes, with no lease, a valid one and an expired one."""
+    """SYNs, SYN-ACKs, ACKs, RSTs, odd mixes, UDP, ICMP and fragments, with no lease, a valid
+    one, one past its SYN stage only, and one past both stages."""
     seen = compare_random_frames(loaded, 3, 5000, TCP_FLAG_MIX)
-    if lease_state == "expired":
-        assert seen[CNT_LEASE_EXPIRED] > 50, "no random SYN hit an owned bucket with the lease expired"
+    if lease_state in ("syn-expired", "lapsed"):
+        assert seen[CNT_LEASE_EXPIRED] > 50, f"no random SYN hit an owned bucket with the lease {lease_state}"
     else:
         assert seen[CNT_LEASE_EXPIRED] == 0
+    if lease_state == "lapsed":
+        assert seen[CNT_LEASE_LAPSED] > 200, "few random non-SYN packets hit an owned bucket with the lease lapsed"
+        assert seen[CNT_ACCEPTED] == 0, "the model accepted a packet to an owned bucket with the lease lapsed"
+    else:
+        assert seen[CNT_LEASE_LAPSED] == 0
 
 
 def compare_random_frames(loaded, seed: int, count: int, tcp_flags: tuple[int, ...] = ()) -> Counter:

@@ -16,10 +16,12 @@ from nodeagent.bpf_consts import GLOBAL_SLOT, MAX_FARMS, NCOUNTERS
 from nodeagent.bpf_program import DataplaneError, compile_filter, import_bcc
 from nodeagent.bpf_syscall import obj_get
 from nodeagent.dataplane import is_bpffs
+from nodeagent.filter_tables import FilterTables
 from nodeagent.pinned_layout import fd_shape
 from tests.bpf.test_filter_vs_model import OWN_MAC
 
 OLD_NCOUNTERS = 6                       # vf_stats before lease_expired
+OLD_LEASE_VALUE = "__u64"               # vf_lease before the second stage (struct vf_lease)
 
 
 @pytest.fixture
@@ -62,7 +64,32 @@ def test_an_adopted_counter_map_of_the_old_size_is_recreated_with_the_new_one(pi
     finally:
         bpf.cleanup()
     lines = [r.getMessage() for r in caplog.records if "event=pin_recreated" in r.getMessage()]
-    assert len(lines) == 1 and f"path={old}" in lines[0] and "max_entries=198->231" in lines[0], lines
+    assert len(lines) == 1 and f"path={old}" in lines[0], lines
+    assert f"max_entries={(MAX_FARMS + 1) * OLD_NCOUNTERS}->{(GLOBAL_SLOT + 1) * NCOUNTERS}" in lines[0], lines
+
+
+def test_an_adopted_one_stage_lease_map_is_recreated_with_both_stages(pin_dir, caplog):
+    """An agent from before the lease's second stage pinned an 8-byte vf_lease; the new filter
+    reads 16 bytes per slot, so adopting it would read past each deadline into the next slot's."""
+    old = os.path.join(pin_dir, "vf_lease")
+    pin_map(old, "array", OLD_LEASE_VALUE, MAX_FARMS)
+    with caplog.at_level(logging.WARNING, logger="vipfarm.pins"):
+        bpf = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
+    try:
+        assert fd_shape(bpf[b"vf_lease"].map_fd).value_size == 16
+        fd = obj_get(old)
+        try:
+            assert fd_shape(fd).value_size == 16, "the pin still is the old 8-byte lease map"
+        finally:
+            os.close(fd)
+        t = FilterTables(bpf)
+        t.write_lease(3, 42, 43)
+        assert t.read_lease(3) == (42, 43)
+    finally:
+        bpf.cleanup()
+    lines = [r.getMessage() for r in caplog.records if "event=pin_recreated" in r.getMessage()]
+    assert len(lines) == 1 and f"path={old}" in lines[0] and "value_size=8->16" in lines[0], lines
+    assert "lost=lease" in lines[0], lines
 
 
 def test_an_adopted_ownership_map_of_another_shape_stops_the_agent_with_the_pin_and_the_fix(pin_dir):
@@ -77,10 +104,10 @@ def test_an_adopted_ownership_map_of_another_shape_stops_the_agent_with_the_pin_
 
 def test_adopted_pins_of_the_same_shape_are_kept(pin_dir):
     first = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
-    first[b"vf_lease"][first[b"vf_lease"].Key(3)] = first[b"vf_lease"].Leaf(42)
+    FilterTables(first).write_lease(3, 42, 43)
     first.cleanup()
     second = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
     try:
-        assert second[b"vf_lease"][second[b"vf_lease"].Key(3)].value == 42
+        assert FilterTables(second).read_lease(3) == (42, 43)
     finally:
         second.cleanup()

@@ -24,10 +24,12 @@ OTHER_KEY = Keyring(Key(b"o" * 40), (Key(b"o" * 40),))
 
 class FakeLeases:
     def __init__(self):
-        self.deadlines = {}
+        self.deadlines = {}                # farm -> syn_deadline
+        self.leases = {}                   # farm -> (syn_deadline, deadline)
 
-    def renew(self, farm, deadline):
-        self.deadlines[farm] = deadline
+    def renew(self, farm, syn_deadline, deadline):
+        self.deadlines[farm] = syn_deadline
+        self.leases[farm] = (syn_deadline, deadline)
         return True
 
 
