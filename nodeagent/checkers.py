@@ -27,7 +27,6 @@ from vipfarm.spec import Checker, Farm
 from vipfarm.timestamps import utc_now
 
 log = logging.getLogger("vipfarm.checkers")
-SYS_CLASS_NET = "/sys/class/net"
 _DEADLINE_GRACE = 0.1   # the scheduler's own deadline, past the probe's: the probe times itself out first
 
 
@@ -117,24 +116,38 @@ def run_command(command: Sequence[str], timeout: float, what: str,
     return ProbeResult(rc == 0, f"{what}: exit {rc}")
 
 
-def probe_interface(name: str, root: str = SYS_CLASS_NET) -> ProbeResult:
+def read_link(name: str) -> dict | None:
+    """The interface's operstate and carrier, from netlink in the agent's own network namespace
+    (not /sys/class/net, which shows the namespace sysfs was mounted in); None if it is missing."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    with IPRoute() as ipr:
+        try:
+            links = ipr.get_links(ifname=name)
+        except NetlinkError:
+            return None
+    if not links:
+        return None
+    link = links[0]
+    return {"operstate": str(link.get("IFLA_OPERSTATE") or "unknown").lower(), "carrier": link.get("IFLA_CARRIER")}
+
+
+def interface_verdict(name: str, link: dict | None) -> ProbeResult:
+    """Up with a carrier (operstate up, or unknown as on lo) passes; anything else fails, saying what it saw."""
     where = f"interface {name}"
-    base = os.path.join(root, name)
-    if not os.path.isdir(base):
+    if link is None:
         return ProbeResult(False, f"{where}: no such interface")
-    try:
-        with open(os.path.join(base, "operstate"), encoding="ascii") as f:
-            operstate = f.read().strip()
-    except OSError as e:
-        return ProbeResult(False, f"{where}: cannot read operstate: {_os_reason(e)}")
-    try:
-        with open(os.path.join(base, "carrier"), encoding="ascii") as f:
-            carrier = f.read().strip()
-    except OSError:     # EINVAL while the interface is administratively down
-        carrier = "unreadable (interface down)"
-    if carrier == "1" and operstate in ("up", "unknown"):
+    carrier, operstate = link.get("carrier"), link.get("operstate")
+    if carrier == 1 and operstate in ("up", "unknown"):
         return ProbeResult(True, f"{where}: carrier 1, operstate {operstate}")
     return ProbeResult(False, f"{where}: carrier {carrier}, operstate {operstate}")
+
+
+def probe_interface(name: str, read: Callable[[str], dict | None] = read_link) -> ProbeResult:
+    try:
+        return interface_verdict(name, read(name))
+    except OSError as e:
+        return ProbeResult(False, f"interface {name}: cannot read its state: {_os_reason(e)}")
 
 
 def probe(checker: Checker, started: Callable[[subprocess.Popen], None] | None = None,

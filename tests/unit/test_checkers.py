@@ -122,12 +122,13 @@ def test_interface_probe_passes_on_lo_and_names_a_missing_interface():
     assert not missing.ok and missing.detail == "interface vfmissing0: no such interface"
 
 
-def test_interface_probe_fails_without_carrier(tmp_path):
-    (tmp_path / "eth9").mkdir()
-    (tmp_path / "eth9" / "operstate").write_text("down\n")
-    (tmp_path / "eth9" / "carrier").write_text("0\n")
-    result = probe_interface("eth9", root=str(tmp_path))
-    assert not result.ok and result.detail == "interface eth9: carrier 0, operstate down"
+def test_interface_probe_fails_without_carrier_or_when_down():
+    no_carrier = probe_interface("eth9", read=lambda name: {"operstate": "down", "carrier": 0})
+    assert not no_carrier.ok and no_carrier.detail == "interface eth9: carrier 0, operstate down"
+    admin_down = probe_interface("eth9", read=lambda name: {"operstate": "down", "carrier": None})
+    assert not admin_down.ok
+    up = probe_interface("eth9", read=lambda name: {"operstate": "up", "carrier": 1})
+    assert up.ok
 
 
 # -- CheckRunner -----------------------------------------------------------------------------------
