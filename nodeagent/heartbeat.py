@@ -130,6 +130,7 @@ class HeartbeatEngine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._goodbye = False
+        self._programmed: dict[str, frozenset[int]] = {}      # replaced whole by programmed(): no lock
 
     # -- called from other threads -------------------------------------------------------
     def configure(self, farms: list[FarmPeers]) -> None:
@@ -137,6 +138,10 @@ class HeartbeatEngine:
         with self._lock:
             self._pending = list(farms)
         self._poke()
+
+    def programmed(self, farm: str, buckets: frozenset[int]) -> None:
+        """The main thread says what the filter now holds for `farm` (after each programming)."""
+        self._programmed = {**self._programmed, farm: frozenset(buckets)}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vipfarm-heartbeat", daemon=True)
@@ -241,6 +246,8 @@ class HeartbeatEngine:
                 table = PeerTable(node_id(p.node), self.boot, ids, p.timeout_ms * MS)
                 self.farms[p.farm] = _Farm(p, ids, table, self.boot, next_send_ns=now, started_ns=now,
                                            current=frozenset(p.adopted))
+                if p.farm not in self._programmed:
+                    self.programmed(p.farm, p.adopted)   # the filter holds what it was adopted with
             else:
                 old.table.set_members(ids)
                 old.table.timeout_ns = p.timeout_ms * MS
@@ -385,11 +392,20 @@ class HeartbeatEngine:
         return f.table.agrees(ids, f.digest, now)
 
     def _renew_lease(self, f: _Farm, now: int) -> None:
+        """Renew while this node is in a quorum view and its filter holds nothing the view no
+        longer gives it (what the main thread last programmed, `programmed`, is within the
+        current decision): a filter still holding buckets it should have released, e.g. the
+        adopted one of a restarted agent whose peers meanwhile took them, is left to lapse."""
         if len(f.cfg.weights) < 2:
             self.leases.renew(f.cfg.farm, 0, 0)                # a farm of one has nobody to yield to
-        elif f.cfg.node in f.view:
+            return
+        held = self._programmed.get(f.cfg.farm)
+        if f.cfg.node in f.view and held is not None and held <= f.current:
             syn_deadline = now + f.cfg.lease_ns
-            self.leases.renew(f.cfg.farm, syn_deadline, syn_deadline + f.cfg.interval_ms * MS)
+            # The second stage (everything dropped) comes just before the peers can have taken
+            # over: one interval later, less a margin for the filter's coarse clock (<= 4 ms).
+            margin = min(f.cfg.interval_ms * MS // 4, 10 * MS)
+            self.leases.renew(f.cfg.farm, syn_deadline, syn_deadline + f.cfg.interval_ms * MS - margin)
 
     # -- sending ---------------------------------------------------------------------------
     def _send_heartbeat(self, f: _Farm, now: int, goodbye: bool = False) -> None:

@@ -260,6 +260,8 @@ class StandaloneAgent:
             return
         self.programmed_once = True
         self._programmed = {i.farm.name: i.owned for i in items}
+        for i in items:
+            self.engine.programmed(i.farm.name, i.owned)
         self.leases.publish({})          # every farm now has a started interface (set_lease)
         for farm in self.farms:
             d = decisions.get(farm.name)

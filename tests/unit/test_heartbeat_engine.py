@@ -61,7 +61,7 @@ class Net:
                          self.base if base == "default" else base, withdrawn=withdrawn)
 
     def start(self, n, base="default"):
-        e = HeartbeatEngine(n, lambda d, n=n: self.decisions[n].append(d), lambda farm, b: None,
+        e = HeartbeatEngine(n, lambda d, n=n: self.program(n, d), lambda farm, b: None,
                             self.leases[n], base_from_chunks=_decode, base_to_bytes=_encode, clock=lambda: self.now)
         e._ensure_socket = lambda p: None
         e._socket_for = lambda f: object()
@@ -70,6 +70,11 @@ class Net:
         e._take_config()
         self.engines[n] = e
         return e
+
+    def program(self, n, d):
+        """The main thread's part, done at once: record the decision, program it, say so."""
+        self.decisions[n].append(d)
+        self.engines[n].programmed(d.farm, d.buckets)
 
     def send(self, src, data, only):
         for dst in self.names:
@@ -273,6 +278,22 @@ def test_a_withdrawn_node_keeps_its_vote_and_serves_nothing():
     net.down.add("b")                       # b crashes: a and withdrawn c still make a quorum
     net.run(600)
     assert_exactly_one_owner(net, "a")
+
+
+def test_a_filter_holding_buckets_it_should_have_released_gets_no_lease():
+    """A restarted agent adopted a filter whose buckets its peers took meanwhile: until the
+    main thread has programmed the engine's decision, that stale filter must not be renewed."""
+    net = Net("abc")
+    net.run(500)
+    e = net.engines["a"]
+    stale = frozenset(range(net.buckets))             # the filter holds far more than a's share
+    e.programmed("web", stale)
+    before = net.leases["a"].deadlines["web"]
+    net.run(300)
+    assert net.leases["a"].deadlines["web"] == before, "a lease was renewed for a filter holding others' buckets"
+    e.programmed("web", e.farms["web"].current)      # programmed as decided: renewals resume
+    net.run(200)
+    assert net.leases["a"].deadlines["web"] > before
 
 
 def test_lease_is_renewed_only_in_a_quorum_view():
