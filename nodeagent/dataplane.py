@@ -14,6 +14,7 @@ pinned maps tell the slots, VIPs and MACs again, and the sysctl originals are ne
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -172,6 +173,12 @@ def undo_interface(iface: str, state: InterfaceState, pin_dir: str, state_path: 
                              f"`ip link set dev {iface} xdpgeneric off` (or xdp off)")
 
 
+def _only_ownership_differs(old: FilterPlan, new: FilterPlan) -> bool:
+    """Whether two plans hold the same farms, slots and VIPs, and differ at most in buckets."""
+    strip = lambda p: tuple(dataclasses.replace(f, owned=frozenset()) for f in p.farms)   # noqa: E731
+    return old.vips == new.vips and strip(old) == strip(new)
+
+
 class InterfaceDataplane:
     def __init__(self, node: str, iface: str, requested_mode: str = "auto",
                  pin_root: str = PIN_ROOT, state_root: str = STATE_ROOT):
@@ -310,6 +317,20 @@ class InterfaceDataplane:
         plan = build_plan(items, slots)           # validates before anything is touched
         if plan == self.plan and self.state.slots == slots and not self._recovered:
             return plan                           # nothing changed since the last apply
+        if self.state.slots == slots and not self._recovered and _only_ownership_differs(self.plan, plan):
+            # The hot path of failover and rejoin: only buckets move. No VIP, MAC, sysctl or
+            # state-file change, so none of their system calls: one table swap per farm.
+            before = self.plan.farm_by_slot()
+            with self._slots_lock:
+                for f in plan.farms:
+                    if before[f.slot].owned != f.owned:
+                        self.tables.write_farm(f)
+                self.plan = plan
+            for f in plan.farms:
+                if before[f.slot].owned != f.owned:
+                    log.info("event=farm_programmed iface=%s farm=%s slot=%d buckets=%d owned=%d",
+                             self.iface, f.name, f.slot, f.buckets, len(f.owned))
+            return plan
         old_slots = set(self.state.slots.values()) | set(self._recovered.values())
         old_vips = set(self.state.vips)
         old_macs = set(self.state.macs)

@@ -400,12 +400,21 @@ class HeartbeatEngine:
             self.leases.renew(f.cfg.farm, 0, 0)                # a farm of one has nobody to yield to
             return
         held = self._programmed.get(f.cfg.farm)
-        if f.cfg.node in f.view and held is not None and held <= f.current:
-            syn_deadline = now + f.cfg.lease_ns
-            # The second stage (everything dropped) comes just before the peers can have taken
-            # over: one interval later, less a margin for the filter's coarse clock (<= 4 ms).
-            margin = min(f.cfg.interval_ms * MS // 4, 10 * MS)
-            self.leases.renew(f.cfg.farm, syn_deadline, syn_deadline + f.cfg.interval_ms * MS - margin)
+        if f.cfg.node not in f.view or held is None or not held <= f.current:
+            return
+        # Counted from the last contact with a quorum, not from now: the view outlives a cut
+        # by up to a timeout (the rows age out), the peers' takeover does not wait for that.
+        votes = quorum(len(f.cfg.weights), witness=bool(f.cfg.witness))
+        probe = self.witnesses.get((f.cfg.interface, f.cfg.witness)) if f.cfg.witness else None
+        extra = (probe.last_reply_ns,) if probe is not None and probe.last_reply_ns is not None else ()
+        contact = f.table.quorum_contact_ns(votes, extra)
+        if contact is None:
+            return
+        syn_deadline = contact + f.cfg.lease_ns
+        # The second stage (everything dropped) comes just before the peers can have taken
+        # over: one interval later, less a margin for the filter's coarse clock (<= 4 ms).
+        margin = min(f.cfg.interval_ms * MS // 4, 10 * MS)
+        self.leases.renew(f.cfg.farm, syn_deadline, syn_deadline + f.cfg.interval_ms * MS - margin)
 
     # -- sending ---------------------------------------------------------------------------
     def _send_heartbeat(self, f: _Farm, now: int, goodbye: bool = False) -> None:

@@ -131,6 +131,20 @@ class PeerTable:
         return frozenset({self.self_id} | {i for i, p in self.peers.items()
                                             if p.last_heard_ns is not None and now_ns - p.last_heard_ns <= self.timeout_ns})
 
+    def quorum_contact_ns(self, votes_needed: int, extra: tuple[int, ...] = ()) -> int | None:
+        """The latest time by which this node had heard from enough peers for a quorum (it votes
+        for itself; `extra`: the heard times of other votes, the witness's): the time of the
+        (votes_needed - 1)-th most recent peer heard. None if it never heard that many.
+
+        A lease based on it ends a fixed time after contact with a quorum stopped, whatever
+        the view still says while the rows age out."""
+        need = votes_needed - 1
+        if need <= 0:
+            return None
+        times = sorted([p.last_heard_ns for p in self.peers.values() if p.last_heard_ns is not None]
+                       + list(extra), reverse=True)
+        return times[need - 1] if len(times) >= need else None
+
     def echoes(self) -> tuple[tuple[int, int], ...]:
         return tuple(sorted((i, p.claimed_boot) for i, p in self.peers.items() if p.claimed_boot))
 

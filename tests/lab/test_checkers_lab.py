@@ -2,7 +2,7 @@
 
 Five farms on 3 nodes, one per checker type plus one whose recovery cannot work (the restart
 budget), each with its own VIP and the lab servers on 8080. The checkers run every 100 ms
-(failureThreshold 2, successThreshold 2). For each type the test breaks the application on n2
+(timeout 100 ms, failureThreshold 2, successThreshold 2). For each type the test breaks the application on n2
 only and asserts, from the filters and the clients: n2 gives its buckets up and n1+n3 take
 them (n2's clients are served by them), the recovery command runs and repairs the
 application, n2 passes its checks again and gets its share back.
@@ -27,7 +27,7 @@ CLIENTS = client_ips(20)
 RULES = '    - {protocol: TCP, ports: "8080", affinity: ClientIP}\n'
 VIPS = {"ck-tcp": "203.0.113.61", "ck-http": "203.0.113.62", "ck-exec": "203.0.113.63",
         "ck-if": "203.0.113.64", "ck-budget": "203.0.113.65"}
-TIMING = "intervalMs: 100, timeoutMs: 80, failureThreshold: 2, successThreshold: 2"
+TIMING = "intervalMs: 100, timeoutMs: 100, failureThreshold: 2, successThreshold: 2"
 
 HEALTH_SERVER = textwrap.dedent("""\
     # /healthz answers 200, or 503 while <flags>/<node>.http-down exists.
@@ -127,19 +127,28 @@ def withdraw_recover_rejoin(ck_lab, farm: str, break_app) -> None:
         withdrawn[log_before:]
     # Rejoined: the recovery repaired the application, the checks pass, n2 has its share back.
     wait_for(lambda: lab.owned(2, farm) == shares[2], 20, f"n2 to rejoin {farm} with its share")
-    time.sleep(0.3)
+    t_back = time.monotonic_ns()
+    wait_for(lambda: recovery_time(probe.records(), CLIENTS, t_back) is not None, 10,
+             "every client to be served again after the rejoin")
     records = probe.stop()
     text = lab.agent_log(2)[log_before:]
     assert re.search(rf"event=recovery_finished farm={farm} .*succeeded", text), text
-    bad = [r for r in records if r.t_ns > t_break and not r.ok]
-    print(farm, [(r.client, r.outcome, (r.t_ns - t_break) / 1e6) for r in bad][:40])
-    # While n2 was out, its clients were served by the others: recovery_time exists, and the
-    # clients of n1 and n3 never failed.
-    assert recovery_time(records, mine, t_break) is not None
+    # While n2 was out, its clients were served by the others, and the clients of n1 and n3
+    # never failed. (n2's own clients can lose an attempt at each of the two planned moves: a
+    # connection in flight when its bucket moves is reset, a SYN sent in the few milliseconds
+    # between the old owner's release and the new owner's agreement waits for its retransmit.
+    # Moves without either are the handover issue's.)
+    assert recovery_time(records, mine, t_break) is not None, {
+        c: [(r.outcome, r.node, (r.t_ns - t_break) // 1_000_000) for r in records if r.client == c and r.t_ns >= t_break][-4:]
+        for c in mine}
     others = sorted(set(CLIENTS) - set(mine))
     assert failed_attempts(records, t_break, 2**63, clients=others) == []
     served_meanwhile = {r.node for r in records if r.client in mine and r.ok and r.t_ns > t_break}
-    assert served_meanwhile & {"n1", "n3"}, f"n2's clients were never served by n1 or n3: {served_meanwhile}"
+    assert served_meanwhile & {"n1", "n3"}, (f"n2's clients were never served by n1 or n3: {served_meanwhile}\n"
+                                             + "\n".join(line for line in text.splitlines() if farm in line)
+                                             + "\nn1:\n" + "\n".join(line for line in lab.agent_log(1).splitlines()
+                                                                   if farm in line and "heartbeat" in line or
+                                                                   f"farm={farm} buckets" in line))
 
 
 def withdrawn_between(lab: Lab, farm: str) -> bool:
@@ -177,14 +186,16 @@ def test_with_the_restart_budget_exhausted_the_node_stays_out_until_its_checks_p
              "the recovery budget (maxRestarts 1) to be exhausted")
     wait_for(lambda: withdrawn_between(lab, farm), 10, "n1 and n3 to hold every bucket of ck-budget")
     text = lab.agent_log(2)[log_before:]
-    assert text.count(f"event=recovery_started farm={farm}") == 1, text
+    # maxRestarts 1 in the hour: one run at most, in the agent's whole life (a probe that timed
+    # out under load at start-up may have spent it already; then this failure runs none)
+    assert lab.agent_log(2).count(f"event=recovery_started farm={farm}") == 1, text
     assert "RecoveryBudgetExhausted" in text, text
     # It stays out: nothing retries, n2 serves none of it.
     t = time.monotonic()
     while time.monotonic() < t + 2:
         assert lab.owned(2, farm) == set()
         time.sleep(0.1)
-    assert lab.agent_log(2)[log_before:].count(f"event=recovery_started farm={farm}") == 1
+    assert lab.agent_log(2).count(f"event=recovery_started farm={farm}") == 1
     # The operator fixes the application by hand: the checks pass and n2 rejoins.
     os.unlink(flag)
     wait_for(lambda: lab.owned(2, farm) == shares[2], 20, "n2 to rejoin once its checks pass")

@@ -296,6 +296,22 @@ def test_a_filter_holding_buckets_it_should_have_released_gets_no_lease():
     assert net.leases["a"].deadlines["web"] > before
 
 
+def test_a_cut_off_nodes_lease_ends_before_its_peers_take_its_buckets():
+    """Whatever the phase of the heartbeats at the cut, the lease of the node on the minority
+    side lapses (the filter drops everything for its buckets) before the majority acquires."""
+    for phase in range(0, 100, 10):
+        net = Net("abc")
+        net.run(500 + phase)
+        lost = net.serving()["c"]
+        net.cut |= {(x, y) for x in "ab" for y in "c"} | {(y, x) for x in "ab" for y in "c"}
+        t_cut = net.now
+        net.run(800)
+        taken = next(t for t, s in net.history if t > t_cut and lost & (s["a"] | s["b"]))
+        syn_deadline, deadline = net.leases["c"].leases["web"]
+        assert deadline < taken, (f"phase {phase}: c's filter takes flows until {(deadline - t_cut) / MS} ms "
+                                  f"after the cut, its peers from {(taken - t_cut) / MS} ms")
+
+
 def test_lease_is_renewed_only_in_a_quorum_view():
     net = Net("abc")
     net.run(500)

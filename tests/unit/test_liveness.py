@@ -99,3 +99,14 @@ def test_agreement_needs_every_other_view_member_to_advertise_the_digest():
     assert t.agrees([A, B], b"d" * 8, 0)
     assert not t.agrees([A, B, C], b"d" * 8, 0)
     assert not t.agrees([A, B], b"d" * 8, 301 * MS), "a stale row agrees with nothing"
+
+
+def test_quorum_contact_is_when_enough_peers_were_last_heard():
+    t = PeerTable(A, 100, {A: "a", B: "b", C: "c", 4: "d", 5: "e"}, 300 * MS)
+    for sender, when in ((B, 10), (C, 30), (4, 20)):
+        t.receive(sender, 200 + sender, 1, [(A, 100)], [R(sender, 200 + sender, 1, 0, frozenset({A, sender}))],
+                  when * MS)
+    assert t.quorum_contact_ns(3) == 20 * MS, "two peers (plus itself) were last heard together at 20 ms"
+    assert t.quorum_contact_ns(4) == 10 * MS
+    assert t.quorum_contact_ns(5) is None, "four peers were never heard"
+    assert t.quorum_contact_ns(5, extra=(25 * MS,)) == 10 * MS, "the witness's reply counts as a vote"
