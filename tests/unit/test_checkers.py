@@ -16,7 +16,7 @@ import pytest
 
 from nodeagent.checkers import CheckRunner, probe, probe_http, probe_interface, probe_tcp, run_command
 from vipfarm.checks import Health
-from vipfarm.spec import Checker, Farm, Recovery, parse_farm
+from vipfarm.spec import Checker, Farm, parse_farm
 
 WAIT = 15.0     # the bound of every wait below; the conditions are normally met in well under a second
 

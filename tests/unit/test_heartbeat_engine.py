@@ -9,7 +9,6 @@ from __future__ import annotations
 import heapq
 import itertools
 
-import pytest
 
 from vipfarm.base_assignment import first_base, next_base
 from vipfarm.heartbeat_keys import Key, Keyring
@@ -319,3 +318,41 @@ def test_lease_is_renewed_only_in_a_quorum_view():
     net.cut |= {("b", "a"), ("c", "a"), ("a", "b"), ("a", "c")}
     net.run(1000)
     assert net.leases["a"].deadlines["web"] < net.now, "cut off from a quorum, a's lease must lapse"
+
+
+def test_a_key_rotation_in_three_steps_loses_no_heartbeat():
+    """Every agent accepts the new key before any signs with it (heartbeat_keys' procedure):
+    at every step, with the agents reconfigured one by one, the view never changes."""
+    old, new = Key(b"o" * 40), Key(b"n" * 40)
+    steps = [Keyring(old, (old, new)), Keyring(new, (new, old)), Keyring(new, (new,))]
+    net = Net("abc")
+    for n in "abc":
+        net.engines[n].configure([net.peers(n, keyring=Keyring(old, (old,)))])
+        net.engines[n]._take_config()
+    net.run(500)
+    t = net.now
+    for ring in steps:
+        for n in "abc":
+            net.engines[n].configure([net.peers(n, keyring=ring)])
+            net.engines[n]._take_config()
+            net.run(150)                       # one agent at a time, a little apart
+    net.run(500)
+    assert_exactly_one_owner(net)
+    assert net.windows(t) == (0, 0)
+    assert all(not e.stats().get("rejected_unknown_key") for e in net.engines.values())
+
+
+def test_swapping_the_key_in_one_step_does_lose_heartbeats():
+    """The contrast: the agents reconfigured one by one from old to new alone stop hearing each other."""
+    old, new = Key(b"o" * 40), Key(b"n" * 40)
+    net = Net("abc")
+    for n in "abc":
+        net.engines[n].configure([net.peers(n, keyring=Keyring(old, (old,)))])
+        net.engines[n]._take_config()
+    net.run(500)
+    for n in "abc":
+        net.engines[n].configure([net.peers(n, keyring=Keyring(new, (new,)))])
+        net.engines[n]._take_config()
+        net.run(400)
+    assert any(e.stats().get("rejected_unknown_key") for e in net.engines.values())
+    assert any(len(d.view) < 3 for n in "abc" for d in net.decisions[n]), "no agent lost a peer"
