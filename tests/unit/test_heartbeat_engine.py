@@ -9,7 +9,6 @@ from __future__ import annotations
 import heapq
 import itertools
 
-
 from vipfarm.base_assignment import first_base, next_base
 from vipfarm.heartbeat_keys import Key, Keyring
 from vipfarm.heartbeat_wire import Heartbeat, Row, encode, node_id
