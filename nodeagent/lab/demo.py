@@ -16,6 +16,7 @@ from collections import Counter
 
 from nodeagent.pinned_maps import read_counters, read_owned
 
+from . import faults
 from .namespaces import Lab, client_ips, farm_yaml
 
 VIP = "203.0.113.10"
@@ -44,6 +45,8 @@ def run_demo(nodes: int = 3, connections: int = 600) -> int:
         for k, p in procs.items():
             lab.wait_agent_ready(k, p, timeout=180)
             print(f"  n{k} ready after {time.time() - t0:.1f}s")
+        lab.wait_converged("web", list(range(1, nodes + 1)))
+        print(f"  heartbeats agreed, every bucket has one owner after {time.time() - t0:.1f}s")
 
         step(f"ARP who-has {VIP} from the client")
         res = lab.python(lab.client, "nodeagent.lab.traffic", "neigh", "--vip", VIP)
@@ -51,20 +54,26 @@ def run_demo(nodes: int = 3, connections: int = 600) -> int:
             print(f"  reply from node MAC {a['eth_src']}: {VIP} is-at {a['mac']} (the virtual MAC)")
 
         per_src = max(1, connections // 60)
-        step(f"{per_src * 60} TCP connections to {VIP}:80 from 60 client addresses")
-        args = ["tcp", "--vip", VIP, "--port", "80", "--per-src", str(per_src)]
-        for s in client_ips(60):
-            args += ["--src", s]
-        results = json.loads(lab.python(lab.client, "nodeagent.lab.traffic", *args, timeout=600).stdout)
-        counts = Counter(r["node"] or "FAILED" for r in results)
-        total = len(results)
         pin = lambda k: f"{lab.pin_root}/n{k}/eth0"   # noqa: E731
-        for k in range(1, nodes + 1):
-            owned = len(read_owned(pin(k), 0))
-            n = counts.get(f"n{k}", 0)
-            print(f"  n{k} weight {weights[f'n{k}']}  buckets {owned:4d}/1024  "
-                  f"connections {n:4d} ({100 * n / total:5.1f}%)  {bar(n, total)}")
-        print(f"  failed: {counts.get('FAILED', 0)}")
+
+        def spread(title: str, alive: list[int]) -> Counter:
+            step(f"{per_src * 60} TCP connections to {VIP}:80 from 60 client addresses{title}")
+            args = ["tcp", "--vip", VIP, "--port", "80", "--per-src", str(per_src)]
+            for s in client_ips(60):
+                args += ["--src", s]
+            results = json.loads(lab.python(lab.client, "nodeagent.lab.traffic", *args, timeout=600).stdout)
+            counts = Counter(r["node"] or "FAILED" for r in results)
+            total = len(results)
+            for k in alive:
+                owned = len(read_owned(pin(k), 0))
+                n = counts.get(f"n{k}", 0)
+                print(f"  n{k} weight {weights[f'n{k}']}  buckets {owned:4d}/1024  "
+                      f"connections {n:4d} ({100 * n / total:5.1f}%)  {bar(n, total)}")
+            print(f"  failed: {counts.get('FAILED', 0)}")
+            return counts
+
+        per_src = max(1, connections // 60)
+        counts = spread("", list(range(1, nodes + 1)))
 
         step(f"ping {VIP} (each echo request is accepted by exactly one node)")
         res = lab.run(lab.client, ["ping", "-n", "-c", "3", "-i", "0.2", "-I", client_ips(1)[0], VIP], check=False)
@@ -74,6 +83,16 @@ def run_demo(nodes: int = 3, connections: int = 600) -> int:
         for k in range(1, nodes + 1):
             c = read_counters(pin(k), 0)
             print(f"  n{k}: " + "  ".join(f"{name}={v}" for name, v in c.items()))
+        lost = nodes
+        step(f"node n{lost} crashes (every process in it killed, its link down)")
+        before = read_owned(pin(lost), 0)
+        t_crash = time.monotonic()
+        faults.crash(lab, lost)
+        survivors = [k for k in range(1, nodes + 1) if k != lost]
+        lab.wait_converged("web", survivors, timeout=30)
+        print(f"  the survivors' heartbeats noticed, agreed, and took its {len(before)} buckets over "
+              f"{1000 * (time.monotonic() - t_crash):.0f} ms after the crash (heartbeat timeout 300 ms)")
+        after = spread(f", n{lost} down", survivors)
         step("tearing the lab down")
     print("done: namespaces deleted, nothing left behind")
-    return 0 if counts.get("FAILED", 0) == 0 else 1
+    return 0 if counts.get("FAILED", 0) == 0 and after.get("FAILED", 0) == 0 else 1
