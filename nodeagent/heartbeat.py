@@ -42,6 +42,7 @@ log = logging.getLogger("vipfarm.heartbeat")
 
 SO_TIMESTAMPNS = 35          # linux/asm-generic/socket.h (SCM_TIMESTAMPNS has the same value)
 RECV_BATCH = 256             # datagrams read per wakeup per socket, at most
+HEARTBEAT_RT_PRIORITY = 10   # SCHED_RR priority of the heartbeat thread (1-99; kernel threads use 50)
 MS = 1_000_000
 
 
@@ -177,6 +178,7 @@ class HeartbeatEngine:
         self.counts[what] = self.counts.get(what, 0) + 1
 
     def _run(self) -> None:
+        self._raise_priority()
         try:
             while not self._stop:
                 self._take_config()
@@ -194,6 +196,20 @@ class HeartbeatEngine:
         except Exception:          # the thread dying silently would be the worst outcome
             log.exception("event=heartbeat_thread_failed node=%s action=exit", self.node)
             os._exit(70)
+
+    def _raise_priority(self) -> None:
+        """Real-time round-robin scheduling for this thread only: a CPU hog at normal priority
+        (the node's own workload) must not delay a heartbeat past a peer's timeout. The thread
+        sleeps almost all the time, so it cannot starve anything. Without CAP_SYS_NICE it
+        stays at normal priority and says so."""
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_RR, os.sched_param(HEARTBEAT_RT_PRIORITY))
+            log.info("event=heartbeat_thread_priority node=%s policy=SCHED_RR priority=%d", self.node,
+                     HEARTBEAT_RT_PRIORITY)
+        except (OSError, AttributeError) as e:
+            log.warning("event=heartbeat_thread_priority node=%s policy=normal error=%r fix=%r", self.node, str(e),
+                        "run the agent with CAP_SYS_NICE (the chart's agent is privileged) so heartbeats "
+                        "keep their pace when the CPUs are saturated")
 
     def _seconds_to_next(self, now: int) -> float:
         wake = [f.next_send_ns for f in self.farms.values()]
