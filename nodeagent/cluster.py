@@ -115,9 +115,11 @@ def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | Non
     The voters are the members the operator counts eligible (weight from status.members,
     absent = 1), and this node (a candidate: the Farm selects it); the addresses are the ones
     their agents reported (this node's from `address`). Another agent's view of who votes is
-    the same status, so every eligible member computes the same base and digest; a member
-    the others do not count yet (this node before the operator saw its report) agrees with
-    nobody and serves nothing."""
+    the same status, so every eligible member computes the same base and digest. When the
+    operator does not count this node eligible (its Node NotReady, cordoned, drained, or its
+    report not seen yet), it is `withdrawn`: it gives up its buckets at once (the others
+    already deal them without it) instead of when its peers' rows expire, and it agrees with
+    nobody until the operator counts it again."""
     status = status or {}
     if status.get("phase") == "Conflict":
         return None
@@ -129,7 +131,8 @@ def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | Non
         return None
     members = [m for m in status.get("members") or [] if isinstance(m, Mapping) and m.get("node")]
     weights = {m["node"]: int(m.get("weight", 1)) for m in members if member_eligible(m)}
-    if node not in weights:
+    eligible = node in weights
+    if not eligible:
         own = next((m for m in members if m["node"] == node), {})
         weights[node] = int(own.get("weight", 1))
     addresses = {m["node"]: str(m["address"]) for m in members
@@ -140,7 +143,8 @@ def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | Non
     base = base_from_status(stored_epoch(status), assignment, weights)
     return FarmPeers(farm.name, node, weights, addresses, hb.port, hb.interval_ms, hb.timeout_ms,
                      keyring, farm.buckets, base, may_start_chain=False, adopted=frozenset(adopted),
-                     interface=farm.interface, witness=str(getattr(hb, "witness", "") or ""))
+                     interface=farm.interface, witness=str(getattr(hb, "witness", "") or ""),
+                     withdrawn=not eligible)
 
 
 class ReportingEngine(HeartbeatEngine):

@@ -353,13 +353,15 @@ def test_farm_peers_votes_with_the_eligible_members_at_their_weights_and_reporte
     assert dict(p.addresses) == {"n1": "198.51.100.1", "n2": "198.51.100.2"}
     assert p.base.epoch == 1 and p.base.assignment == stored_assignment(body["status"])
     assert p.may_start_chain is False and p.keyring is ring and p.adopted == {1, 2}
+    assert p.withdrawn is False
     assert (p.port, p.interval_ms, p.timeout_ms) == (7946, 200, 1000)
 
 
-def test_a_candidate_the_operator_does_not_count_yet_votes_only_for_itself():
+def test_a_member_the_operator_does_not_count_eligible_withdraws_and_votes_only_for_itself():
     body = served_farm(not_eligible=("n3",))
     p = farm_peers(parse_farm(body), body["status"], "n3", "198.51.100.3", None)
     assert dict(p.weights) == {"n1": 1, "n2": 2, "n3": 1}
+    assert p.withdrawn is True         # it serves nothing now, not when its peers' rows expire
     # the others leave n3 out of their weights, so their base (config digest) differs from n3's:
     # n3 never agrees with them and serves nothing until the operator counts it eligible
     other = farm_peers(parse_farm(body), body["status"], "n1", "198.51.100.1", None)
