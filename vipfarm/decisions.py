@@ -8,9 +8,9 @@ reason. Which eligible members are *live* (get buckets) is the agents' word, fro
 heartbeats (`liveness`): when a strict majority of the eligible members report the same
 agreed view V, live = eligible members in V (less those V lists as withdrawn); without such a
 majority the previous serving set stays (less the members no longer eligible), so a
-disagreement never makes buckets flap; on the very first decision (no assignment yet), or
-when no eligible agent reports a membership at all (agents without heartbeats), live =
-eligible.
+disagreement never makes buckets flap; while nobody serves yet (no assignment, or one dealt
+before any agent reported), or when no eligible agent reports a membership at all (agents
+without heartbeats), live = eligible.
 
 The assignment is assign(previous, members live iff in live), which is exactly what every
 agent computes with vipfarm.agreement.effective_assignment(previous, eligible weights, V):
@@ -71,7 +71,7 @@ def liveness(eligible: Iterable[str], reports: Mapping[str, AgentReport | None],
              previous_serving: Iterable[str] | None) -> Liveness:
     """The live members, from the eligible members' heartbeat memberships.
 
-    previous_serving: the members the stored status says serve; None on the first decision."""
+    previous_serving: the members the stored status says serve; None while nobody serves yet."""
     eligible = frozenset(eligible)
     groups: dict[tuple, int] = {}
     reporting = 0
@@ -165,7 +165,9 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
     reasons = {n.name: _member_reason(n, parsed[n.name], n.name in stale) for n in candidates}
     eligible = {n.name for n in candidates if reasons[n.name] == "Ready"} if not claims else set()
     prev_live = {m.get("node") for m in status.get("members") or [] if m.get("ready")}
-    alive = liveness(eligible, parsed, prev_live if prev is not None else None)
+    # Nobody serving yet (no assignment, or one dealt before any agent reported): nothing can
+    # flap, so the bootstrap rule applies (live = eligible) until a majority agrees on a view.
+    alive = liveness(eligible, parsed, prev_live if prev is not None and prev_live else None)
     live = set(alive.live)
     for name in eligible - live:
         r = parsed[name]

@@ -356,6 +356,18 @@ def test_the_first_decision_serves_every_eligible_member_whatever_the_views_say(
     assert d.assignment.counts() == {"n1": 256, "n2": 512, "n3": 256}
 
 
+def test_a_farm_decided_before_any_agent_reported_serves_the_members_once_they_report():
+    """The Farm is reconciled as soon as it is created, before any agent reported: that stores an
+    assignment with no owner. Then the agents report, each alone in its own view (they run
+    heartbeats only with the eligible members, and there were none): nobody served, so nothing
+    can flap, and every eligible member gets its share."""
+    empty = decide(farm(), 1, "t1", NODES, [], {}, {}, NOW)
+    assert set(empty.assignment.counts().values()) == {0} and empty.status["phase"] == "Pending"
+    alone = {n: agreed({n}, f"d-{n}", withdrawn={n}) for n in ("n1", "n2", "n3")}
+    d = decide(farm(), 1, "t1", NODES, [], empty.status, with_views(alone), NOW)
+    assert d.assignment.counts() == {"n1": 256, "n2": 512, "n3": 256} and d.status["phase"] == "Ready"
+
+
 def test_members_publish_the_heartbeat_address_their_agent_reported():
     r = reports("n1", "n2", "n3")
     r["n1"] = {"ready": True, "address": "198.51.100.1"}
