@@ -125,9 +125,22 @@ def _start(api, name: str):
         wait_for("the filters to hold the stored assignment", lambda: c.served() == {
             f"n{k}": frozenset(a.owned_by(f"n{k}")) for k in (1, 2, 3)}, timeout=60)
     except BaseException:
+        _say_logs(c)
         _stop(api, c)
         raise
     return c
+
+
+def _say_logs(c: FailoverCluster) -> None:
+    """On a failure: the Farm status, the reports and the last lines each process logged."""
+    try:
+        print("status:", json.dumps(c.status(), indent=1)[:4000])
+        for k in (1, 2, 3):
+            print(f"report n{k}:", c.report(f"n{k}", c.farm))
+    except Exception as e:       # the API server may be the problem
+        print("status unavailable:", e)
+    for name in ["operator-0.log"] + [f"agent-n{k}.log" for k in (1, 2, 3)]:
+        print(f"--- {name} (tail)\n" + "\n".join(c.lab.log(name).splitlines()[-40:]))
 
 
 def _stop(api, c: FailoverCluster) -> None:
