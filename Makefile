@@ -35,11 +35,12 @@ test-cluster: install
 demo: install-fast
 	$(VENV)/bin/vipfarm demo
 
-## Every benchmark (about 10 minutes); figures and method in bench/RESULTS.md.
+## Every benchmark (about 12 minutes); figures and method in bench/RESULTS.md.
 bench: install
 	$(PY) bench/filter_cost.py
 	$(PY) bench/drop_path.py
 	$(PY) bench/control_plane.py
+	$(PY) bench/failover.py
 
 clean:
 	rm -rf .pytest_cache .hypothesis build *.egg-info

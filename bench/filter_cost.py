@@ -11,6 +11,19 @@ third of them, rule TCP/80 ClientIPPort so the hash covers address + source port
   v4-not-owned  same, from a client another node owns           -> XDP_DROP
   v6-owned      TCP SYN to [2001:db8::10]:80, owned              -> XDP_PASS + dst MAC rewrite
   v6-not-owned  same, not owned                                  -> XDP_DROP
+  v4-owned-est  an ACK (an established flow's segment) to 203.0.113.10:80, owned -> XDP_PASS
+  v6-owned-est  the same over IPv6                                  -> XDP_PASS
+A valid lease is written (both stages well in the future, as a renewing agent keeps them), so
+every owned case pays the lease check: the SYN cases its first stage (a vf_lease read and
+bpf_ktime_get_ns), the -est cases (the established fast path) its second stage (the same read
+and bpf_ktime_get_coarse_ns).
+
+The lease's second stage, before and after, in the same run: besides the filter, the script
+compiles variants of this tree's bpf/ in a temporary copy and interleaves them with the rest:
+  one-stage   the second stage compiled out (non-SYN packets read no clock): the filter before it
+  exact-2nd   the second stage on bpf_ktime_get_ns instead of the coarse clock
+  before      with --before REV: bpf/ as committed at REV (git archive), e.g. the commit before
+              the second stage; its one-u64 vf_lease gets the SYN deadline
 
 ns/pkt is the CPU time this thread spent inside one BPF_PROG_TEST_RUN call
 (CLOCK_THREAD_CPUTIME_ID) divided by the call's repeat count. Not wall time: on this kernel
@@ -31,18 +44,25 @@ Exit status is 0 whatever the verdict: this is a benchmark, not a test.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import io
 import ipaddress
 import os
 import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nodeagent.bpf_consts import XDP_DROP, XDP_PASS  # noqa: E402
-from nodeagent.bpf_program import compile_filter, import_bcc, load_filter  # noqa: E402
+from nodeagent.bpf_program import (BPF_DIR, PROGRAM_FUNCTION, compile_filter, import_bcc,  # noqa: E402
+                                   load_filter, mac_defines)
 from nodeagent.filter_tables import FilterTables  # noqa: E402
 from nodeagent.filter_plan import FarmOwnership, build_plan  # noqa: E402
 from tests.support.bpf_testrun import run_xdp  # noqa: E402
@@ -80,6 +100,60 @@ int ref_vip_lookup(struct xdp_md *ctx)
 }
 """
 VERDICT_NAMES = {0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX", 4: "REDIRECT"}
+HOUR_NS = 3600 * 10**9
+INTERVAL_NS = 100 * 10**6
+# The lease's second stage in bpf/vipfarm_xdp.c, and what each variant makes of it.
+SECOND_STAGE = ("    if (deadline && bpf_ktime_get_coarse_ns() > deadline)\n"
+                "        return VF_CNT_LEASE_LAPSED;\n")
+VARIANT_EDITS = {
+    "one-stage": (SECOND_STAGE, ""),
+    "exact-2nd": (SECOND_STAGE, SECOND_STAGE.replace("bpf_ktime_get_coarse_ns", "bpf_ktime_get_ns")),
+}
+
+
+def variant_dir(tmp: str, name: str) -> str:
+    """A copy of this tree's bpf/ with the variant's edit; refuses to measure a stale edit."""
+    out = os.path.join(tmp, name)
+    shutil.copytree(BPF_DIR, out, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    path = os.path.join(out, "vipfarm_xdp.c")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    old, new = VARIANT_EDITS[name]
+    if source.count(old) != 1:
+        raise SystemExit(f"filter_cost.py: variant {name}: bpf/vipfarm_xdp.c no longer contains the "
+                         f"second stage as VARIANT_EDITS expects; update SECOND_STAGE")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(source.replace(old, new))
+    return out
+
+
+def archived_dir(tmp: str, rev: str) -> str:
+    """bpf/ as committed at rev, unpacked under tmp."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = subprocess.run(["git", "-C", repo, "archive", rev, "bpf"], check=True, capture_output=True).stdout
+    out = os.path.join(tmp, "before")
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        t.extractall(out)                 # our own repository's archive
+    return os.path.join(out, "bpf")
+
+
+def compile_from(bcc, src_dir: str):
+    """The production build (no pins, no trace map) of the filter in src_dir."""
+    cflags = [f"-I{src_dir}", *mac_defines(OWN_MAC), "-DVF_ANSWER_NEIGH=1", "-Wno-unused-function"]
+    bpf = bcc.BPF(src_file=os.path.join(src_dir, "vipfarm_xdp.c").encode(), cflags=cflags)
+    return bpf, bpf.load_func(PROGRAM_FUNCTION.encode(), bcc.BPF.XDP)
+
+
+def write_valid_lease(bpf, plan, syn_deadline: int) -> None:
+    """Program `plan` and a lease valid for the whole run; a one-u64 vf_lease (an old filter)
+    gets the SYN deadline, which is what its single deadline meant."""
+    tables = FilterTables(bpf)
+    tables.apply(plan)
+    leaf = tables.lease.Leaf
+    if hasattr(leaf, "_fields_") and "syn_deadline" in dict(leaf._fields_):
+        tables.write_lease(0, syn_deadline, syn_deadline + INTERVAL_NS)
+    else:
+        tables.lease[ctypes.c_uint32(0)] = ctypes.c_uint64(syn_deadline)
 
 
 def make_farm():
@@ -106,21 +180,24 @@ def find_client(rng: random.Random, family: int, owned: frozenset[int], farm, wa
     raise RuntimeError("no suitable client found")
 
 
+TCP_SYN, TCP_ACK = 0x02, 0x10
+
+
 def build_frames(farm, owned, vmac: bytes, rng):
-    """TCP SYNs to each VIP, owned and not; addressed to the farm's virtual MAC, as real
-    traffic to a farm is."""
+    """TCP SYNs to each VIP, owned and not, and owned ACKs (established flows); addressed to
+    the farm's virtual MAC, as real traffic to a farm is."""
     frames = {}
     for family, vip in ((4, VIP4), (6, VIP6)):
-        for want in (True, False):
+        for want, flags, suffix in ((True, TCP_SYN, ""), (False, TCP_SYN, ""), (True, TCP_ACK, "-est")):
             client, sport = find_client(rng, family, owned, farm, want)
-            l4 = framegen.tcp(sport, 80)
+            l4 = framegen.tcp(sport, 80, flags=flags)
             if family == 4:
                 frame = framegen.eth(vmac, framegen.CLIENT_MAC, 0x0800) + framegen.ipv4(
                     client, vip.packed, 6, l4)
             else:
                 frame = framegen.eth(vmac, framegen.CLIENT_MAC, 0x86DD) + framegen.ipv6(
                     client, vip.packed, 6, l4)
-            name = f"v{family}-{'owned' if want else 'not-owned'}"
+            name = f"v{family}-{'owned' if want else 'not-owned'}{suffix}"
             frames[name] = (frame, XDP_PASS if want else XDP_DROP)
     return frames
 
@@ -139,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=15, help="calls per case (median is reported)")
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
     ap.add_argument("--seed", type=int, default=1, help="seed for the client search")
+    ap.add_argument("--before", default=None, metavar="REV",
+                    help="also measure bpf/ as committed at REV (git archive), e.g. the commit before a change")
     args = ap.parse_args(argv)
 
     if os.geteuid() != 0:
@@ -157,7 +236,20 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs, pinned to CPU {cpu}) ...", flush=True)
     bpf = compile_filter(OWN_MAC, answer_neigh=True)
     fn = load_filter(bpf)
-    FilterTables(bpf).apply(plan)
+    tables = FilterTables(bpf)
+    tables.apply(plan)
+    syn_deadline = time.monotonic_ns() + HOUR_NS                # valid for the whole run
+    tables.write_lease(0, syn_deadline, syn_deadline + INTERVAL_NS)
+    tmp = tempfile.mkdtemp(prefix="vf-filter-cost-")
+    try:
+        dirs = {name: variant_dir(tmp, name) for name in VARIANT_EDITS}
+        if args.before:
+            dirs["before"] = archived_dir(tmp, args.before)
+        variants = {name: compile_from(bcc, d) for name, d in dirs.items()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for vbpf, _ in variants.values():
+        write_valid_lease(vbpf, plan, syn_deadline)
     bare_bpf = bcc.BPF(text=BARE_SOURCE.encode())
     bare = bare_bpf.load_func(b"p", bcc.BPF.XDP)
 
@@ -174,24 +266,26 @@ def main(argv=None) -> int:
     frames = {}
     for name, (frame, want) in build_frames(farm, owned, vmac, rng).items():
         frames[name] = (frame, want)
-        res = run_xdp(fn.fd, frame, 1)
-        if res.verdict != want:
-            print(f"!! {name}: filter returned {VERDICT_NAMES.get(res.verdict)} expected "
-                  f"{VERDICT_NAMES.get(want)}; the benchmark frames are wrong", file=sys.stderr)
-            return 0
-        if want == XDP_PASS and res.frame[:6] != OWN_MAC:
-            print(f"!! {name}: passed frame was not rewritten to the node MAC", file=sys.stderr)
-            return 0
+        for prog, pfd in (("filter", fn.fd), *((v, f.fd) for v, (_, f) in variants.items())):
+            res = run_xdp(pfd, frame, 1)
+            if res.verdict != want:
+                print(f"!! {name}: {prog} returned {VERDICT_NAMES.get(res.verdict)} expected "
+                      f"{VERDICT_NAMES.get(want)}; the benchmark frames are wrong", file=sys.stderr)
+                return 0
+            if want == XDP_PASS and res.frame[:6] != OWN_MAC:
+                print(f"!! {name}: {prog}'s passed frame was not rewritten to the node MAC", file=sys.stderr)
+                return 0
 
     # Warm up (JIT'd code, caches, CPU frequency).
     for frame, _ in frames.values():
         run_xdp(fn.fd, frame, args.repeat // 4)
         run_xdp(bare.fd, frame, args.repeat // 4)
 
-    fds = {"filter": fn.fd, "bare": bare.fd, **{n: f.fd for n, f in refs.items()}}
+    fds = {"filter": fn.fd, "bare": bare.fd, **{n: f.fd for n, f in refs.items()},
+           **{n: f.fd for n, (_, f) in variants.items()}}
     samples: dict[tuple[str, str], list[float]] = {}
     kernel: dict[tuple[str, str], list[int]] = {}
-    order = [(case, prog) for case in frames for prog in ("filter", "bare")]
+    order = [(case, prog) for case in frames for prog in ("filter", "bare", *variants)]
     order += [("v4-not-owned", name) for name in refs]
     t_start = time.monotonic()
     for _ in range(args.calls):
@@ -239,6 +333,20 @@ def main(argv=None) -> int:
     budget = bare4 * (TARGET_RATIO - 1)
     print(f"  the {TARGET_RATIO}x target leaves {budget:.1f} ns above the bare program for all of the "
           f"filter's work")
+    print()
+    base = "before" if "before" in variants else "one-stage"
+    print(f"The lease's second stage (same calls, median ns/pkt; ratio = / {base}):")
+    names = [n for n in ("before", "one-stage") if n in variants] + ["filter", "exact-2nd"]
+    labels = {"before": f"before ({args.before})", "one-stage": "one-stage", "filter": "filter (coarse)",
+              "exact-2nd": "exact-2nd"}
+    print(f"  {'case':<14}" + "".join(f" {labels[n]:>{max(16, len(labels[n]))}}" for n in names))
+    for case in frames:
+        ref = statistics.median(samples[(case, base)])
+        cells = []
+        for n in names:
+            v = statistics.median(samples[(case, n)])
+            cells.append(f"{v:7.2f} ({v / ref:4.2f}x)".rjust(max(16, len(labels[n]))))
+        print(f"  {case:<14} " + " ".join(cells))
     print()
     if misses:
         print(f"VERDICT: MISS on {misses} of {len(frames)} cases (target: filter <= "

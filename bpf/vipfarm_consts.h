@@ -17,7 +17,13 @@
 #define VF_CNT_NEIGH_PUNTED   3   /* ARP request / NS for a VIP passed up to the agent */
 #define VF_CNT_MALFORMED      4   /* header truncated or inconsistent */
 #define VF_CNT_PASSED         5   /* not VIP traffic, passed untouched */
-#define VF_NCOUNTERS          6
+#define VF_CNT_LEASE_EXPIRED  6   /* new TCP flow (SYN, no ACK) to an owned bucket, dropped: syn_deadline past */
+#define VF_CNT_LEASE_LAPSED   7   /* any other packet to an owned bucket, dropped: the lease's deadline past */
+#define VF_NCOUNTERS          8
+
+/* TCP flag bits (byte 13 of the TCP header). */
+#define VF_TCP_SYN            0x02
+#define VF_TCP_ACK            0x10
 
 #define VF_AFF_CLIENTIP       0
 #define VF_AFF_CLIENTIPPORT   1

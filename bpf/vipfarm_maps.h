@@ -19,6 +19,10 @@ VF_TABLE("array", __u32, __u32, vf_active, VF_MAX_FARMS);
 VF_TABLE("array", __u32, struct vf_table, vf_tables, VF_MAX_FARMS * 2);
 /* ((slot * 2 + half) * VF_TABLE_WORDS + bucket / 64) -> 64 ownership bits. */
 VF_TABLE("array", __u32, __u64, vf_owner, VF_MAX_FARMS * 2 * VF_TABLE_WORDS);
+/* farm slot -> the farm's lease (struct vf_lease, CLOCK_MONOTONIC ns; 0 = stage not in use).
+ * Past syn_deadline, new TCP flows (SYN without ACK) to this node's buckets are dropped; past
+ * deadline, every packet to them is (the node is out). */
+VF_TABLE("array", __u32, struct vf_lease, vf_lease, VF_MAX_FARMS);
 /* (slot * VF_NCOUNTERS + counter) -> per-CPU count; slot VF_GLOBAL_SLOT has no farm. */
 VF_TABLE("percpu_array", __u32, __u64, vf_stats, (VF_MAX_FARMS + 1) * VF_NCOUNTERS);
 

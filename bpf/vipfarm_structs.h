@@ -36,4 +36,13 @@ struct vf_table {
     __u32 mask;            /* buckets - 1 */
 };
 
+/* A farm's lease, in two stages, both CLOCK_MONOTONIC nanoseconds; 0 = that stage not in use.
+ * Past syn_deadline (exact clock) SYNs to owned buckets are refused; past deadline (coarse
+ * clock) every packet to an owned bucket is dropped. The agent writes
+ * deadline = syn_deadline + the heartbeat interval. */
+struct vf_lease {
+    __u64 syn_deadline;
+    __u64 deadline;
+};
+
 #endif

@@ -5,6 +5,14 @@
  * the bucket; everyone else drops it. ARP requests and neighbour solicitations for a VIP are
  * answered with the farm's virtual MAC. Everything else passes untouched.
  *
+ * The lease: the agent keeps two deadlines per farm in vf_lease while it hears its peers.
+ * Past syn_deadline (a frozen, killed or cut-off agent), new TCP flows to this node's buckets
+ * are refused, so the node stops taking flows before its peers take its buckets over. Past
+ * deadline (one heartbeat interval later, just before the peers take over) every packet to
+ * this node's buckets is dropped: the new owner's clients' segments would otherwise reach this
+ * node's stack too, which has no socket for them and would answer with a RST. ARP/NS answers
+ * are untouched by either stage (every node answers with the same virtual MAC).
+ *
  * Compile-time defines (passed as -D flags by nodeagent/bpf_program.py):
  *   VF_IFACE_MAC0..5 the NIC's own MAC, one byte each
  *   VF_ANSWER_NEIGH  1: answer ARP/NS here with XDP_TX; 0: pass them up to the agent
@@ -37,6 +45,7 @@ struct vf_flow {
     int has_ports;
     __u16 sport;           /* network order */
     __u16 dport;           /* network order */
+    __u8 tcp_flags;        /* TCP only */
 };
 
 /* Map access stays in this file: bcc rewrites table calls in the main source only. */
@@ -104,11 +113,52 @@ static __always_inline int vf_owns(__u32 farm, const struct vf_vip *vip, const s
     return (*bits >> (bucket & 63)) & 1;
 }
 
+/* A segment that opens a TCP flow: SYN without ACK. */
+static __always_inline int vf_opens_flow(const struct vf_flow *flow)
+{
+    return flow->proto == IPPROTO_TCP && (flow->tcp_flags & (VF_TCP_SYN | VF_TCP_ACK)) == VF_TCP_SYN;
+}
+
+/* The lease's verdict on a packet to an owned bucket: 0 = take it, otherwise the counter it
+ * is dropped under. One vf_lease lookup per owned packet, and at most one clock read:
+ *  - a SYN (no ACK) reads the exact clock, bpf_ktime_get_ns, and is judged by both stages
+ *    with it: past syn_deadline it is lease_expired, else past deadline lease_lapsed;
+ *  - any other segment, UDP, ICMP or fragment reads the clock only when the second stage is
+ *    in use, and then the coarse one (bpf_ktime_get_coarse_ns, one tick behind at most: the
+ *    second stage is a margin before the peers take over, so a tick late is harmless), which
+ *    keeps the established fast path cheap. */
+static __always_inline __u32 vf_lease_drop(__u32 farm, const struct vf_flow *flow)
+{
+    struct vf_lease *lease = vf_lease.lookup(&farm);
+    if (!lease)
+        return 0;
+    __u64 syn_deadline = lease->syn_deadline;
+    __u64 deadline = lease->deadline;
+    if (vf_opens_flow(flow)) {
+        if (!syn_deadline && !deadline)
+            return 0;
+        __u64 now = bpf_ktime_get_ns();
+        if (syn_deadline && now > syn_deadline)
+            return VF_CNT_LEASE_EXPIRED;
+        if (deadline && now > deadline)
+            return VF_CNT_LEASE_LAPSED;
+        return 0;
+    }
+    if (deadline && bpf_ktime_get_coarse_ns() > deadline)
+        return VF_CNT_LEASE_LAPSED;
+    return 0;
+}
+
 static __always_inline int vf_decide(struct ethhdr *eth, __u32 farm, const struct vf_vip *vip,
                                      const struct vf_flow *flow)
 {
     if (vf_owns(farm, vip, flow)) {
-            /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */
+        __u32 reason = vf_lease_drop(farm, flow);
+        if (reason) {
+            vf_count(farm, reason);
+            return XDP_DROP;
+        }
+        /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */
         vf_set_own_mac(eth->h_dest);
         vf_count(farm, VF_CNT_ACCEPTED);
         return XDP_PASS;
@@ -125,6 +175,13 @@ static __always_inline int vf_read_ports(void *l4, void *end, void *data_end, __
     if (l4 + need > end || l4 + 4 > data_end)
         return 0;
     __u16 *ports = l4;
+    if (proto == IPPROTO_TCP) {
+        /* Never taken once the header fits before `end` (which is <= data_end); the verifier
+         * needs the bound against data_end itself. */
+        if (l4 + 14 > data_end)
+            return 0;
+        flow->tcp_flags = ((__u8 *)l4)[13];
+    }
     flow->proto = proto;
     flow->has_ports = 1;
     flow->sport = ports[0];

@@ -14,8 +14,14 @@ CNT_NEIGH_REPLIED = 2
 CNT_NEIGH_PUNTED = 3
 CNT_MALFORMED = 4
 CNT_PASSED = 5
-NCOUNTERS = 6
-COUNTER_NAMES = ("accepted", "dropped", "neigh_replied", "neigh_punted", "malformed", "passed")
+CNT_LEASE_EXPIRED = 6
+CNT_LEASE_LAPSED = 7
+NCOUNTERS = 8
+COUNTER_NAMES = ("accepted", "dropped", "neigh_replied", "neigh_punted", "malformed", "passed",
+                 "lease_expired", "lease_lapsed")
+
+TCP_SYN = 0x02
+TCP_ACK = 0x10
 
 AFF_CLIENTIP = 0
 AFF_CLIENTIPPORT = 1

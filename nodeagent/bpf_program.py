@@ -45,7 +45,8 @@ def compile_filter(own_mac: bytes, answer_neigh: bool, pin_dir: str | None = Non
                    trace_bucket: bool = False):
     """Compile the filter; returns the bcc BPF object.
 
-    pin_dir: pin the maps there, adopting maps a previous agent left.
+    pin_dir: pin the maps there, adopting maps a previous agent left (a counter or lease map
+    of another shape is re-created; any other map of another shape is a DataplaneError).
     trace_bucket: test builds record each computed bucket in the vf_trace map.
     """
     check_kernel_headers()
@@ -60,6 +61,23 @@ def compile_filter(own_mac: bytes, answer_neigh: bool, pin_dir: str | None = Non
         cflags.append("-DVF_TRACE_BUCKET")
     if pin_dir:
         cflags.append(f'-DVF_PIN_DIR="{pin_dir}"')
+    adopted = set(os.listdir(pin_dir)) if pin_dir and os.path.isdir(pin_dir) else set()
+    bpf = _compile(bcc, cflags)
+    if adopted:
+        # bcc adopts a pin of any shape: check each against the declaration (pinned_layout.py).
+        from .pinned_layout import adopted_mismatches, remove_for_recreation, unusable
+        found = adopted_mismatches(bpf, pin_dir, adopted)
+        if found:
+            bpf.cleanup()
+            error = unusable(found)
+            if error:
+                raise DataplaneError(error)
+            remove_for_recreation(found)
+            bpf = _compile(bcc, cflags)
+    return bpf
+
+
+def _compile(bcc, cflags: list[str]):
     try:
         return bcc.BPF(src_file=PROGRAM_SOURCE.encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception on compile/load failure

@@ -3,6 +3,7 @@
   vipfarm validate FILE...           check Farm files, print every problem
   vipfarm stats --node N [--iface I] counters and ownership of a running node's filter
   vipfarm demo                       the lab demo (namespaces, agents, traffic)
+  vipfarm keygen [--out FILE] [--force]  a new heartbeat key (printed, or written to FILE, mode 0600)
 """
 from __future__ import annotations
 
@@ -51,6 +52,53 @@ def cmd_demo(args) -> int:
     return run_demo(nodes=args.nodes, connections=args.connections)
 
 
+def cmd_keygen(args) -> int:
+    from vipfarm.heartbeat_keys import generate_key_text, parse_key_text
+    text = generate_key_text()
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    try:
+        _write_key_file(args.out, text, replace=args.force)
+    except FileExistsError:
+        print(f"vipfarm keygen: {args.out} exists and may hold the key your farm uses now; not overwritten. "
+              f"Pass --force to replace it (then give every member the new key: see key rotation in the README)",
+              file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"vipfarm keygen: cannot write {args.out}: {e.strerror}; choose a path in a directory you can "
+              f"write (--out FILE)", file=sys.stderr)
+        return 1
+    key_id = parse_key_text(text, args.out).signing.key_id.hex()
+    print(f"event=heartbeat_key_written path={args.out} mode=0600 key_id={key_id}", file=sys.stderr)
+    return 0
+
+
+def _write_key_file(path: str, text: str, *, replace: bool) -> None:
+    """Create `path` with mode 0600. Without `replace`, O_EXCL: an existing file is never
+    touched. With it, the key goes to a new file beside `path` that then replaces it in one
+    rename, so a reader sees the old key or the new one, never a part."""
+    target = path
+    if replace:
+        path = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{os.getpid()}.new")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)                    # whatever the umask
+        os.write(fd, text.encode("ascii"))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    if replace:
+        try:
+            os.replace(path, target)
+        except BaseException:
+            os.unlink(path)
+            raise
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vipfarm", description="vipfarm command line")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -66,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="run the namespace lab demo")
     d.add_argument("--nodes", type=int, default=3)
     d.add_argument("--connections", type=int, default=600)
+    k = sub.add_parser("keygen", help="make a new heartbeat key")
+    k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600) instead of printing it")
+    k.add_argument("--force", action="store_true", help="replace FILE if it exists")
     args = p.parse_args(argv)
-    return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo}[args.cmd](args)
+    return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "keygen": cmd_keygen}[args.cmd](args)
 
 
 if __name__ == "__main__":

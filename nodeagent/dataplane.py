@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import threading
 from typing import Callable
 
 from vipfarm.addresses import format_mac, parse_mac
@@ -197,6 +198,9 @@ class InterfaceDataplane:
         self.responder: NeighbourResponder | None = None
         self.adopted = False
         self._recovered: dict[str, int] = {}    # virtual MAC -> slot, read from the pinned maps
+        # apply() holds it while it rewrites the maps and the plan; set_lease() while it finds
+        # the farm's slot and writes the deadline there.
+        self._slots_lock = threading.Lock()
 
     # -- start ----------------------------------------------------------------------------
     def _compile_and_attach(self, mode: str) -> None:
@@ -330,12 +334,13 @@ class InterfaceDataplane:
             netconfig.add_mac_filter(self.iface, mac)
         for ip in sorted(ours):
             netconfig.add_vip(ipaddress.ip_address(ip))   # also repairs a VIP someone removed
-        self.tables.apply(plan, old_slots)
+        with self._slots_lock:
+            self.tables.apply(plan, old_slots)
+            self.plan = plan
         for slot in sorted(set(self._recovered.values()) - set(slots.values())):
             log.info("event=orphan_removed kind=farm_slot iface=%s slot=%d source=pinned_maps",
                      self.iface, slot)
         self._recovered = {}
-        self.plan = plan
         for ip in sorted(old_vips - ours):
             netconfig.del_vip(ipaddress.ip_address(ip))
         for mac in sorted(old_macs - new_macs):
@@ -355,6 +360,26 @@ class InterfaceDataplane:
             log.info("event=farm_programmed iface=%s farm=%s slot=%d buckets=%d owned=%d",
                      self.iface, f.name, f.slot, f.buckets, len(f.owned))
         return plan
+
+    def set_lease(self, farm_name: str, syn_deadline_ns: int, deadline_ns: int) -> bool:
+        """Set the farm's lease: two deadlines in time.monotonic_ns() nanoseconds (the clock of
+        bpf_ktime_get_ns). Past syn_deadline the filter takes no new TCP flow for this node's
+        buckets; past deadline it drops every packet to them. 0 = that stage not in use. False
+        when the farm has no slot on this interface (nothing written).
+
+        Called from the heartbeat thread while apply() may run on another: under the lock,
+        a farm apply() is removing is either still in its slot (and the clear that follows
+        resets the lease) or already gone (False), so a deadline never lands in a freed slot.
+        apply() holds the lock only for the map writes, so this waits microseconds at most;
+        the work is one scan of at most 32 farms and one map update."""
+        with self._slots_lock:
+            if self.tables is None:
+                return False
+            for f in self.plan.farms:
+                if f.name == farm_name:
+                    self.tables.write_lease(f.slot, syn_deadline_ns, deadline_ns)
+                    return True
+        return False
 
     def counters(self) -> dict[str, Counters]:
         assert self.tables is not None

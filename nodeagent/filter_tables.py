@@ -1,5 +1,10 @@
 """Writing a FilterPlan into the filter's BPF maps, and reading its counters.
 
+The lease (vf_lease, one struct vf_lease per farm slot) is two deadlines in bpf_ktime_get_ns()'s
+clock, CLOCK_MONOTONIC, which is Python's time.monotonic_ns(): past syn_deadline the filter drops
+new TCP flows (SYN without ACK) to this node's buckets of that farm; past deadline it drops every
+packet to them. 0 in either means that stage is not in use; (0, 0) is no lease: always valid.
+
 Ownership changes never open a window with zero or two owners on this node: the new bitmap
 (with its seed and mask) is written into the idle half of the farm's double-buffered table,
 then one aligned 4-byte write to vf_active flips the farm to it. A packet reads vf_active
@@ -44,6 +49,8 @@ class Counters:
     neigh_punted: int = 0
     malformed: int = 0
     passed: int = 0
+    lease_expired: int = 0
+    lease_lapsed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {n: getattr(self, n) for n in COUNTER_NAMES}
@@ -59,6 +66,7 @@ class FilterTables:
         self.tables = bpf[b"vf_tables"]
         self.owner = bpf[b"vf_owner"]
         self.stats = bpf[b"vf_stats"]
+        self.lease = bpf[b"vf_lease"]
 
     # -- reading ------------------------------------------------------------------------
     def vip_keys(self) -> set[tuple[int, bytes]]:
@@ -76,6 +84,12 @@ class FilterTables:
         mask = self.tables[ctypes.c_uint32(half)].mask
         return buckets_from_words([self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)].value
                                    for w in range((mask + 64) // 64)])
+
+    def read_lease(self, slot: int) -> tuple[int, int]:
+        """The slot's lease, (syn_deadline, deadline) in ns, CLOCK_MONOTONIC; 0 = stage not in use."""
+        _check_slot(slot)
+        leaf = self.lease[ctypes.c_uint32(slot)]
+        return leaf.syn_deadline, leaf.deadline
 
     def counters(self, slot: int) -> Counters:
         c = Counters()
@@ -105,6 +119,19 @@ class FilterTables:
             leaf.rules[i].port_lo = r.port_lo
             leaf.rules[i].port_hi = r.port_hi
         return leaf
+
+    def write_lease(self, slot: int, syn_deadline_ns: int, deadline_ns: int) -> None:
+        """Set the slot's lease (ns, CLOCK_MONOTONIC; 0 = that stage not in use). One map
+        update of both deadlines: cheap enough for every heartbeat. The kernel copies the 16
+        bytes without a lock, so a packet may read one deadline of this renewal and one of the
+        previous: each is a deadline the agent wrote, at most one renewal old, so nothing is
+        dropped that a lease in force would take."""
+        _check_slot(slot)
+        check_lease(slot, syn_deadline_ns, deadline_ns)
+        leaf = self.lease.Leaf()
+        leaf.syn_deadline = syn_deadline_ns
+        leaf.deadline = deadline_ns
+        self.lease[ctypes.c_uint32(slot)] = leaf
 
     def write_farm(self, f: FarmEntry) -> None:
         """Farm MAC, then the idle table half, then the flip. Idempotent."""
@@ -159,7 +186,25 @@ class FilterTables:
             self.clear_farm(slot)
 
     def clear_farm(self, slot: int) -> None:
-        if not 0 <= slot < MAX_FARMS:
-            raise ValueError(f"farm slot {slot} out of range")
+        """Empty the slot: no buckets, no MAC, no lease (the next farm in it starts without one)."""
+        _check_slot(slot)
         self.swap_ownership(slot, 0, 1, frozenset())
         self.farms[ctypes.c_uint32(slot)] = self.farms.Leaf()
+        self.write_lease(slot, 0, 0)
+
+
+def check_lease(slot: int, syn_deadline_ns: int, deadline_ns: int) -> None:
+    """Pure: raise ValueError unless the two deadlines make a lease the filter can hold."""
+    for name, value in (("syn_deadline", syn_deadline_ns), ("deadline", deadline_ns)):
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"lease {name} {value} for farm slot {slot} is not a u64 nanosecond time; "
+                             f"pass time.monotonic_ns() + the lease length, or 0 for none")
+    if syn_deadline_ns and deadline_ns and syn_deadline_ns > deadline_ns:
+        raise ValueError(f"lease for farm slot {slot}: syn_deadline {syn_deadline_ns} is after deadline "
+                         f"{deadline_ns}, so the node would drop every packet before it stopped taking "
+                         f"new flows; pass deadline = syn_deadline + the heartbeat interval")
+
+
+def _check_slot(slot: int) -> None:
+    if not 0 <= slot < MAX_FARMS:
+        raise ValueError(f"farm slot {slot} out of range 0..{MAX_FARMS - 1}")

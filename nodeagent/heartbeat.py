@@ -31,12 +31,9 @@ from vipfarm.agreement import Serving, agreed_view, agreement_digest, buckets_to
 from vipfarm.assignment import Assignment
 from vipfarm.base_assignment import Base, config_digest, first_base
 from vipfarm.heartbeat_keys import Keyring
-from vipfarm.heartbeat_wire import (BaseChunk, BaseRequest, Heartbeat, Row, WireError, decode, encode,
-                                    node_id)
+from vipfarm.heartbeat_wire import (ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
+                                    WireError, decode, encode, node_id)
 from vipfarm.liveness import ACCEPTED, PeerTable
-
-ROW_WITHDRAWN = 1            # Row.flags: the member's checkers fail; it counts for quorum, serves nothing
-ROW_HEARS_WITNESS = 2        # Row.flags: the member hears the farm's witness (one more vote)
 
 from .leases import LeaseWriter
 from .witness import WitnessProbe
@@ -389,9 +386,10 @@ class HeartbeatEngine:
 
     def _renew_lease(self, f: _Farm, now: int) -> None:
         if len(f.cfg.weights) < 2:
-            self.leases.renew(f.cfg.farm, 0)                   # a farm of one has nobody to yield to
+            self.leases.renew(f.cfg.farm, 0, 0)                # a farm of one has nobody to yield to
         elif f.cfg.node in f.view:
-            self.leases.renew(f.cfg.farm, now + f.cfg.lease_ns)
+            syn_deadline = now + f.cfg.lease_ns
+            self.leases.renew(f.cfg.farm, syn_deadline, syn_deadline + f.cfg.interval_ms * MS)
 
     # -- sending ---------------------------------------------------------------------------
     def _send_heartbeat(self, f: _Farm, now: int, goodbye: bool = False) -> None:

@@ -134,9 +134,14 @@ class NodeDataplanes:
                              self.node, iface, farm, e)
         return out
 
-    def lease_locations(self) -> dict[str, tuple[str, int]]:
-        """farm -> (pin dir, slot) of every farm this node programs (for leases.LeaseWriter)."""
-        return {farm: (dp.pin_dir, slot) for dp in self.by_iface.values() for farm, slot in dp.state.slots.items()}
+    def set_lease(self, farm_name: str, syn_deadline_ns: int, deadline_ns: int) -> bool:
+        """Set the farm's lease on the interface that serves it (InterfaceDataplane.set_lease);
+        False when no interface here has the farm in a slot. Safe from the heartbeat thread:
+        the interface dict is read from a snapshot."""
+        for dp in list(self.by_iface.values()):
+            if dp.set_lease(farm_name, syn_deadline_ns, deadline_ns):
+                return True
+        return False
 
     def mode_of(self, iface: str) -> str:
         dp = self.by_iface.get(iface)

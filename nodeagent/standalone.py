@@ -16,12 +16,14 @@ import signal
 import threading
 
 from vipfarm.base_assignment import Base, decode_base, encode_base, first_base, next_base
+from vipfarm.checks import Health
 from vipfarm.conflicts import first_duplicate
 from vipfarm.heartbeat_keys import HeartbeatKeyError, Keyring, parse_key_text
 from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
 from .base_store import load_base, save_base
 from .bpf_program import DataplaneError
+from .checkers import CheckRunner
 from .filter_plan import FarmOwnership
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine
 from .leases import LeaseWriter
@@ -81,7 +83,7 @@ class StandaloneAgent:
         self.pin_root = pin_root
         self.state_root = state_root
         self.dataplanes = NodeDataplanes(node, pin_root, state_root)
-        self.leases = LeaseWriter()
+        self.leases = LeaseWriter(self.dataplanes)
         self.engine = HeartbeatEngine(node, self._on_decision, self._on_base, self.leases,
                                       base_from_chunks=_decode_or_none, base_to_bytes=encode_base)
         self.farms: list[Farm] = []
@@ -93,7 +95,11 @@ class StandaloneAgent:
         self.wake = threading.Event()
         self.stopping = False
         self.reload_requested = False
+        self.reconfigure_requested = False
         self.programmed_once = False
+        self.runners: dict[str, CheckRunner] = {}
+        self.health: dict[str, Health] = {}
+        self.adopted_at_start: dict[str, frozenset[int]] | None = None
         self._programmed: dict[str, frozenset[int]] = {}
         self._logged: dict[str, tuple] = {}
 
@@ -102,6 +108,14 @@ class StandaloneAgent:
         with self.lock:
             self.decisions[d.farm] = d
         self.wake.set()
+
+    def _on_health(self, farm: str, health: Health, events) -> None:
+        with self.lock:
+            changed = self.health.get(farm) != health
+            self.health[farm] = health
+        if changed:
+            self.reconfigure_requested = True
+            self.wake.set()
 
     def _on_base(self, farm: str, base: Base) -> None:
         with self.lock:
@@ -115,7 +129,18 @@ class StandaloneAgent:
                          hb.port, hb.interval_ms, hb.timeout_ms, self.keyrings[farm.name], farm.buckets,
                          self.bases.get(farm.name), may_start_chain=True,
                          adopted=adopted.get(farm.name, frozenset()), interface=farm.interface,
-                         witness=str(hb.witness or ""))
+                         witness=hb.witness, withdrawn=self._withdrawn(farm))
+
+    def _withdrawn(self, farm: Farm) -> bool:
+        """Whether the checkers keep this node from serving the farm. A checker that has not
+        passed yet withdraws a node that starts, but not one that restarted while serving
+        (its adopted buckets stay until a checker really fails: a restart moves nothing)."""
+        with self.lock:
+            health = self.health.get(farm.name)
+        if health is None or health.ok:
+            return False
+        adopted = (self.adopted_at_start or {}).get(farm.name)
+        return not (health.reason == "CheckerStarting" and adopted)
 
     def _configure(self, farms: list[Farm], keyrings: dict[str, Keyring | None]) -> None:
         """Continue each farm's base chain for this configuration, persist it, tell the thread."""
@@ -131,8 +156,33 @@ class StandaloneAgent:
                 save_base(self.state_root, self.node, farm.name, base)
             bases[farm.name] = base
         self.farms, self.keyrings, self.bases = farms, keyrings, bases
-        serving = self.dataplanes.serving_now() if not self.programmed_once else self._programmed
-        self.engine.configure([self._peers(f, serving) for f in farms])
+        if self.adopted_at_start is None:
+            self.adopted_at_start = self.dataplanes.serving_now()
+        self._start_checkers(farms)
+        self._tell_engine()
+
+    def _tell_engine(self) -> None:
+        serving = self.adopted_at_start if not self.programmed_once else self._programmed
+        self.engine.configure([self._peers(f, serving or {}) for f in self.farms])
+
+    def _start_checkers(self, farms: list[Farm]) -> None:
+        """One CheckRunner per farm with checkers; a runner whose checkers and recovery did not
+        change keeps running (and keeps its state) across a reload."""
+        wanted = {f.name: f for f in farms if f.checkers}
+        for name in list(self.runners):
+            old = self.runners[name].farm
+            new = wanted.get(name)
+            if new is None or (new.checkers, new.recovery, new.interface) != (old.checkers, old.recovery, old.interface):
+                self.runners.pop(name).stop()
+                with self.lock:
+                    self.health.pop(name, None)
+        for name, farm in wanted.items():
+            if name not in self.runners:
+                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_health(name, h, ev), node=self.node)
+                with self.lock:
+                    self.health[name] = runner.health()
+                self.runners[name] = runner
+                runner.start()
 
     def run(self) -> int:
         farms = load_farms(self.paths, self.node)   # all validation before any change
@@ -159,12 +209,26 @@ class StandaloneAgent:
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
+            elif self.reconfigure_requested:
+                self.reconfigure_requested = False
+                self._tell_engine()
             self._program()
-        self.engine.stop(goodbye=True)
-        self.dataplanes.stop()
+        for runner in self.runners.values():
+            runner.stop()
+        self._release_all()                  # first give the buckets up,
+        self.engine.stop(goodbye=True)       # then tell the peers, who take them at once,
+        self.dataplanes.stop()               # then take the VIPs and the filter away
         self.leases.close()
         log.info("event=agent_stopped node=%s", self.node)
         return 0
+
+    def _release_all(self) -> None:
+        if not self.programmed_once:
+            return
+        try:
+            self.dataplanes.program([FarmOwnership(f, frozenset()) for f in self.farms])
+        except DataplaneError as e:
+            log.error("event=release_failed node=%s error=%r", self.node, str(e))
 
     def _take_bases(self) -> None:
         with self.lock:
@@ -196,7 +260,7 @@ class StandaloneAgent:
             return
         self.programmed_once = True
         self._programmed = {i.farm.name: i.owned for i in items}
-        self.leases.publish(self.dataplanes.lease_locations())
+        self.leases.publish({})          # every farm now has a started interface (set_lease)
         for farm in self.farms:
             d = decisions.get(farm.name)
             if d is not None and self._logged.get(farm.name) != (d.buckets, d.view, d.agreed):

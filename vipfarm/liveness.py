@@ -124,7 +124,7 @@ class PeerTable:
                 return
             if old.boot != r.boot and origin <= old.origin_ns:
                 return
-        self.rows[r.node_id] = KnownRow(r.boot, r.seq, origin, frozenset(r.heard), bytes(r.agree), int(getattr(r, 'flags', 0)))
+        self.rows[r.node_id] = KnownRow(r.boot, r.seq, origin, frozenset(r.heard), bytes(r.agree), r.flags)
 
     def heard(self, now_ns: int) -> frozenset[int]:
         """Members heard directly within the timeout, and this node."""

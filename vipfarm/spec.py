@@ -26,7 +26,14 @@ DEFAULT_BUCKETS = 1024
 MAX_BUCKETS = 65536
 MAX_RULES = 8            # per farm; mirrors VF_MAX_RULES in bpf/vipfarm_consts.h
 MAX_VIPS_PER_FARM = 16   # per farm; the filter holds 256 VIPs per interface (VF_MAX_VIPS_PER_IFACE)
-MAX_NODES = 256
+MAX_NODES = 64           # heartbeats are all-to-all and each carries every member's row
+MAX_CHECKERS = 16
+CHECKER_TYPES = ("tcp", "http", "exec", "interface")
+MAX_COMMAND_ARGS = 64
+MAX_COMMAND_ARG_CHARS = 4096
+MAX_PATH_CHARS = 1024
+DEFAULT_HEARTBEAT_INTERVAL_MS = 100
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 300
 PROTOCOLS = ("TCP", "UDP")
 AFFINITIES = ("ClientIP", "ClientIPPort")
 VMAC_MODES = ("unicast-flood", "multicast")
@@ -35,7 +42,7 @@ DEFAULT_HEARTBEAT_PORT = 7946
 MAX_NODE_NAME = 253      # a Kubernetes Node name: a DNS-1123 subdomain
 MAX_IFNAME_BYTES = 15    # IFNAMSIZ - 1
 SPEC_FIELDS = frozenset({"virtualIPs", "interface", "buckets", "vmacMode", "xdpMode", "rules", "nodes",
-                         "nodeSelector", "seed", "virtualMAC", "heartbeat"})
+                         "nodeSelector", "seed", "virtualMAC", "heartbeat", "checkers", "recovery"})
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # The bytes the kernel's dev_valid_name() refuses in an interface name: '/', ':', NUL and its
@@ -86,8 +93,38 @@ class NodeSpec:
 @dataclass(frozen=True)
 class Heartbeat:
     port: int = DEFAULT_HEARTBEAT_PORT
-    interval_ms: int = 200
-    timeout_ms: int = 1000
+    interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS
+    timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS
+    key_file: str = ""      # standalone mode; cluster mode reads the chart's Secret
+    witness: str = ""       # an IPv4 address whose ARP replies are one more vote (2-node farms)
+
+
+@dataclass(frozen=True)
+class Checker:
+    """One spec.checkers entry. Fields that do not apply to the type keep their empty value;
+    those that do hold the parsed value or its default (interface defaults to spec.interface)."""
+    name: str
+    type: str                               # "tcp" | "http" | "exec" | "interface"
+    port: int = 0                           # tcp, http
+    host: str = ""                          # tcp, http (default 127.0.0.1)
+    path: str = ""                          # http (default /)
+    expect_status: tuple[int, ...] = ()     # http (default (200,))
+    command: tuple[str, ...] = ()           # exec
+    interface: str = ""                     # interface
+    interval_ms: int = 1000
+    timeout_ms: int = 500
+    failure_threshold: int = 3
+    success_threshold: int = 2
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """spec.recovery: the command run when the node's checkers fail, and its restart budget
+    (at most max_restarts runs in any window_seconds)."""
+    command: tuple[str, ...]
+    timeout_seconds: int = 30
+    max_restarts: int = 3
+    window_seconds: int = 86400
 
 
 @dataclass(frozen=True)
@@ -104,6 +141,8 @@ class Farm:
     seed: int = 0
     virtual_mac: str = ""
     heartbeat: Heartbeat = Heartbeat()
+    checkers: tuple[Checker, ...] = ()
+    recovery: Recovery | None = None
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -154,8 +193,8 @@ def node_name_problem(name: Any) -> str | None:
     labels = name.split(".")
     if all(_LABEL_RE.fullmatch(label) for label in labels):
         if _is_ip_text(name):
-            return (f"is an IP address, not a name; name the node (e.g. n1 or node-1.example.com) and put "
-                    f"its address in address")
+            return ("is an IP address, not a name; name the node (e.g. n1 or node-1.example.com) and put "
+                    "its address in address")
         return None
     lower = name.lower()
     if lower != name and node_name_problem(lower) is None:
@@ -271,11 +310,14 @@ def parse_farm(doc: Any, *, require_nodes: bool = False) -> Farm:
     seed = _parse_seed(c, spec.get("seed"), name)
     vmac = _parse_virtual_mac(c, spec.get("virtualMAC"), name, vmac_mode)
     heartbeat = _parse_heartbeat(c, spec.get("heartbeat"))
+    checkers = _parse_checkers(c, spec.get("checkers"), interface)
+    recovery = _parse_recovery(c, spec.get("recovery"))
     if c.problems:
         raise FarmSpecError(name, c.problems)
     return Farm(name=name, virtual_ips=vips, interface=interface, buckets=buckets,
                 vmac_mode=vmac_mode, xdp_mode=xdp_mode, rules=rules, nodes=nodes,
-                node_selector=selector, seed=seed, virtual_mac=vmac, heartbeat=heartbeat)
+                node_selector=selector, seed=seed, virtual_mac=vmac, heartbeat=heartbeat,
+                checkers=checkers, recovery=recovery)
 
 
 # -- the sections of a Farm document, in the order their problems are reported -----------------
@@ -405,7 +447,9 @@ def _parse_nodes(c: _Collector, raw_nodes: Any, vips: tuple[IPAddress, ...],
         c.add("spec.nodes", raw_nodes, "must be a list of {name, address, weight}")
         raw_nodes = []
     if len(raw_nodes) > MAX_NODES:
-        c.add("spec.nodes", f"{len(raw_nodes)} nodes", f"at most {MAX_NODES} nodes")
+        c.add("spec.nodes", f"{len(raw_nodes)} nodes",
+              f"at most {MAX_NODES} nodes: heartbeats are all-to-all and each carries every member's row; "
+              f"split the members into several farms")
     seen_names: set[str] = set()
     seen_addrs: set[IPAddress] = set()
     for i, raw in enumerate(raw_nodes):
@@ -488,21 +532,207 @@ def _parse_virtual_mac(c: _Collector, raw: Any, farm_name: str, vmac_mode: str) 
     return vmac
 
 
+_HEARTBEAT_KEYS = ("port", "intervalMs", "timeoutMs", "keyFile", "witness")
+
+
 def _parse_heartbeat(c: _Collector, raw: Any) -> Heartbeat:
     hb_raw = {} if raw is None else raw
     if not isinstance(hb_raw, Mapping):
-        c.add("spec.heartbeat", hb_raw, "must be a mapping {port, intervalMs, timeoutMs}")
+        c.add("spec.heartbeat", hb_raw, "must be a mapping {port, intervalMs, timeoutMs, keyFile, witness}")
         hb_raw = {}
     for key in hb_raw:
-        if key not in ("port", "intervalMs", "timeoutMs"):
-            c.add(f"spec.heartbeat.{key}", hb_raw[key], "unknown field; heartbeat has port, intervalMs and timeoutMs")
+        if key not in _HEARTBEAT_KEYS:
+            c.add(f"spec.heartbeat.{key}", hb_raw[key],
+                  "unknown field; heartbeat has port, intervalMs, timeoutMs, keyFile and witness")
     port = _int_field(c, "spec.heartbeat.port", hb_raw.get("port"), DEFAULT_HEARTBEAT_PORT, 1, 65535)
-    interval = _int_field(c, "spec.heartbeat.intervalMs", hb_raw.get("intervalMs"), 200, 10, 60000)
-    timeout = _int_field(c, "spec.heartbeat.timeoutMs", hb_raw.get("timeoutMs"), 1000, 30, 600000)
+    interval = _int_field(c, "spec.heartbeat.intervalMs", hb_raw.get("intervalMs"),
+                          DEFAULT_HEARTBEAT_INTERVAL_MS, 10, 60000)
+    timeout = _int_field(c, "spec.heartbeat.timeoutMs", hb_raw.get("timeoutMs"),
+                         DEFAULT_HEARTBEAT_TIMEOUT_MS, 30, 600000)
     if timeout < 3 * interval:
         c.add("spec.heartbeat.timeoutMs", timeout,
               f"must be at least 3 x intervalMs ({3 * interval}) so one lost heartbeat is not a failure")
-    return Heartbeat(port, interval, timeout)
+    key_file = _given(hb_raw, "keyFile", None)
+    if key_file is None:
+        key_file = ""
+    elif not isinstance(key_file, str) or not key_file.startswith("/") or "\x00" in key_file \
+            or len(key_file) > MAX_COMMAND_ARG_CHARS:
+        c.add("spec.heartbeat.keyFile", key_file,
+              f"must be the absolute path of the heartbeat key file (at most {MAX_COMMAND_ARG_CHARS} "
+              f"characters, no NUL), e.g. /etc/vipfarm/heartbeat.key; `vipfarm keygen` writes one")
+        key_file = ""
+    witness_raw = _given(hb_raw, "witness", None)
+    witness = ""
+    if witness_raw is not None:
+        fix = ("must be the IPv4 address of a host on the farm's segment that answers ARP (a router, a third "
+               "machine), e.g. 198.51.100.254; it breaks the tie of a 2-node farm")
+        try:
+            ip = parse_ip(witness_raw) if isinstance(witness_raw, str) else None
+        except ValueError:
+            ip = None
+        if ip is None or ip.version != 4:
+            c.add("spec.heartbeat.witness", witness_raw, fix)
+        elif unicast_problem(ip):
+            c.add("spec.heartbeat.witness", witness_raw, f"is {unicast_problem(ip)}; it {fix}")
+        else:
+            witness = str(ip)
+    return Heartbeat(port, interval, timeout, key_file, witness)
+
+
+# -- spec.checkers and spec.recovery ------------------------------------------------------------
+
+_CHECKER_COMMON = ("name", "type", "intervalMs", "timeoutMs", "failureThreshold", "successThreshold")
+# field -> the checker types that take it
+_CHECKER_TYPE_FIELDS = {"port": ("tcp", "http"), "host": ("tcp", "http"), "path": ("http",),
+                        "expectStatus": ("http",), "command": ("exec",), "interface": ("interface",)}
+_CHECKER_KEYS = _CHECKER_COMMON + tuple(_CHECKER_TYPE_FIELDS)
+_HTTP_PATH_RE = re.compile(r"/[!-~]*")
+
+
+def _types_text(types: tuple[str, ...]) -> str:
+    return " and ".join(f"{t} checkers" for t in types)
+
+
+def _parse_command(c: _Collector, path: str, raw: Any, example: str) -> tuple[str, ...]:
+    """A command line: a non-empty list of strings (no NUL), the first non-empty; () if bad."""
+    why = (f"must be a non-empty list of at most {MAX_COMMAND_ARGS} strings (the program and its "
+           f"arguments, no shell), e.g. {example}")
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_COMMAND_ARGS:
+        c.add(path, raw, why)
+        return ()
+    ok = True
+    for i, arg in enumerate(raw):
+        if not isinstance(arg, str) or "\x00" in arg or len(arg) > MAX_COMMAND_ARG_CHARS:
+            c.add(f"{path}[{i}]", arg, f"each argument is a string of at most {MAX_COMMAND_ARG_CHARS} "
+                                      f"characters without NUL")
+            ok = False
+    if ok and not raw[0]:
+        c.add(f"{path}[0]", raw[0], f"the program to run cannot be empty; {why}")
+        ok = False
+    return tuple(raw) if ok else ()
+
+
+def _parse_checkers(c: _Collector, raw: Any, farm_interface: str) -> tuple[Checker, ...]:
+    raw_list = [] if raw is None else raw
+    if not isinstance(raw_list, list):
+        c.add("spec.checkers", raw_list, "must be a list of checkers, e.g. [{name: web, type: tcp, port: 80}]")
+        return ()
+    if len(raw_list) > MAX_CHECKERS:
+        c.add("spec.checkers", f"{len(raw_list)} checkers", f"at most {MAX_CHECKERS} checkers per farm")
+        raw_list = raw_list[:MAX_CHECKERS]
+    out: list[Checker] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw_list):
+        checker = _parse_checker(c, f"spec.checkers[{i}]", item, farm_interface, seen)
+        if checker is not None:
+            out.append(checker)
+    return tuple(out)
+
+
+def _parse_checker(c: _Collector, path: str, raw: Any, farm_interface: str, seen: set[str]) -> Checker | None:
+    if not _entry(c, path, raw, "checker", _CHECKER_KEYS, "{name: web, type: tcp, port: 80}"):
+        return None
+    before = len(c.problems)
+    name = raw.get("name")
+    if not isinstance(name, str) or len(name) > 63 or not _LABEL_RE.fullmatch(name):
+        c.add(f"{path}.name", name, "every checker needs a name that is a DNS-1123 label: lower-case "
+                                    "letters, digits and '-', at most 63 characters, e.g. web")
+    elif name in seen:
+        c.add(f"{path}.name", name, "listed twice; checker names must be unique")
+    else:
+        seen.add(name)
+    ctype = raw.get("type")
+    if ctype not in CHECKER_TYPES:
+        c.add(f"{path}.type", ctype, f"every checker needs a type, one of {', '.join(CHECKER_TYPES)}")
+    for key, types in _CHECKER_TYPE_FIELDS.items():
+        if raw.get(key) is not None and ctype in CHECKER_TYPES and ctype not in types:
+            c.add(f"{path}.{key}", raw[key], f"{key} does not apply to a {ctype} checker; only "
+                                             f"{_types_text(types)} take {key}; remove it")
+    fields: dict[str, Any] = {}
+    if ctype in ("tcp", "http"):
+        if raw.get("port") is None:
+            c.add(f"{path}.port", None, f"a {ctype} checker needs the port to probe (1-65535), e.g. port: 80")
+        fields["port"] = _int_field(c, f"{path}.port", raw.get("port"), 0, 1, 65535)
+        host = _given(raw, "host", "127.0.0.1")
+        try:
+            fields["host"] = str(parse_ip(host))
+        except ValueError as e:
+            c.add(f"{path}.host", host, f"must be the IP address to probe, e.g. 127.0.0.1 ({e})")
+    if ctype == "http":
+        hpath = _given(raw, "path", "/")
+        if not isinstance(hpath, str) or len(hpath) > MAX_PATH_CHARS or not _HTTP_PATH_RE.fullmatch(hpath):
+            c.add(f"{path}.path", hpath, f"must be an HTTP path that starts with '/', of printable ASCII "
+                                         f"without spaces, at most {MAX_PATH_CHARS} characters, e.g. /healthz")
+        else:
+            fields["path"] = hpath
+        fields["expect_status"] = _parse_expect_status(c, f"{path}.expectStatus", _given(raw, "expectStatus", [200]))
+    if ctype == "exec":
+        if raw.get("command") is None:
+            c.add(f"{path}.command", None, "an exec checker needs the command to run, judged by its exit code, "
+                                           "e.g. command: [\"/usr/local/bin/check-app\"]")
+        else:
+            fields["command"] = _parse_command(c, f"{path}.command", raw["command"], "[\"/usr/local/bin/check-app\"]")
+    if ctype == "interface":
+        iface = _given(raw, "interface", farm_interface)
+        problem = interface_name_problem(iface)
+        if problem:
+            c.add(f"{path}.interface", iface, problem)
+        else:
+            fields["interface"] = iface
+    interval = _int_field(c, f"{path}.intervalMs", raw.get("intervalMs"), 1000, 50, 3600000)
+    timeout = _int_field(c, f"{path}.timeoutMs", raw.get("timeoutMs"), 500, 10, 3600000)
+    if timeout > interval:
+        c.add(f"{path}.timeoutMs", timeout, f"must be at most intervalMs ({interval}) so probes of one checker "
+                                            f"never overlap; lower timeoutMs or raise intervalMs")
+    failures = _int_field(c, f"{path}.failureThreshold", raw.get("failureThreshold"), 3, 1, 100)
+    successes = _int_field(c, f"{path}.successThreshold", raw.get("successThreshold"), 2, 1, 100)
+    if len(c.problems) > before:
+        return None
+    return Checker(name=name, type=ctype, interval_ms=interval, timeout_ms=timeout,
+                   failure_threshold=failures, success_threshold=successes, **fields)
+
+
+def _parse_expect_status(c: _Collector, path: str, raw: Any) -> tuple[int, ...]:
+    why = "must be a non-empty list of at most 16 HTTP status codes (100-599), e.g. [200, 204]"
+    if not isinstance(raw, list) or not raw or len(raw) > 16:
+        c.add(path, raw, why)
+        return ()
+    for i, code in enumerate(raw):
+        if code is None:    # a null list item is a value, not an absent field
+            c.add(f"{path}[{i}]", code, "each status code is an integer between 100 and 599")
+        else:
+            _int_field(c, f"{path}[{i}]", code, 200, 100, 599)
+    return tuple(raw)
+
+
+_RECOVERY_KEYS = ("command", "timeoutSeconds", "maxRestarts", "windowSeconds")
+
+
+def _parse_recovery(c: _Collector, raw: Any) -> Recovery | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        c.add("spec.recovery", raw, "must be a mapping {command, timeoutSeconds, maxRestarts, windowSeconds}, "
+                                    "e.g. {command: [systemctl, restart, nginx]}")
+        return None
+    before = len(c.problems)
+    for key in raw:
+        if key not in _RECOVERY_KEYS:
+            c.add(f"spec.recovery.{key}", raw[key],
+                  "unknown field; recovery has command, timeoutSeconds, maxRestarts and windowSeconds")
+    example = "[systemctl, restart, nginx]"
+    if raw.get("command") is None:
+        c.add("spec.recovery.command", None, f"recovery needs the command to run when a checker fails, "
+                                             f"e.g. command: {example}")
+        command: tuple[str, ...] = ()
+    else:
+        command = _parse_command(c, "spec.recovery.command", raw["command"], example)
+    timeout = _int_field(c, "spec.recovery.timeoutSeconds", raw.get("timeoutSeconds"), 30, 1, 3600)
+    restarts = _int_field(c, "spec.recovery.maxRestarts", raw.get("maxRestarts"), 3, 0, 1000)
+    window = _int_field(c, "spec.recovery.windowSeconds", raw.get("windowSeconds"), 86400, 1, 31536000)
+    if len(c.problems) > before:
+        return None
+    return Recovery(command, timeout, restarts, window)
 
 
 def load_farm_file(path: str, *, require_nodes: bool = True) -> Farm:

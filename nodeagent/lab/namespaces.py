@@ -12,8 +12,10 @@ children also die with it if it is SIGKILLed.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,10 +24,10 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, netns
 
-from .processes import CleanupOnExit, pdeathsig_prefix, spawn_logged
-
 from vipfarm.heartbeat_keys import generate_key_text
 
+from ..pinned_maps import read_owned
+from .processes import CleanupOnExit, pdeathsig_prefix, spawn_logged
 
 
 def _code_path() -> str:
@@ -60,6 +62,25 @@ def client_ips6(count: int) -> list[str]:
     return [f"2001:db8:1::{0x100 + i:x}" for i in range(count)]
 
 
+def ns_pids(ns: str) -> list[int]:
+    """Every process whose network namespace is /run/netns/<ns> (what `ip netns pids` prints)."""
+    try:
+        target = os.stat(f"/run/netns/{ns}")
+    except FileNotFoundError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:          # gone, or a zombie
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            pids.append(int(entry))
+    return sorted(pids)
+
+
 @dataclass
 class Lab:
     nodes: int = 3
@@ -67,6 +88,8 @@ class Lab:
     prefix: str = field(default_factory=lambda: f"vf{os.getpid() & 0xffff:04x}{int(time.time() * 1000) & 0xff:02x}-")
     procs: list[subprocess.Popen] = field(default_factory=list)
     workdir: str = ""
+    # Run first at teardown, before any process is killed (faults.py undoes its faults here).
+    teardown_hooks: list = field(default_factory=list)
     _cleanup: CleanupOnExit | None = None
 
     # -- names ----------------------------------------------------------------------------
@@ -151,6 +174,11 @@ class Lab:
             self._cleanup.run()
 
     def _teardown(self) -> None:
+        for hook in self.teardown_hooks:
+            try:
+                hook()
+            except Exception as e:      # noqa: BLE001 - the namespaces must go whatever happens
+                print(f"event=lab_teardown_hook_failed hook={hook!r} error={e!r}", file=sys.stderr)
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -159,6 +187,15 @@ class Lab:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        # Whatever else still runs in the lab's namespaces (a server a recovery command started,
+        # a process a test spawned itself) would outlive them: a deleted netns kills nobody.
+        for ns in self.namespaces():
+            for pid in ns_pids(ns):
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
         for ns in self.namespaces():
             try:
                 netns.remove(ns)
@@ -230,6 +267,34 @@ class Lab:
             time.sleep(0.2)
         raise TimeoutError(f"agent n{k} not ready after {timeout}s:\n{self.agent_log(k)}")
 
+    def owned(self, k: int, farm: str, iface: str = "eth0") -> set[int] | None:
+        """The buckets node k's filter owns for `farm` (from its pinned maps), None before it has any."""
+        try:
+            with open(os.path.join(self.state_root, f"n{k}", f"{iface}.json")) as f:
+                slot = json.load(f)["slots"][farm]
+            return read_owned(os.path.join(self.pin_root, f"n{k}", iface), slot)
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def wait_converged(self, farm: str, nodes: list[int], buckets: int = 1024, timeout: float = 30,
+                       idle: tuple[int, ...] = ()) -> dict[int, set[int]]:
+        """Wait until the nodes' filters partition the farm's buckets: every bucket owned by
+        exactly one of them and every node but those in `idle` (weight 0) holding some (the
+        agents agreed and programmed it). Returns each node's share."""
+        deadline = time.monotonic() + timeout
+        last: dict[int, set[int] | None] = {}
+        while time.monotonic() < deadline:
+            last = {k: self.owned(k, farm) for k in nodes}
+            shares = [s for s in last.values() if s is not None]
+            if len(shares) == len(nodes) and sum(map(len, shares)) == buckets \
+                    and set().union(*shares) == set(range(buckets)) \
+                    and all(last[k] for k in nodes if k not in idle):
+                return {k: set(s) for k, s in last.items()}
+            time.sleep(0.05)
+        counts = {k: (None if s is None else len(s)) for k, s in last.items()}
+        raise TimeoutError(f"farm {farm}: nodes {nodes} did not converge on one owner per bucket within "
+                           f"{timeout}s (buckets held: {counts}); agent logs in {self.workdir}")
+
     def write_farm(self, name: str, text: str) -> str:
         path = os.path.join(self.workdir, f"{name}.yaml")
         with open(path, "w") as f:
@@ -240,7 +305,7 @@ class Lab:
 def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode: str = "unicast-flood",
               xdp_mode: str = "auto", buckets: int = 1024, rules: str | None = None,
               key_file: str | None = None, interval_ms: int | None = None, timeout_ms: int | None = None,
-              extra: str = "") -> str:
+              witness: str | None = None, extra: str = "") -> str:
     """A standalone Farm file for lab nodes n1..nN (`extra`: more spec lines, indented by two).
     A farm of two or more nodes needs `key_file` (Lab.key_file)."""
     if rules is None:
@@ -253,10 +318,11 @@ def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode:
     return (f"apiVersion: vipfarm.io/v1alpha1\nkind: Farm\nmetadata:\n  name: {name}\nspec:\n"
             f"  virtualIPs: [{vip_list}]\n  interface: eth0\n  buckets: {buckets}\n"
             f"  vmacMode: {vmac_mode}\n  xdpMode: {xdp_mode}\n  rules:\n{rules}  nodes:\n{nodes}"
-            + _heartbeat_yaml(key_file, interval_ms, timeout_ms) + extra)
+            + _heartbeat_yaml(key_file, interval_ms, timeout_ms, witness) + extra)
 
 
-def _heartbeat_yaml(key_file: str | None, interval_ms: int | None, timeout_ms: int | None) -> str:
+def _heartbeat_yaml(key_file: str | None, interval_ms: int | None, timeout_ms: int | None,
+                    witness: str | None) -> str:
     fields = [f"{k}: {v}" for k, v in (("keyFile", key_file), ("intervalMs", interval_ms),
-                                          ("timeoutMs", timeout_ms)) if v is not None]
+                                          ("timeoutMs", timeout_ms), ("witness", witness)) if v is not None]
     return f"  heartbeat: {{{', '.join(fields)}}}\n" if fields else ""

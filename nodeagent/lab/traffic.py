@@ -48,11 +48,15 @@ def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
             s = key.fileobj
             if key.data == "tcp":
                 try:
-                    conn, _ = s.accept()
-                except BlockingIOError:
+                    conn, peer = s.accept()
+                except (BlockingIOError, ConnectionAbortedError):
                     continue
                 try:
                     conn.sendall(reply)
+                except OSError as e:
+                    # The client gave up first (it reset while we were stopped or slow): its
+                    # connection is gone, the server is not; keep serving the others.
+                    print(f"event=reply_failed peer={peer[0]} port={peer[1]} error={type(e).__name__}", flush=True)
                 finally:
                     conn.close()
             else:

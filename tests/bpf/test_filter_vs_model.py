@@ -4,12 +4,14 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import random
+import time
 from collections import Counter
 
 import pytest
 
 from nodeagent import neighbour
-from nodeagent.bpf_consts import CNT_MALFORMED, GLOBAL_SLOT, NCOUNTERS, XDP_DROP, XDP_PASS, XDP_TX
+from nodeagent.bpf_consts import (CNT_ACCEPTED, CNT_LEASE_EXPIRED, CNT_LEASE_LAPSED, CNT_MALFORMED,
+                                  GLOBAL_SLOT, NCOUNTERS, XDP_DROP, XDP_PASS, XDP_TX)
 from nodeagent.bpf_program import compile_filter, load_filter
 from tests.support.filter_model import FilterModel
 from nodeagent.filter_tables import FilterTables
@@ -21,6 +23,19 @@ from vipfarm.spec import parse_farm
 OWN_MAC = bytes.fromhex("02aa00000001")
 VIP4 = ipaddress.ip_address("203.0.113.10").packed
 VIP6 = ipaddress.ip_address("2001:db8::10").packed
+# TCP flag bytes for the lease runs: SYN, SYN+ACK, ACK, PSH+ACK, FIN+ACK, RST, SYN+FIN, SYN+RST,
+# none, SYN+ECE+CWR, everything.
+TCP_FLAG_MIX = (0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x03, 0x06, 0x00, 0xC2, 0xFF)
+HOUR_NS = 3600 * 10**9
+INTERVAL_NS = 100 * 10**6         # deadline = syn_deadline + one heartbeat interval, as the agent writes
+
+
+def lease_deadlines(state: str) -> tuple[int, int]:
+    """(syn_deadline, deadline) for slots 0 and 5: none, both an hour ahead, the SYN stage long
+    past (1 ns after boot) with the deadline an hour ahead, or both long past."""
+    ahead = time.monotonic_ns() + HOUR_NS
+    return {"none": (0, 0), "valid": (ahead, ahead + INTERVAL_NS), "syn-expired": (1, ahead),
+            "lapsed": (1, 1 + INTERVAL_NS)}[state]
 
 
 def farm_doc(name, vips, buckets, rules=()):
@@ -51,6 +66,12 @@ class Loaded:
         self.trace = self.bpf[b"vf_trace"]
         self.model = FilterModel(plan, OWN_MAC, answer_neigh)
 
+    def set_leases(self, leases: dict[int, tuple[int, int]]) -> None:
+        """The same leases, (syn_deadline, deadline), in the kernel's map and in the model."""
+        for slot, (syn_deadline, deadline) in leases.items():
+            self.tables.write_lease(slot, syn_deadline, deadline)
+        self.model.leases = dict(leases)
+
     def counters(self) -> Counter:
         out = Counter()
         stats = self.tables.stats
@@ -72,21 +93,50 @@ def loaded(request):
     return Loaded(request.param, make_plan(rng))
 
 
-def frames(seed: int, n: int):
+def frames(seed: int, n: int, tcp_flags: tuple[int, ...] = ()):
     gen = framegen.FrameGen(random.Random(seed), [VIP4, ipaddress.ip_address("203.0.113.20").packed,
                                                   ipaddress.ip_address("203.0.113.11").packed],
                             [VIP6, ipaddress.ip_address("2001:db8::20").packed],
-                            [80, 443, 53, 5000, 5050, 5100], OWN_MAC)
+                            [80, 443, 53, 5000, 5050, 5100], OWN_MAC, tcp_flags)
     for i in range(n):
         yield i, gen.frame()
 
 
 @pytest.mark.parametrize("seed,count", [(1, 6000), (2, 6000)])
 def test_random_frames_get_the_verdict_bucket_and_bytes_of_the_model(loaded, seed, count):
+    compare_random_frames(loaded, seed, count)
+
+
+@pytest.fixture(params=["none", "valid", "syn-expired", "lapsed"])
+def lease_state(loaded, request):
+    """Both farms' leases in one state for the test, and no lease again after it."""
+    lease = lease_deadlines(request.param)
+    loaded.set_leases({0: lease, 5: lease})
+    yield request.param
+    loaded.set_leases({0: (0, 0), 5: (0, 0)})
+
+
+def test_random_frames_with_every_tcp_flag_mix_agree_with_the_model_under_a_lease(loaded, lease_state):
+    """SYNs, SYN-ACKs, ACKs, RSTs, odd mixes, UDP, ICMP and fragments, with no lease, a valid
+    one, one past its SYN stage only, and one past both stages."""
+    seen = compare_random_frames(loaded, 3, 5000, TCP_FLAG_MIX)
+    if lease_state in ("syn-expired", "lapsed"):
+        assert seen[CNT_LEASE_EXPIRED] > 50, f"no random SYN hit an owned bucket with the lease {lease_state}"
+    else:
+        assert seen[CNT_LEASE_EXPIRED] == 0
+    if lease_state == "lapsed":
+        assert seen[CNT_LEASE_LAPSED] > 200, "few random non-SYN packets hit an owned bucket with the lease lapsed"
+        assert seen[CNT_ACCEPTED] == 0, "the model accepted a packet to an owned bucket with the lease lapsed"
+    else:
+        assert seen[CNT_LEASE_LAPSED] == 0
+
+
+def compare_random_frames(loaded, seed: int, count: int, tcp_flags: tuple[int, ...] = ()) -> Counter:
+    """Run `count` random frames through the kernel and the model; returns the model's counters."""
     before = loaded.counters()
     expected = Counter()
     verdicts = Counter()
-    for i, frame in frames(seed, count):
+    for i, frame in frames(seed, count, tcp_flags):
         want = loaded.model.decide(frame)
         got, bucket = loaded.run(frame)
         ctx = f"seed={seed} frame #{i}: {frame.hex()}"
@@ -100,11 +150,12 @@ def test_random_frames_get_the_verdict_bucket_and_bytes_of_the_model(loaded, see
         expected[(want.slot, want.counter)] += 1
         verdicts[want.verdict] += 1
     after = loaded.counters()
-    assert {k: after[k] - before[k] for k in expected} == dict(expected)
+    assert {k: after[k] - before[k] for k in after} == {k: expected[k] for k in after}
     # The random mix really exercised every path.
     assert verdicts[XDP_PASS] > 100 and verdicts[XDP_DROP] > 100
     if loaded.model.answer_neigh:
         assert verdicts[XDP_TX] > 50
+    return Counter({c: n for (_, c), n in expected.items()})
 
 
 def test_arp_request_for_a_vip_is_answered_with_the_virtual_mac(loaded):

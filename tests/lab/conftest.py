@@ -21,12 +21,18 @@ FARMS = {
 }
 
 
+# The dataplane tests' farms heartbeat slowly: an agent restart (kill, 1 s, start) must stay
+# inside the timeout, so no failover happens (tests/lab/test_failover.py tests failover).
+HB_INTERVAL_MS, HB_TIMEOUT_MS = 200, 4000
+
+
 class FarmLab:
     def __init__(self, lab: Lab):
         self.lab = lab
         self.files = [lab.write_farm(name, farm_yaml(name, f["vips"], f["weights"],
                                                      vmac_mode=f.get("vmac_mode", "unicast-flood"),
-                                                     key_file=lab.key_file))
+                                                     key_file=lab.key_file, interval_ms=HB_INTERVAL_MS,
+                                                     timeout_ms=HB_TIMEOUT_MS))
                       for name, f in FARMS.items()]
         self.agents = {}
 
@@ -35,6 +41,12 @@ class FarmLab:
         self.agents[k] = p
         self.lab.wait_agent_ready(k, p, after=after)
         return p
+
+    def wait_converged(self, nodes=(1, 2, 3)) -> None:
+        """Every farm's buckets owned by exactly one of `nodes` (the agents agreed)."""
+        for name, f in FARMS.items():
+            idle = tuple(int(n[1:]) for n, w in f["weights"].items() if w == 0)
+            self.lab.wait_converged(name, list(nodes), idle=idle)
 
     def sources(self, n: int = 60) -> list[str]:
         return client_ips(n)
@@ -71,4 +83,5 @@ def farm_lab():
         for k, p in enumerate(procs, 1):
             fl.agents[k] = p
             lab.wait_agent_ready(k, p, timeout=180)
+        fl.wait_converged()
         yield fl

@@ -29,7 +29,19 @@ VALID_FARM: dict = {
         "nodeSelector": {"vipfarm.io/member": "true"},
         "seed": 12345,
         "virtualMAC": "02:00:5e:10:00:01",
-        "heartbeat": {"port": 7946, "intervalMs": 200, "timeoutMs": 1000},
+        "heartbeat": {"port": 7946, "intervalMs": 100, "timeoutMs": 300, "keyFile": "/etc/vipfarm/heartbeat.key",
+                      "witness": "198.51.100.254"},
+        "checkers": [
+            {"name": "web", "type": "tcp", "port": 80, "host": "127.0.0.1", "intervalMs": 1000, "timeoutMs": 500,
+             "failureThreshold": 3, "successThreshold": 2},
+            {"name": "health", "type": "http", "port": 8080, "host": "2001:db8::1", "path": "/healthz",
+             "expectStatus": [200, 204]},
+            {"name": "app", "type": "exec", "command": ["/usr/local/bin/check-app", "--quick"], "timeoutMs": 50,
+             "intervalMs": 50},
+            {"name": "link", "type": "interface", "interface": "bond0"},
+        ],
+        "recovery": {"command": ["systemctl", "restart", "nginx"], "timeoutSeconds": 30, "maxRestarts": 3,
+                     "windowSeconds": 86400},
     },
 }
 
@@ -45,12 +57,16 @@ NASTY_STRINGS = [
     "multicast", "unicast-flood", "native", "generic", "offload",
     "02:00:5e:10:00:01", "03:00:5e:10:00:01", "02:00:5E:10:00:01", "ff:ff:ff:ff:ff:ff",
     "02:00:5e:10:00:01\n", "02-00-5e-10-00-01", "1024", "true", "null",
+    "tcp", "exec", "interface", "/", "/healthz", "healthz", "/a b", "/\u00fc", "/etc/vipfarm/heartbeat.key",
+    "etc/key", "web", "app", "lo", "198.51.100.254", "2001:db8::fe", "224.0.0.1",
 ]
-NASTY_SCALARS = [0, 1, -1, 2, 3, 7, 1000, 1001, 1024, 1000.0, 1.5, 2**16, 2**31, 2**32 - 1, 2**32, 2**63, 2**64,
+NASTY_SCALARS = [0, 1, -1, 2, 3, 7, 9, 10, 49, 50, 99, 100, 199, 200, 503, 599, 600, 1000, 1001, 1024, 1000.0, 1.5, 2**16, 2**31, 2**32 - 1, 2**32, 2**63, 2**64,
                  -(2**63), True, False, None]
 INSERT_KEYS = ["virtualIPs", "interface", "buckets", "vmacMode", "xdpMode", "rules", "nodes", "nodeSelector",
                "seed", "virtualMAC", "heartbeat", "name", "address", "weight", "protocol", "ports", "affinity",
-               "port", "intervalMs", "timeoutMs", "replicas", "wieght", "", "\x00", "ü"]
+               "port", "intervalMs", "timeoutMs", "replicas", "wieght", "", "\x00", "ü",
+               "keyFile", "witness", "checkers", "recovery", "type", "host", "path", "expectStatus", "command",
+               "failureThreshold", "successThreshold", "timeoutSeconds", "maxRestarts", "windowSeconds"]
 
 
 class Opaque:

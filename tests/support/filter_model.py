@@ -3,22 +3,32 @@
 tests/bpf runs the real program with BPF_PROG_TEST_RUN on thousands of frames and checks the
 verdict, the counter, the bucket and the output bytes against decide(). The model follows the
 C step by step; when one changes, the other must, and the test says so.
+
+The lease: `leases` maps a farm slot to (syn_deadline, deadline) (ns, CLOCK_MONOTONIC; 0 = that
+stage not in use, absent = no lease). decide() takes "now" in the same clock twice, as the
+kernel reads it: now_ns, the exact clock (bpf_ktime_get_ns, time.monotonic_ns() unless given),
+which SYNs are judged by, and coarse_ns, the coarse clock (bpf_ktime_get_coarse_ns,
+CLOCK_MONOTONIC_COARSE unless given; now_ns when only that is given), which every other packet
+to an owned bucket is judged by.
 """
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 from vipfarm.hashing import client_hash
 
 from nodeagent import neighbour
 from nodeagent.bpf_consts import (AFF_CLIENTIP, AFF_CLIENTIPPORT, CNT_ACCEPTED, CNT_DROPPED,
-                         CNT_MALFORMED, CNT_NEIGH_PUNTED, CNT_NEIGH_REPLIED, CNT_PASSED,
+                         CNT_LEASE_EXPIRED, CNT_LEASE_LAPSED, CNT_MALFORMED, CNT_NEIGH_PUNTED, CNT_NEIGH_REPLIED, CNT_PASSED,
                          FAMILY_V4, FAMILY_V6, GLOBAL_SLOT, MAX_EXT_HDRS, MAX_EXT_OFFSET,
-                         XDP_DROP, XDP_PASS, XDP_TX)
+                         TCP_ACK, TCP_SYN, XDP_DROP, XDP_PASS, XDP_TX)
 from nodeagent.filter_plan import FilterPlan
 
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
+# bpf_ktime_get_coarse_ns()'s clock (linux/time.h; Python's time module does not name it).
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)
 IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
 _EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS)
 
@@ -39,26 +49,52 @@ class _Flow:
     proto: int | None
     sport: int | None
     dport: int | None
+    tcp_flags: int = 0
+
+    @property
+    def opens_flow(self) -> bool:
+        """SYN without ACK: a segment that opens a TCP flow."""
+        return self.proto == IPPROTO_TCP and self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 
 
 class FilterModel:
-    def __init__(self, plan: FilterPlan, own_mac: bytes, answer_neigh: bool = True):
+    def __init__(self, plan: FilterPlan, own_mac: bytes, answer_neigh: bool = True,
+                 leases: dict[int, tuple[int, int]] | None = None):
         self.vips = plan.vip_by_key()
         self.farms = plan.farm_by_slot()
         self.own_mac = own_mac
         self.answer_neigh = answer_neigh
+        self.leases = dict(leases or {})     # farm slot -> (syn_deadline, deadline) ns; 0 = stage off
+
+    def lease_drop(self, slot: int, flow: "_Flow", now_ns: int, coarse_ns: int) -> int | None:
+        """The counter an owned packet is dropped under by the lease, or None (taken)."""
+        syn_deadline, deadline = self.leases.get(slot, (0, 0))
+        if flow.opens_flow:
+            if syn_deadline and now_ns > syn_deadline:
+                return CNT_LEASE_EXPIRED
+            if deadline and now_ns > deadline:
+                return CNT_LEASE_LAPSED
+            return None
+        if deadline and coarse_ns > deadline:
+            return CNT_LEASE_LAPSED
+        return None
 
     # -- steps, in the order of the C program ------------------------------------------
-    def decide(self, frame: bytes) -> Outcome:
+    def decide(self, frame: bytes, now_ns: int | None = None, coarse_ns: int | None = None) -> Outcome:
+        if now_ns is None:
+            now_ns = time.monotonic_ns()
+            if coarse_ns is None:
+                coarse_ns = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        now = (now_ns, now_ns if coarse_ns is None else coarse_ns)
         if len(frame) < 14:
             return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_MALFORMED, frame)
         ethertype = struct.unpack_from("!H", frame, 12)[0]
         if ethertype == neighbour.ETH_P_ARP:
             return self._arp(frame)
         if ethertype == neighbour.ETH_P_IP:
-            return self._ipv4(frame)
+            return self._ipv4(frame, now)
         if ethertype == neighbour.ETH_P_IPV6:
-            return self._ipv6(frame)
+            return self._ipv6(frame, now)
         return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_PASSED, frame)
 
     def _neigh(self, slot: int, reply: bytes, frame: bytes) -> Outcome:
@@ -75,7 +111,7 @@ class FilterModel:
         reply = neighbour.arp_reply_in_place(frame, self.own_mac, farm.vmac) if self.answer_neigh else b""
         return self._neigh(vip.slot, reply, frame)
 
-    def _ipv4(self, frame: bytes) -> Outcome:
+    def _ipv4(self, frame: bytes, now: tuple[int, int]) -> Outcome:
         if len(frame) < 34:
             return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_MALFORMED, frame)
         ip = frame[14:]
@@ -94,9 +130,9 @@ class FilterModel:
             if ports is None:
                 return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
             flow = _Flow(flow.client, False, proto, *ports)
-        return self._decide(frame, vip, flow)
+        return self._decide(frame, vip, flow, now)
 
-    def _ipv6(self, frame: bytes) -> Outcome:
+    def _ipv6(self, frame: bytes, now: tuple[int, int]) -> Outcome:
         if len(frame) < 54:
             return Outcome(XDP_PASS, GLOBAL_SLOT, CNT_MALFORMED, frame)
         ns = neighbour.parse_neighbour_solicitation(frame)
@@ -131,14 +167,16 @@ class FilterModel:
             if ports is None:
                 return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
             flow = _Flow(flow.client, False, nh, *ports)
-        return self._decide(frame, vip, flow)
+        return self._decide(frame, vip, flow, now)
 
     @staticmethod
-    def _ports(ip: bytes, l4: int, end: int, proto: int) -> tuple[int, int] | None:
+    def _ports(ip: bytes, l4: int, end: int, proto: int) -> tuple[int, int, int] | None:
+        """(source port, destination port, TCP flags or 0), or None when the header is cut."""
         need = 20 if proto == IPPROTO_TCP else 8
         if l4 + need > end:
             return None
-        return struct.unpack_from("!HH", ip, l4)
+        flags = ip[l4 + 13] if proto == IPPROTO_TCP else 0
+        return (*struct.unpack_from("!HH", ip, l4), flags)
 
     def affinity(self, vip, flow: _Flow) -> int:
         if flow.fragment or flow.proto is None:
@@ -148,12 +186,15 @@ class FilterModel:
                 return rule.affinity
         return AFF_CLIENTIP
 
-    def _decide(self, frame: bytes, vip, flow: _Flow) -> Outcome:
+    def _decide(self, frame: bytes, vip, flow: _Flow, now: tuple[int, int]) -> Outcome:
         farm = self.farms.get(vip.slot)
         if farm is None:
             return Outcome(XDP_DROP, vip.slot, CNT_DROPPED, frame)
         port = flow.sport if self.affinity(vip, flow) == AFF_CLIENTIPPORT else None
         bucket = client_hash(flow.client, port, farm.seed) & (farm.buckets - 1)
         if bucket in farm.owned:
+            reason = self.lease_drop(vip.slot, flow, *now)
+            if reason is not None:
+                return Outcome(XDP_DROP, vip.slot, reason, frame, bucket)
             return Outcome(XDP_PASS, vip.slot, CNT_ACCEPTED, self.own_mac + frame[6:], bucket)
         return Outcome(XDP_DROP, vip.slot, CNT_DROPPED, frame, bucket)

@@ -33,8 +33,9 @@ def ipv6(src: bytes, dst: bytes, nh: int, payload: bytes, *, plen: int | None = 
     return struct.pack("!IHBB", version << 28, length & 0xFFFF, nh, hop) + src + dst + payload
 
 
-def tcp(sport: int, dport: int, extra: int = 0) -> bytes:
-    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0) + bytes(extra)
+def tcp(sport: int, dport: int, extra: int = 0, flags: int = 0x02) -> bytes:
+    """A TCP header (a SYN unless `flags` says otherwise) and `extra` zero bytes."""
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0) + bytes(extra)
 
 
 def udp(sport: int, dport: int, data: bytes = b"x") -> bytes:
@@ -66,8 +67,11 @@ class FrameGen:
     """Frames aimed at a set of VIPs (v4 and v6) and the rule ports of a plan."""
 
     def __init__(self, rng: random.Random, vips4: list[bytes], vips6: list[bytes],
-                 ports: list[int], dst_mac: bytes):
+                 ports: list[int], dst_mac: bytes, tcp_flags: tuple[int, ...] = ()):
+        """tcp_flags: the TCP flag bytes to pick from; empty = every TCP segment is a SYN
+        (and the random stream is the one it always was)."""
         self.rng = rng
+        self.tcp_flags = tcp_flags
         self.vips4 = vips4
         self.vips6 = vips6
         self.ports = ports
@@ -102,7 +106,8 @@ class FrameGen:
     def l4(self, proto: int) -> bytes:
         r = self.rng
         if proto == 6:
-            return tcp(r.randrange(1, 65536), self.port(), extra=r.choice((0, 0, 12)))
+            flags = r.choice(self.tcp_flags) if self.tcp_flags else 0x02
+            return tcp(r.randrange(1, 65536), self.port(), extra=r.choice((0, 0, 12)), flags=flags)
         if proto == 17:
             return udp(r.randrange(1, 65536), self.port(), r.randbytes(r.randrange(0, 40)))
         return icmp_echo(r.randrange(65536))

@@ -24,12 +24,14 @@ ENTRY_POINTS = {"nodeagent.main", "nodeagent.cli", "vipfarm_operator.main"}
 # The core computes; it does not touch the network, the kernel, processes or the API server.
 # (yaml: spec.load_farm_file parses the one file it is given; sys: assignment's byte order.)
 CORE_MAY_IMPORT = {"__future__", "array", "base64", "dataclasses", "datetime", "hashlib", "ipaddress",
-                   "re", "sys", "typing", "zlib", "yaml", "collections", "itertools", "functools", "enum"}
+                   "re", "sys", "typing", "zlib", "yaml", "collections", "itertools", "functools", "enum",
+                   "hmac", "struct", "json"}
 
 
 # The two core modules that may do more, and why: vipfarm_bpf names its own folder (os.path);
-# vipfarm.kubeconfig is the one loader of API credentials that the agent and the operator share.
-CORE_EXCEPTIONS = {"vipfarm_bpf": {"os"}, "vipfarm.kubeconfig": {"kubernetes", "os"}}
+# vipfarm.kubeconfig is the one loader of API credentials that the agent and the operator share;
+# vipfarm.heartbeat_keys draws a new key's random bytes (generate_key_text).
+CORE_EXCEPTIONS = {"vipfarm_bpf": {"os"}, "vipfarm.kubeconfig": {"kubernetes", "os"}, "vipfarm.heartbeat_keys": {"secrets"}}
 
 
 def modules() -> dict[str, str]:

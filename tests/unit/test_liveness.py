@@ -18,6 +18,7 @@ class R:
     age_ms: int
     heard: frozenset
     agree: bytes = b"d" * 8
+    flags: int = 0
 
 
 def table(boot=100):

@@ -73,7 +73,8 @@ def test_standalone_example_parses_to_the_expected_model():
     assert farm.nodes == (NodeSpec("n1", ipaddress.IPv4Address("198.51.100.1"), 1),
                           NodeSpec("n2", ipaddress.IPv4Address("198.51.100.2"), 2))
     assert farm.node("n2").weight == 2
-    assert farm.heartbeat == Heartbeat(7946, 200, 1000)
+    assert farm.heartbeat == Heartbeat(7946, 100, 300, "")
+    assert farm.checkers == () and farm.recovery is None
     assert dict(farm.node_selector) == {}
 
 
@@ -281,7 +282,7 @@ BAD = [
     ("node-unknown-field", with_spec(nodes=[_node(1, wieght=2)]), {},
      ["spec.nodes[0].wieght", "2", "unknown field; a node has name, address and weight"]),
     ("heartbeat-unknown-field", with_spec(heartbeat={"intervalMS": 500}), {},
-     ["spec.heartbeat.intervalMS", "500", "unknown field; heartbeat has port, intervalMs and timeoutMs"]),
+     ["spec.heartbeat.intervalMS", "500", "unknown field; heartbeat has port, intervalMs, timeoutMs, keyFile and witness"]),
     # an empty value of the wrong type is not "absent" (the API server refuses these too)
     ("node-selector-empty-list", with_spec(nodeSelector=[]), {},
      ["spec.nodeSelector", "[]", "must map label names"]),

@@ -74,7 +74,7 @@ def assert_farm_invariants(farm: Farm) -> None:
         assert _is_plain_int(rule.ports.low, 1, 65535) and _is_plain_int(rule.ports.high, 1, 65535)
         assert rule.ports.low <= rule.ports.high
 
-    assert len(farm.nodes) <= 256
+    assert len(farm.nodes) <= 64
     names = [n.name for n in farm.nodes]
     addrs = [n.address for n in farm.nodes]
     assert len(set(names)) == len(names) and len(set(addrs)) == len(addrs)
@@ -95,6 +95,47 @@ def assert_farm_invariants(farm: Farm) -> None:
     hb = farm.heartbeat
     assert _is_plain_int(hb.port, 1, 65535) and _is_plain_int(hb.interval_ms, 10, 60000)
     assert _is_plain_int(hb.timeout_ms, 30, 600000) and hb.timeout_ms >= 3 * hb.interval_ms
+    assert hb.key_file == "" or (hb.key_file.startswith("/") and "\x00" not in hb.key_file), hb.key_file
+    assert_checker_invariants(farm)
+
+
+_TYPE_FIELDS = {"tcp": {"port", "host"}, "http": {"port", "host", "path", "expect_status"}, "exec": {"command"},
+                "interface": {"interface"}}
+_EMPTY = {"port": 0, "host": "", "path": "", "expect_status": (), "command": (), "interface": ""}
+
+
+def _command_ok(command) -> bool:
+    return (type(command) is tuple and 1 <= len(command) <= 64 and bool(command[0])
+            and all(type(a) is str and "\x00" not in a for a in command))
+
+
+def assert_checker_invariants(farm: Farm) -> None:
+    assert len(farm.checkers) <= 16
+    names = [c.name for c in farm.checkers]
+    assert len(set(names)) == len(names), names
+    for c in farm.checkers:
+        assert _LABEL.fullmatch(c.name) and len(c.name) <= 63, c.name
+        assert c.type in _TYPE_FIELDS, c.type
+        for fname, empty in _EMPTY.items():     # a field of another type is never set
+            if fname not in _TYPE_FIELDS[c.type]:
+                assert getattr(c, fname) == empty, (c.type, fname, getattr(c, fname))
+        if c.type in ("tcp", "http"):
+            assert _is_plain_int(c.port, 1, 65535) and _is_ip(c.host), (c.port, c.host)
+        if c.type == "http":
+            assert re.fullmatch(r"/[!-~]*", c.path), c.path
+            assert 1 <= len(c.expect_status) <= 16 and all(_is_plain_int(s, 100, 599) for s in c.expect_status)
+        if c.type == "exec":
+            assert _command_ok(c.command), c.command
+        if c.type == "interface":
+            raw = c.interface.encode("utf-8")
+            assert 1 <= len(raw) <= 15 and not set(raw) & _IFNAME_BAD and c.interface not in (".", "..")
+        assert _is_plain_int(c.interval_ms, 50, 3600000) and _is_plain_int(c.timeout_ms, 10, c.interval_ms)
+        assert _is_plain_int(c.failure_threshold, 1, 100) and _is_plain_int(c.success_threshold, 1, 100)
+    r = farm.recovery
+    if r is not None:
+        assert _command_ok(r.command), r.command
+        assert _is_plain_int(r.timeout_seconds, 1, 3600) and _is_plain_int(r.max_restarts, 0, 1000)
+        assert _is_plain_int(r.window_seconds, 1, 31536000)
 
 
 def check_document(doc) -> Farm | None:
@@ -115,7 +156,7 @@ def check_document(doc) -> Farm | None:
 
 def test_the_unmutated_document_is_accepted_and_keeps_the_invariants():
     farm = check_document(copy.deepcopy(VALID_FARM))
-    assert farm is not None and len(farm.nodes) == 2
+    assert farm is not None and len(farm.nodes) == 2 and len(farm.checkers) == 4 and farm.recovery is not None
 
 
 @settings(max_examples=4000, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
