@@ -28,6 +28,11 @@
   reconfigures the heartbeats. Without a usable key a Farm of several members is served by
   nothing here: the log (event=heartbeat_key_unusable) and the report (reason
   HeartbeatKeyUnusable, lastError) name the Secret and the fix.
+* Checkers (spec.checkers, nodeagent/checkers.py): a CheckRunner per served Farm with
+  checkers. While they fail this node is withdrawn (it stays in the view, serves nothing;
+  the operator shows it Withdrawn), and each transition is logged by the runner and becomes
+  the Farm report's `checks` entry (checker name -> state, type, detail, since). Events
+  for them are not posted yet (the agent has no Event RBAC).
 * When the API server is unreachable the heartbeats go on deciding (nothing on their path
   waits for the API) and the dataplane follows them; the rest of the programming stays
   as it was.
@@ -59,6 +64,7 @@ from typing import Callable, Mapping
 
 from vipfarm import __version__, kubeconfig
 from vipfarm.base_assignment import Base, base_from_status, decode_base, encode_base
+from vipfarm.checks import Health
 from vipfarm.farm_status import CorruptAssignment, stored_assignment, stored_epoch
 from vipfarm.heartbeat_keys import HeartbeatKeyError, Keyring, keyring_from_secret
 from vipfarm.reports import membership_report
@@ -69,6 +75,7 @@ from . import farmnode_report as pacing
 from . import netconfig
 from .backoff import Backoff
 from .bpf_program import DataplaneError
+from .checkers import CheckRunner
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine
 from .leases import LeaseWriter
 from .netconfig import InterfaceError
@@ -108,7 +115,7 @@ def member_eligible(m: Mapping) -> bool:
 
 
 def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | None, keyring: Keyring | None,
-               adopted: frozenset[int] = frozenset()) -> FarmPeers | None:
+               adopted: frozenset[int] = frozenset(), checks_fail: bool = False) -> FarmPeers | None:
     """The heartbeat configuration of one Farm this node serves, from its status; None when
     there is nothing to decide: no assignment yet, an unreadable one, or a Conflict.
 
@@ -119,7 +126,8 @@ def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | Non
     operator does not count this node eligible (its Node NotReady, cordoned, drained, or its
     report not seen yet), it is `withdrawn`: it gives up its buckets at once (the others
     already deal them without it) instead of when its peers' rows expire, and it agrees with
-    nobody until the operator counts it again."""
+    nobody until the operator counts it again. checks_fail: this node's checkers keep it
+    out (`checks_withdraw`): it stays in the view and serves nothing."""
     status = status or {}
     if status.get("phase") == "Conflict":
         return None
@@ -144,7 +152,16 @@ def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | Non
     return FarmPeers(farm.name, node, weights, addresses, hb.port, hb.interval_ms, hb.timeout_ms,
                      keyring, farm.buckets, base, may_start_chain=False, adopted=frozenset(adopted),
                      interface=farm.interface, witness=str(getattr(hb, "witness", "") or ""),
-                     withdrawn=not eligible)
+                     withdrawn=not eligible or checks_fail)
+
+
+def checks_withdraw(health: Health | None, adopted: frozenset[int]) -> bool:
+    """Whether the checkers keep this node from serving a Farm (standalone mode's rule): a
+    checker that has not passed yet withdraws a node that starts, but not one that restarted
+    while serving (its adopted buckets stay until a checker really fails)."""
+    if health is None or health.ok:
+        return False
+    return not (health.reason == "CheckerStarting" and adopted)
 
 
 class ReportingEngine(HeartbeatEngine):
@@ -225,6 +242,12 @@ class ClusterAgent:
         self.engine_config: list | None = None
         self.programmed: dict[str, frozenset[int]] = {}
         self.programmed_once = False
+        self.adopted_at_start: dict[str, frozenset[int]] | None = None
+        # Checkers (nodeagent/checkers.py): one CheckRunner per served Farm with checkers; its
+        # Health withdraws this node, its transitions become the report's `checks` entries.
+        self.runners: dict[str, CheckRunner] = {}
+        self.health: dict[str, Health] = {}
+        self.checks: dict[str, dict[str, dict]] = {}
 
     def _publish_adopted_leases(self) -> None:
         """Before anything else: where the previous agent's leases are, so the heartbeat thread
@@ -249,6 +272,35 @@ class ClusterAgent:
         with self.lock:
             self.memberships[farm] = m
         self.events.put(("DECIDED", None))
+
+    def _on_health(self, farm: str, health: Health, events) -> None:
+        """A CheckRunner's change (its thread): queue and return."""
+        with self.lock:
+            self.health[farm] = health
+            entries = self.checks.setdefault(farm, {})
+            for e in events:
+                entry = e.to_dict()
+                entries[entry["name"]] = entry
+        self.events.put(("DECIDED", None))
+
+    def _run_checkers(self, farms: list[Farm]) -> None:
+        """One CheckRunner per served Farm with checkers; one whose checkers, recovery and
+        interface did not change keeps running (and keeps its state)."""
+        wanted = {f.name: f for f in farms if f.checkers}
+        for name in list(self.runners):
+            old, new = self.runners[name].farm, wanted.get(name)
+            if new is None or (new.checkers, new.recovery, new.interface) != (old.checkers, old.recovery, old.interface):
+                self.runners.pop(name).stop()
+                with self.lock:
+                    self.health.pop(name, None)
+                    self.checks.pop(name, None)
+        for name, farm in wanted.items():
+            if name not in self.runners:
+                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_health(name, h, ev), node=self.node)
+                with self.lock:
+                    self.health[name] = runner.health()
+                self.runners[name] = runner
+                runner.start()
 
     def _on_base(self, farm: str, base: Base) -> None:
         """A newer base adopted from a peer: the Farm watch brings the same from the status."""
@@ -283,8 +335,8 @@ class ClusterAgent:
                                f"the chart with heartbeat.key empty to generate one)")
             return
         if ring != self.keyring:
-            log.info("event=heartbeat_key_loaded node=%s secret=%s/%s key=%s accepted_keys=%d",
-                     self.node, ref.namespace, ref.name, ref.key, len(ring.accepted))
+            log.info("event=heartbeat_key_loaded node=%s secret=%s/%s key=%s %s",
+                     self.node, ref.namespace, ref.name, ref.key, ring.describe())
         self.keyring, self.key_problem = ring, ""
 
     def _key_unusable(self, problem: str) -> None:
@@ -407,14 +459,22 @@ class ClusterAgent:
     def _configure_heartbeats(self, w: "pacing.Wanted", serving_now: Mapping[str, frozenset[int]]) -> set[str]:
         """Tell the heartbeat thread the Farms it decides (only when that changed); returns them."""
         peers = []
+        if self.adopted_at_start is None:
+            self.adopted_at_start = dict(serving_now)
+        self._run_checkers([i.farm for i in w.serve])
+        with self.lock:
+            health = dict(self.health)
         for item in w.serve:
             status = (self.farms.get(item.farm.name) or {}).get("status")
             adopted = (serving_now if not self.programmed_once else self.programmed).get(item.farm.name, frozenset())
-            p = farm_peers(item.farm, status, self.node, self._address(item.farm.interface), self.keyring, adopted)
+            out = checks_withdraw(health.get(item.farm.name), self.adopted_at_start.get(item.farm.name, frozenset()))
+            p = farm_peers(item.farm, status, self.node, self._address(item.farm.interface), self.keyring, adopted,
+                           checks_fail=out)
             if p is not None:
                 peers.append(p)
         key = [(p.farm, dict(p.weights), dict(p.addresses), p.port, p.interval_ms, p.timeout_ms, p.keyring,
-                p.base.epoch if p.base else 0, p.base.digest if p.base else b"", p.interface, p.witness) for p in peers]
+                p.base.epoch if p.base else 0, p.base.digest if p.base else b"", p.interface, p.witness, p.withdrawn)
+               for p in peers]
         if key != self.engine_config:
             self.engine_config = key
             self.engine.configure(peers)
@@ -430,6 +490,7 @@ class ClusterAgent:
         decided = self._configure_heartbeats(w, serving_now)
         with self.lock:
             decisions, memberships = dict(self.decisions), dict(self.memberships)
+            checks = {f: dict(c) for f, c in self.checks.items()}
         owned = {}
         for name in decided:
             d = decisions.get(name)
@@ -453,6 +514,9 @@ class ClusterAgent:
         multi = {i.farm.name for i in w.serve if _members_of(self.farms.get(i.farm.name)) > 1}
         reports = pacing.with_heartbeats(reports, addresses, {n: memberships[n] for n in decided if n in memberships},
                                          self.key_problem if self.keyring is None else "", multi)
+        for name, entries in checks.items():
+            if name in reports and entries:
+                reports[name]["checks"] = entries
         for name in decided:
             d = decisions.get(name)
             if d is not None and self._logged.get(name) != (d.buckets, d.view, d.agreed):
@@ -594,6 +658,8 @@ class ClusterAgent:
         # No goodbye: a DaemonSet restart must not make the peers take this node's buckets;
         # the next agent adopts the pins and renews the lease.
         self.engine.stop(goodbye=self.leave_on_exit)
+        for runner in self.runners.values():
+            runner.stop()
         if self.leave_on_exit:
             self.dataplanes.stop()
         self.leases.close()

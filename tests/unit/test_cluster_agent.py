@@ -497,3 +497,46 @@ def test_the_buckets_programmed_are_the_heartbeat_decisions_not_the_stored_assig
     r = agent.wanted["web"]
     assert r["membership"] == {"baseEpoch": 1, "view": ["n1", "n2"], "digest": "01" * 8, "agreed": True}
     assert r["address"] == "198.51.100.1" and r["ready"] is True
+
+
+class FakeRunner:
+    """CheckRunner's interface, driven by the test."""
+
+    def __init__(self, farm, on_change, node=""):
+        self.farm, self.on_change, self.stopped = farm, on_change, False
+
+    def health(self):
+        from vipfarm.checks import Health
+        return Health(False, "CheckerStarting", "web", "")
+
+    def start(self):
+        pass
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_failing_checkers_withdraw_the_node_and_their_transitions_are_the_reports_checks(keyed_agent, monkeypatch):
+    from vipfarm.checks import CHECKER_TRANSITION, Event, Health
+    monkeypatch.setattr(cluster_mod, "CheckRunner", FakeRunner)
+    body = served_farm()
+    body["spec"]["checkers"] = [{"name": "web", "type": "tcp", "port": 80}]
+    api = SecretApi([body], {}, secret_data={"hmac-key": KEY})
+    agent = keyed_agent(api)
+    agent._refresh_key()
+    agent._apply()
+    assert agent.configured[-1][0].withdrawn is True       # starting, nothing adopted: not serving yet
+    runner = agent.runners["web"]
+    passing = Event(CHECKER_TRANSITION, "web", "web", "tcp", "starting", "passing", "127.0.0.1:80 accepted", 1.0,
+                    "2026-12-01T00:00:01Z")
+    runner.on_change(Health(True, "CheckersPassing"), [passing])
+    agent._apply()
+    assert agent.configured[-1][0].withdrawn is False
+    assert agent.wanted["web"]["checks"] == {"web": {"name": "web", "type": "tcp", "state": "passing",
+                                                     "detail": "127.0.0.1:80 accepted", "since": "2026-12-01T00:00:01Z"}}
+    failing = Event(CHECKER_TRANSITION, "web", "web", "tcp", "passing", "failing", "connection refused", 9.0,
+                    "2026-12-01T00:00:09Z")
+    runner.on_change(Health(False, "CheckerFailing", "web", "connection refused"), [failing])
+    agent._apply()
+    assert agent.configured[-1][0].withdrawn is True
+    assert agent.wanted["web"]["checks"]["web"]["state"] == "failing"
