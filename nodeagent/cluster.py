@@ -226,7 +226,7 @@ class ClusterAgent:
         self.lock = threading.Lock()
         self.decisions: dict[str, Decision] = {}
         self.memberships: dict[str, dict] = {}
-        self.leases = LeaseWriter()
+        self.leases = LeaseWriter(self.dataplanes)
         self.engine = ReportingEngine(node, self._on_decision, self._on_base, self.leases,
                                       base_from_chunks=_decode_or_none, base_to_bytes=encode_base,
                                       on_membership=self._on_membership)
@@ -504,7 +504,7 @@ class ClusterAgent:
             self.dataplanes.program(list(w.serve))
             self.programmed_once = True
             self.programmed = {i.farm.name: frozenset(i.owned) for i in w.serve}
-            self.leases.publish(self.dataplanes.lease_locations())
+            self.leases.publish({})      # every served farm now has a started interface (set_lease)
         except (DataplaneError, InterfaceError, ValueError, OSError) as e:
             log.error("event=program_failed node=%s error=%s", self.node, e)
             error = str(e)
