@@ -12,7 +12,30 @@
 * On start the agent programs nothing and reports nothing until it has its first full Farm
   LIST and has read its Node: the dataplane it adopted keeps serving as the previous agent
   left it, and the FarmNode keeps the previous agent's reports (a restart moves no bucket).
-* When the API server is unreachable the dataplane keeps its last programming, untouched.
+* Failover (nodeagent/heartbeat.py): a heartbeat thread decides the buckets of every Farm
+  that has an assignment. Its base is the operator's assignment (status.assignment and its
+  epoch); its members are the eligible ones of status.members (the operator's word: Node
+  Ready, not cordoned or drained, agent reporting) with their weights and heartbeat
+  addresses, plus this node when the Farm selects it. The buckets programmed are the
+  engine's decisions, effective_assignment(base, weights, agreed view), so a crashed peer's
+  buckets are taken over in well under a second, with no API round trip; the operator then
+  writes the same assignment (vipfarm/decisions.py). Each report carries this node's
+  heartbeat address (`farm_peers`, first IPv4 on the farm interface, else first global
+  IPv6) and the latest membership (view, digest, agreed); a membership change is urgent.
+* The heartbeat key: the Secret named by VIPFARM_HEARTBEAT_SECRET (key
+  VIPFARM_HEARTBEAT_SECRET_KEY, with `<key>-previous` also accepted during a rotation) in
+  POD_NAMESPACE (or VIPFARM_NAMESPACE), read at start and every KEY_REREAD seconds; a change
+  reconfigures the heartbeats. Without a usable key a Farm of several members is served by
+  nothing here: the log (event=heartbeat_key_unusable) and the report (reason
+  HeartbeatKeyUnusable, lastError) name the Secret and the fix.
+* Checkers (spec.checkers, nodeagent/checkers.py): a CheckRunner per served Farm with
+  checkers. While they fail this node is withdrawn (it stays in the view, serves nothing;
+  the operator shows it Withdrawn), and each transition is logged by the runner and becomes
+  the Farm report's `checks` entry (checker name -> state, type, detail, since). Events
+  for them are not posted yet (the agent has no Event RBAC).
+* When the API server is unreachable the heartbeats go on deciding (nothing on their path
+  waits for the API) and the dataplane follows them; the rest of the programming stays
+  as it was.
   Every API call that fails (the Node read, the Farm list+watch, the FarmNode read/create
   and its status patch) is logged once when it starts failing (event=api_failed, with the
   object and the reason) and once when it works again (event=api_recovered), and retried
@@ -36,20 +59,132 @@ import threading
 import time
 from typing import Any
 
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
 from vipfarm import __version__, kubeconfig
-from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION
+from vipfarm.base_assignment import Base, base_from_status, decode_base, encode_base
+from vipfarm.checks import Health
+from vipfarm.farm_status import CorruptAssignment, stored_assignment, stored_epoch
+from vipfarm.heartbeat_keys import HeartbeatKeyError, Keyring, keyring_from_secret
+from vipfarm.reports import membership_report
+from vipfarm.spec import API_VERSION, GROUP, PLURAL, REPORT_PLURAL, VERSION, Farm
 from vipfarm.timestamps import utc_now
 
 from . import farmnode_report as pacing
+from . import netconfig
 from .backoff import Backoff
 from .bpf_program import DataplaneError
+from .checkers import CheckRunner
+from .heartbeat import Decision, FarmPeers, HeartbeatEngine
+from .leases import LeaseWriter
 from .netconfig import InterfaceError
-from .node_dataplanes import NodeDataplanes
+from .node_dataplanes import NodeDataplanes, read_local_records
 
 log = logging.getLogger("vipfarm.agent.cluster")
 
 
 NODE_REFRESH = 30.0   # seconds between reads of this Node's labels while they succeed
+KEY_REREAD = 30.0     # seconds between reads of the heartbeat Secret
+ADDRESS_REREAD = 30.0  # seconds between lookups of this node's heartbeat address per interface
+
+
+# -- the heartbeat configuration, pure ----------------------------------------------------
+@dataclass(frozen=True)
+class SecretRef:
+    name: str
+    key: str
+    namespace: str
+
+    def __str__(self) -> str:
+        return f"Secret {self.namespace}/{self.name} key {self.key}"
+
+
+def secret_ref(env: Mapping[str, str]) -> SecretRef | None:
+    """Where the heartbeat key is (the chart sets these); None when the name is not set."""
+    name = env.get("VIPFARM_HEARTBEAT_SECRET", "")
+    if not name:
+        return None
+    return SecretRef(name, env.get("VIPFARM_HEARTBEAT_SECRET_KEY") or "hmac-key",
+                     env.get("POD_NAMESPACE") or env.get("VIPFARM_NAMESPACE") or "default")
+
+
+def member_eligible(m: Mapping) -> bool:
+    """status.members[].eligible, absent meaning the same as ready (vipfarm/decisions.py)."""
+    return bool(m.get("eligible", m.get("ready")))
+
+
+def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | None, keyring: Keyring | None,
+               adopted: frozenset[int] = frozenset(), checks_fail: bool = False) -> FarmPeers | None:
+    """The heartbeat configuration of one Farm this node serves, from its status; None when
+    there is nothing to decide: no assignment yet, an unreadable one, or a Conflict.
+
+    The voters are the members the operator counts eligible (weight from status.members,
+    absent = 1), and this node (a candidate: the Farm selects it); the addresses are the ones
+    their agents reported (this node's from `address`). Another agent's view of who votes is
+    the same status, so every eligible member computes the same base and digest. When the
+    operator does not count this node eligible (its Node NotReady, cordoned, drained, or its
+    report not seen yet), it is `withdrawn`: it gives up its buckets at once (the others
+    already deal them without it) instead of when its peers' rows expire, and it agrees with
+    nobody until the operator counts it again. checks_fail: this node's checkers keep it
+    out (`checks_withdraw`): it stays in the view and serves nothing."""
+    status = status or {}
+    if status.get("phase") == "Conflict":
+        return None
+    try:
+        assignment = stored_assignment(status)
+    except CorruptAssignment:
+        return None
+    if assignment is None:
+        return None
+    members = [m for m in status.get("members") or [] if isinstance(m, Mapping) and m.get("node")]
+    weights = {m["node"]: int(m.get("weight", 1)) for m in members if member_eligible(m)}
+    eligible = node in weights
+    if not eligible:
+        own = next((m for m in members if m["node"] == node), {})
+        weights[node] = int(own.get("weight", 1))
+    addresses = {m["node"]: str(m["address"]) for m in members
+                 if m["node"] in weights and m["node"] != node and m.get("address")}
+    if address:
+        addresses[node] = address
+    hb = farm.heartbeat
+    base = base_from_status(stored_epoch(status), assignment, weights)
+    return FarmPeers(farm.name, node, weights, addresses, hb.port, hb.interval_ms, hb.timeout_ms,
+                     keyring, farm.buckets, base, may_start_chain=False, adopted=frozenset(adopted),
+                     interface=farm.interface, witness=str(getattr(hb, "witness", "") or ""),
+                     withdrawn=not eligible or checks_fail)
+
+
+def checks_withdraw(health: Health | None, adopted: frozenset[int]) -> bool:
+    """Whether the checkers keep this node from serving a Farm (standalone mode's rule): a
+    checker that has not passed yet withdraws a node that starts, but not one that restarted
+    while serving (its adopted buckets stay until a checker really fails)."""
+    if health is None or health.ok:
+        return False
+    return not (health.reason == "CheckerStarting" and adopted)
+
+
+class ReportingEngine(HeartbeatEngine):
+    """The heartbeat engine, telling the main thread about every change of a Farm's membership
+    (view, digest, agreed, withdrawn) too, not only of its buckets: the operator's liveness
+    rule reads it from the reports. Runs in the heartbeat thread; the callback only queues."""
+
+    def __init__(self, *a, on_membership: Callable[[str, dict], None], **kw):
+        super().__init__(*a, **kw)
+        self.on_membership = on_membership
+        self._said: dict[str, dict] = {}
+
+    def _evaluate(self, f, now: int) -> None:
+        super()._evaluate(f, now)
+        if not f.decided:
+            return
+        cfg = f.cfg
+        agreed = cfg.node in f.view and self._agreed(f, now)
+        m = membership_report(cfg.base.epoch if cfg.base else 0, f.view, f.digest, agreed,
+                              self._withdrawn(f, now, f.view))
+        if self._said.get(cfg.farm) != m:
+            self._said[cfg.farm] = m
+            self.on_membership(cfg.farm, m)
 
 
 class ClusterAgent:
@@ -77,6 +212,7 @@ class ClusterAgent:
         self.last_write = float("-inf")
         self.last_event = 0.0
         self.pending_since: float | None = None
+        self._logged: dict[str, tuple] = {}
         # API failures of the main loop (node read, FarmNode read/create, status patch):
         # logged once per episode, retried with backoff (nodeagent/backoff.py). The watch
         # thread keeps its own. The clock is injectable for the unit tests.
@@ -85,6 +221,140 @@ class ClusterAgent:
         self.watch_retries = Backoff()
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
+        # Failover: the heartbeat thread decides the buckets; it hands decisions and
+        # memberships over through these (under self.lock) and wakes the loop (events).
+        self.lock = threading.Lock()
+        self.decisions: dict[str, Decision] = {}
+        self.memberships: dict[str, dict] = {}
+        self.leases = LeaseWriter(self.dataplanes)
+        self.engine = ReportingEngine(node, self._on_decision, self._on_base, self.leases,
+                                      base_from_chunks=_decode_or_none, base_to_bytes=encode_base,
+                                      on_membership=self._on_membership)
+        self.secret = secret_ref(os.environ)
+        self.keyring: Keyring | None = None
+        self.key_problem = "" if self.secret else (
+            "VIPFARM_HEARTBEAT_SECRET is not set, so this agent has no heartbeat key and serves no Farm of "
+            "several members; install with the Helm chart (it sets VIPFARM_HEARTBEAT_SECRET, "
+            "VIPFARM_HEARTBEAT_SECRET_KEY and POD_NAMESPACE) or set them")
+        self.key_at = float("-inf")
+        self.address_of: Callable[[str], str | None] = netconfig.heartbeat_address
+        self.addresses: dict[str, tuple[float, str | None]] = {}
+        self.engine_config: list | None = None
+        self.programmed: dict[str, frozenset[int]] = {}
+        self.programmed_once = False
+        self.adopted_at_start: dict[str, frozenset[int]] | None = None
+        # Checkers (nodeagent/checkers.py): one CheckRunner per served Farm with checkers; its
+        # Health withdraws this node, its transitions become the report's `checks` entries.
+        self.runners: dict[str, CheckRunner] = {}
+        self.health: dict[str, Health] = {}
+        self.checks: dict[str, dict[str, dict]] = {}
+
+    def _publish_adopted_leases(self) -> None:
+        """Before anything else: where the previous agent's leases are, so the heartbeat thread
+        renews them and the adopted filter keeps taking new flows through a restart."""
+        where = {}
+        try:
+            records = read_local_records(self.node, self.dataplanes.pin_root, self.dataplanes.state_root)
+        except (OSError, AttributeError):
+            return
+        for iface, state in records.states.items():
+            for farm, slot in state.slots.items():
+                where[farm] = (os.path.join(self.dataplanes.pin_root, self.node, iface), slot)
+        self.leases.publish(where)
+
+    # -- heartbeat thread callbacks: queue and return ---------------------------------------
+    def _on_decision(self, d: Decision) -> None:
+        with self.lock:
+            self.decisions[d.farm] = d
+        self.events.put(("DECIDED", None))
+
+    def _on_membership(self, farm: str, m: dict) -> None:
+        with self.lock:
+            self.memberships[farm] = m
+        self.events.put(("DECIDED", None))
+
+    def _on_health(self, farm: str, health: Health, events) -> None:
+        """A CheckRunner's change (its thread): queue and return."""
+        with self.lock:
+            self.health[farm] = health
+            entries = self.checks.setdefault(farm, {})
+            for e in events:
+                entry = e.to_dict()
+                entries[entry["name"]] = entry
+        self.events.put(("DECIDED", None))
+
+    def _run_checkers(self, farms: list[Farm]) -> None:
+        """One CheckRunner per served Farm with checkers; one whose checkers, recovery and
+        interface did not change keeps running (and keeps its state)."""
+        wanted = {f.name: f for f in farms if f.checkers}
+        for name in list(self.runners):
+            old, new = self.runners[name].farm, wanted.get(name)
+            if new is None or (new.checkers, new.recovery, new.interface) != (old.checkers, old.recovery, old.interface):
+                self.runners.pop(name).stop()
+                with self.lock:
+                    self.health.pop(name, None)
+                    self.checks.pop(name, None)
+        for name, farm in wanted.items():
+            if name not in self.runners:
+                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_health(name, h, ev), node=self.node)
+                with self.lock:
+                    self.health[name] = runner.health()
+                self.runners[name] = runner
+                runner.start()
+
+    def _on_base(self, farm: str, base: Base) -> None:
+        """A newer base adopted from a peer: the Farm watch brings the same from the status."""
+
+    # -- the heartbeat key ----------------------------------------------------------------
+    def _refresh_key(self) -> None:
+        """Read the heartbeat Secret every KEY_REREAD s. A failed read keeps the key in use
+        (the API server may be away; the heartbeats must not stop); a missing or short key is
+        said once per problem, with the fix."""
+        now = self.clock()
+        if self.secret is None or now - self.key_at < KEY_REREAD:
+            return
+        self.key_at = now
+        ref = self.secret
+        key = f"secret/{ref.namespace}/{ref.name} read"
+        try:
+            obj = self.core.read_namespaced_secret(ref.name, ref.namespace)
+        except Exception as e:
+            if getattr(e, "status", None) == 404:
+                self._key_unusable(f"{ref} does not exist; install the chart with heartbeat.createSecret=true "
+                                   f"or create it: kubectl -n {ref.namespace} create secret generic {ref.name} "
+                                   f"--from-literal={ref.key}=\"$(vipfarm keygen)\"")
+                self._api_ok(self.retries, key)
+                return
+            self._api_failed(self.retries, key, e, "keep_heartbeat_key" if self.keyring else "no_heartbeat_key")
+            return
+        self._api_ok(self.retries, key)
+        try:
+            ring = keyring_from_secret(dict(obj.data or {}), ref.key, str(ref))
+        except HeartbeatKeyError as e:
+            self._key_unusable(f"{e} (fix: kubectl -n {ref.namespace} edit secret {ref.name}, or reinstall "
+                               f"the chart with heartbeat.key empty to generate one)")
+            return
+        if ring != self.keyring:
+            log.info("event=heartbeat_key_loaded node=%s secret=%s/%s key=%s %s",
+                     self.node, ref.namespace, ref.name, ref.key, ring.describe())
+        self.keyring, self.key_problem = ring, ""
+
+    def _key_unusable(self, problem: str) -> None:
+        if problem != self.key_problem:
+            log.error("event=heartbeat_key_unusable node=%s secret=%s/%s problem=%s action=serve_no_multi_node_farm",
+                      self.node, self.secret.namespace, self.secret.name, _kv(problem))
+        self.keyring, self.key_problem = None, problem
+
+    def _address(self, iface: str) -> str | None:
+        now = self.clock()
+        at, addr = self.addresses.get(iface, (float("-inf"), None))
+        if now - at >= ADDRESS_REREAD:
+            try:
+                addr = self.address_of(iface)
+            except Exception as e:        # netlink trouble: keep the last one
+                log.warning("event=heartbeat_address_failed node=%s iface=%s error=%s", self.node, iface, _kv(str(e)))
+            self.addresses[iface] = (now, addr)
+        return addr
 
     # -- API failures ---------------------------------------------------------------------
     # A key is "<object> <operation>", e.g. "node/n1 read": one episode per pair.
@@ -186,16 +456,74 @@ class ClusterAgent:
         return self.listed and self.labels is not None
 
     # -- decisions ------------------------------------------------------------------------
+    def _configure_heartbeats(self, w: "pacing.Wanted", serving_now: Mapping[str, frozenset[int]]) -> set[str]:
+        """Tell the heartbeat thread the Farms it decides (only when that changed); returns them."""
+        peers = []
+        if self.adopted_at_start is None:
+            self.adopted_at_start = dict(serving_now)
+        self._run_checkers([i.farm for i in w.serve])
+        with self.lock:
+            health = dict(self.health)
+        for item in w.serve:
+            status = (self.farms.get(item.farm.name) or {}).get("status")
+            adopted = (serving_now if not self.programmed_once else self.programmed).get(item.farm.name, frozenset())
+            out = checks_withdraw(health.get(item.farm.name), self.adopted_at_start.get(item.farm.name, frozenset()))
+            p = farm_peers(item.farm, status, self.node, self._address(item.farm.interface), self.keyring, adopted,
+                           checks_fail=out)
+            if p is not None:
+                peers.append(p)
+        key = [(p.farm, dict(p.weights), dict(p.addresses), p.port, p.interval_ms, p.timeout_ms, p.keyring,
+                p.base.epoch if p.base else 0, p.base.digest if p.base else b"", p.interface, p.witness, p.withdrawn)
+               for p in peers]
+        if key != self.engine_config:
+            self.engine_config = key
+            self.engine.configure(peers)
+            for p in peers:
+                log.info("event=heartbeats_configured node=%s farm=%s members=%s addresses=%d base_epoch=%d key=%s",
+                         self.node, p.farm, ",".join(sorted(p.weights)), len(p.addresses), p.base.epoch,
+                         "yes" if p.keyring else "none")
+        return {p.farm for p in peers}
+
     def _apply(self) -> None:
-        w = pacing.wanted(self.farms, self.labels or {}, self.node, self.dataplanes.serving_now())
+        serving_now = self.dataplanes.serving_now() if not self.programmed_once else {}
+        w = pacing.wanted(self.farms, self.labels or {}, self.node, serving_now)
+        decided = self._configure_heartbeats(w, serving_now)
+        with self.lock:
+            decisions, memberships = dict(self.decisions), dict(self.memberships)
+            checks = {f: dict(c) for f, c in self.checks.items()}
+        owned = {}
+        for name in decided:
+            d = decisions.get(name)
+            if d is not None:
+                owned[name] = d.buckets
+            else:     # not decided yet: keep what the filter serves (adopted, or programmed before)
+                owned[name] = (serving_now if not self.programmed_once else self.programmed).get(name, frozenset())
+        w = pacing.with_buckets(w, owned)
         error = None
         try:
             self.dataplanes.program(list(w.serve))
+            self.programmed_once = True
+            self.programmed = {i.farm.name: frozenset(i.owned) for i in w.serve}
+            self.leases.publish({})      # every served farm now has a started interface (set_lease)
         except (DataplaneError, InterfaceError, ValueError, OSError) as e:
             log.error("event=program_failed node=%s error=%s", self.node, e)
             error = str(e)
         modes = {} if error else {i.farm.interface: self.dataplanes.mode_of(i.farm.interface) for i in w.serve}
         reports = pacing.settled(w, error, modes)
+        addresses = {i.farm.name: self._address(i.farm.interface) for i in w.serve}
+        multi = {i.farm.name for i in w.serve if _members_of(self.farms.get(i.farm.name)) > 1}
+        reports = pacing.with_heartbeats(reports, addresses, {n: memberships[n] for n in decided if n in memberships},
+                                         self.key_problem if self.keyring is None else "", multi)
+        for name, entries in checks.items():
+            if name in reports and entries:
+                reports[name]["checks"] = entries
+        for name in decided:
+            d = decisions.get(name)
+            if d is not None and self._logged.get(name) != (d.buckets, d.view, d.agreed):
+                self._logged[name] = (d.buckets, d.view, d.agreed)
+                log.info("event=buckets_programmed node=%s farm=%s buckets=%d view=%s agreed=%s base_epoch=%d "
+                         "released=%d withheld=%d", self.node, name, len(d.buckets), ",".join(sorted(d.view)) or "-",
+                         str(d.agreed).lower(), d.base_epoch, d.released, d.withheld)
         if reports != self.wanted:
             for name, r in sorted(reports.items()):
                 if (self.wanted.get(name) or {}).get("ready") != r.get("ready") or \
@@ -287,6 +615,9 @@ class ClusterAgent:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        self._publish_adopted_leases()
+        self.engine.start()         # heartbeats first: nothing else the agent does may delay them
+        self._refresh_key()
         self._refresh_labels()
         threading.Thread(target=self._watch_loop, name="farm-watch", daemon=True).start()
         log.info("event=agent_ready node=%s mode=cluster", self.node)
@@ -308,6 +639,7 @@ class ClusterAgent:
                         break
                 self.last_event = self.clock()
             self._refresh_labels()
+            self._refresh_key()
             if not self._inputs_complete():
                 if not said_waiting:
                     said_waiting = True
@@ -323,8 +655,14 @@ class ClusterAgent:
             self._apply()
             if self._report_delay() == 0:
                 self._write_report()
+        # No goodbye: a DaemonSet restart must not make the peers take this node's buckets;
+        # the next agent adopts the pins and renews the lease.
+        self.engine.stop(goodbye=self.leave_on_exit)
+        for runner in self.runners.values():
+            runner.stop()
         if self.leave_on_exit:
             self.dataplanes.stop()
+        self.leases.close()
         log.info("event=agent_stopped node=%s dataplane=%s", self.node,
                  "removed" if self.leave_on_exit else "left in place for the next agent")
         return 0
@@ -336,7 +674,7 @@ class ClusterAgent:
         self.events.put(("STOP", None))
 
     def _absorb(self, kind: str, obj) -> None:
-        if kind == "STOP":
+        if kind in ("STOP", "DECIDED"):
             return
         if kind == "LIST":
             self.farms = dict(obj)
@@ -345,6 +683,18 @@ class ClusterAgent:
             self.farms.pop(obj["metadata"]["name"], None)
         else:
             self.farms[obj["metadata"]["name"]] = obj
+
+
+def _members_of(body) -> int:
+    """How many members a Farm's status lists (a farm of one needs no heartbeat key)."""
+    return len(((body or {}).get("status") or {}).get("members") or [])
+
+
+def _decode_or_none(data: bytes) -> Base | None:
+    try:
+        return decode_base(data)
+    except ValueError:
+        return None
 
 
 def _one_line(text: str, limit: int = 200) -> str:

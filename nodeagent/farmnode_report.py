@@ -10,8 +10,9 @@ The agent keeps one FarmNode per Node (named after it). Its status.farms holds o
 per Farm that selects the node. Writes are merge patches of only the entries that changed
 (null removes a Farm that is gone), and they are paced:
 
-* a change the operator acts on (ready, reason, released, dataplane mode, error, checks)
-  is written at once, but at most one write per URGENT_GAP seconds;
+* a change the operator acts on (ready, reason, released, dataplane mode, error, checks,
+  heartbeat address, membership) is written at once, but at most one write per URGENT_GAP
+  seconds;
 * a change only of appliedEpoch (every agent has one after every rebalance) waits until the
   Farm watch has been quiet for QUIET seconds, and at most LAZY_MAX seconds, so a burst
   of Farm updates costs each agent one write, after the operator's own writes;
@@ -88,6 +89,31 @@ def wanted(farms: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str], no
         serve.append(FarmOwnership(farm, served.buckets))
         drafts[name] = {"ready": True, "reason": "", "appliedEpoch": served.epoch, "lastError": ""}
     return Wanted(tuple(serve), drafts, frozenset(deleting))
+
+
+def with_buckets(w: Wanted, owned: Mapping[str, frozenset[int]]) -> Wanted:
+    """`w` with the buckets of the Farms in `owned` replaced (cluster mode: the heartbeat
+    engine's decisions, instead of the operator's assignment as it stands)."""
+    serve = tuple(FarmOwnership(i.farm, frozenset(owned[i.farm.name])) if i.farm.name in owned else i
+                  for i in w.serve)
+    return Wanted(serve, w.drafts, w.deleting)
+
+
+def with_heartbeats(reports: Mapping[str, dict[str, Any]], addresses: Mapping[str, str | None],
+                    memberships: Mapping[str, Mapping[str, Any]], key_problem: str,
+                    multi_member: set[str] | frozenset[str]) -> dict[str, dict[str, Any]]:
+    """The reports with this node's heartbeat address and membership per Farm. Without a
+    usable heartbeat key (key_problem), a Farm of several members is reported not ready
+    (reason HeartbeatKeyUnusable, the problem in lastError), so the operator deals it no buckets."""
+    out = {name: dict(r) for name, r in reports.items()}
+    for name, r in out.items():
+        if addresses.get(name):
+            r["address"] = addresses[name]
+        if name in memberships:
+            r["membership"] = dict(memberships[name])
+        if key_problem and name in multi_member and r.get("ready"):
+            r.update({"ready": False, "reason": "HeartbeatKeyUnusable", "lastError": key_problem[:1000]})
+    return out
 
 
 def settled(w: Wanted, error: str | None, modes: Mapping[str, str]) -> dict[str, dict[str, Any]]:

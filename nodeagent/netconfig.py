@@ -61,6 +61,30 @@ def link_info(iface: str) -> tuple[int, bytes, str]:
         return found[0], parse_mac(mac), kind
 
 
+def pick_heartbeat_address(addresses: list[str]) -> str | None:
+    """The first IPv4 address, else the first IPv6 one of global scope (not link-local, loopback,
+    multicast or unspecified)."""
+    ips = [ipaddress.ip_address(a) for a in addresses]
+    v4 = [ip for ip in ips if ip.version == 4 and not ip.is_loopback]
+    if v4:
+        return str(v4[0])
+    # "global" as the kernel's address scope says it (2001:db8::/32 included), not ip.is_global
+    v6 = [ip for ip in ips if ip.version == 6
+          and not (ip.is_link_local or ip.is_loopback or ip.is_multicast or ip.is_unspecified)]
+    return str(v6[0]) if v6 else None
+
+
+def heartbeat_address(iface: str) -> str | None:
+    """This node's heartbeat address on a farm interface (cluster mode): pick_heartbeat_address
+    of its addresses in kernel order; None when the interface is missing or has none."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=iface)
+        if not found:
+            return None
+        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=found[0])]
+    return pick_heartbeat_address([a for a in addrs if a])
+
+
 def link_exists(iface: str) -> bool:
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=iface))

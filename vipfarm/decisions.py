@@ -2,22 +2,42 @@
 agents' reports and the current status, the status to write and the Events that explain it.
 No I/O here; operator/vipfarm_operator adapts it to Kopf.
 
-A live member (vipfarm.membership: selected, Ready, not cordoned or drained; and its agent
-reported ready) gets buckets; the assignment changes only as much as balance requires
-(vipfarm.assignment), and its epoch increases by one each time it changes. A Farm in VIP
-conflict (vipfarm.conflicts) gets an empty assignment. An unreadable stored assignment is
-never replaced on a guess: the status says so and nothing moves until it is repaired.
+A member is *eligible* (vipfarm.membership: selected, Ready, not cordoned or drained; and
+its agent reported ready, in a report younger than the staleness threshold) or not, with a
+reason. Which eligible members are *live* (get buckets) is the agents' word, from their
+heartbeats (`liveness`): when a strict majority of the eligible members report the same
+agreed view V, live = eligible members in V (less those V lists as withdrawn); without such a
+majority the previous serving set stays (less the members no longer eligible), so a
+disagreement never makes buckets flap; while nobody serves yet (no assignment, or one dealt
+before any agent reported), or when no eligible agent reports a membership at all (agents
+without heartbeats), live = eligible.
+
+The assignment is assign(previous, members live iff in live), which is exactly what every
+agent computes with vipfarm.agreement.effective_assignment(previous, eligible weights, V):
+so when the operator writes it after a failover, no bucket moves a second time
+(tests/unit/test_decisions.py proves the equality over random views and weights). The
+assignment changes only as much as balance requires (vipfarm.assignment), and its epoch
+increases by one each time it changes. A Farm in VIP conflict (vipfarm.conflicts) gets an
+empty assignment. An unreadable stored assignment is never replaced on a guess: the status
+says so and nothing moves until it is repaired.
+
+status.members[] per member: node, ready (serving: eligible and live), eligible (written only
+when it differs from ready, i.e. eligible but not serving; absent means eligible == ready),
+buckets, weight (absent means 1), address (the heartbeat address its agent reported), reason
+(when not serving), and the agent's dataplaneMode, lastError and checks. The agents read
+eligible, weight and address to configure their heartbeats (nodeagent/cluster.py).
 """
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .assignment import Assignment, Member, assign, moved
 from .conflicts import FarmRef, claimed_elsewhere
 from .farm_status import CorruptAssignment, assignment_status, repair_hint, stored_assignment, stored_epoch
 from .membership import NodeInfo, selects
-from .reports import AgentReport, agent_report
+from .reports import AgentReport, agent_report, parse_time
 from .spec import Farm
 
 
@@ -33,6 +53,56 @@ class Decision:
     status: dict[str, Any]
     events: list[Event]
     assignment: Assignment | None
+    recheck_in: float | None = None     # seconds until a fresh report turns stale (decide again then)
+
+
+STALE_AFTER = 180.0     # seconds: 3 x the agent's default refresh (60 s); VIPFARM_REPORT_STALE_AFTER
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Which eligible members serve, and on what basis."""
+    live: frozenset[str]
+    basis: str                          # agreed | first | unreported | kept
+    view: frozenset[str] | None = None  # the majority's agreed view (basis agreed)
+
+
+def liveness(eligible: Iterable[str], reports: Mapping[str, AgentReport | None],
+             previous_serving: Iterable[str] | None) -> Liveness:
+    """The live members, from the eligible members' heartbeat memberships.
+
+    previous_serving: the members the stored status says serve; None while nobody serves yet."""
+    eligible = frozenset(eligible)
+    groups: dict[tuple, int] = {}
+    reporting = 0
+    for name in eligible:
+        r = reports.get(name)
+        m = r.membership if r is not None else None
+        if m is None:
+            continue
+        reporting += 1
+        if m.agreed:
+            key = (m.digest, m.view, m.withdrawn)
+            groups[key] = groups.get(key, 0) + 1
+    for (digest, view, withdrawn), n in sorted(groups.items(), key=lambda kv: -kv[1]):
+        if 2 * n > len(eligible):
+            return Liveness(frozenset((eligible & view) - withdrawn), "agreed", view)
+        break
+    if previous_serving is None:
+        return Liveness(eligible, "first")
+    if reporting == 0:
+        return Liveness(eligible, "unreported")
+    return Liveness(eligible & frozenset(previous_serving), "kept")
+
+
+def report_age(report: AgentReport | None, now: datetime.datetime | None,
+               counted_from: datetime.datetime | None) -> float | None:
+    """Seconds a report has been stale-counting: since its reportedAt, or since `counted_from`
+    (when the operator last regained the API server) if that is later. None: unknown."""
+    if report is None or report.reported_at is None or now is None:
+        return None
+    start = report.reported_at if counted_from is None else max(report.reported_at, counted_from)
+    return (now - start).total_seconds()
 
 
 def _condition(ctype: str, ok: bool, reason: str, message: str, generation: int,
@@ -44,7 +114,7 @@ def _condition(ctype: str, ok: bool, reason: str, message: str, generation: int,
             "lastTransitionTime": since, "observedGeneration": generation}
 
 
-def _member_reason(node: NodeInfo, report: AgentReport | None) -> str:
+def _member_reason(node: NodeInfo, report: AgentReport | None, stale: bool = False) -> str:
     if not node.ready:
         return "NodeNotReady"
     if node.unschedulable:
@@ -53,16 +123,24 @@ def _member_reason(node: NodeInfo, report: AgentReport | None) -> str:
         return "Draining"
     if report is None:
         return "AgentMissing"
+    if stale:
+        return "AgentStale"
     if not report.ready:
         return f"AgentNotReady: {report.reason}" if report.reason else "AgentNotReady"
     return "Ready"
 
 
 def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], others: list[FarmRef],
-           status: Mapping[str, Any] | None, reports: Mapping[str, Mapping[str, Any]], now: str) -> Decision:
+           status: Mapping[str, Any] | None, reports: Mapping[str, Mapping[str, Any]], now: str,
+           stale_after: float = STALE_AFTER, stale_counted_from: str | None = None) -> Decision:
     """The status a Farm should have, and the events that explain the change.
 
-    reports: node name -> that node's agent report for this Farm (FarmNode status.farms.<farm>).
+    reports: node name -> that node's agent report for this Farm (FarmNode status.farms.<farm>,
+    with the FarmNode's reportedAt added as `reportedAt`). A report older than stale_after
+    seconds makes its member ineligible (AgentStale); ages count from stale_counted_from when
+    that is later (the operator passes when it last regained the API server: reports that
+    could not be written meanwhile are not the agents' fault). A report without reportedAt,
+    or a `now` that is not a time, is never stale.
     """
     status = dict(status or {})
     prev_conditions = list(status.get("conditions") or [])
@@ -81,9 +159,27 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
     claims = claimed_elsewhere(FarmRef(farm.name, created, frozenset(farm.virtual_ips)), others)
 
     parsed = {n.name: agent_report(reports.get(n.name)) for n in candidates}
-    reasons = {n.name: _member_reason(n, parsed[n.name]) for n in candidates}
-    live = {n.name for n in candidates if reasons[n.name] == "Ready"} if not claims else set()
+    now_t, floor = parse_time(now), parse_time(stale_counted_from)
+    ages = {n.name: report_age(parsed[n.name], now_t, floor) for n in candidates}
+    stale = {name for name, age in ages.items() if age is not None and age > stale_after}
+    reasons = {n.name: _member_reason(n, parsed[n.name], n.name in stale) for n in candidates}
+    eligible = {n.name for n in candidates if reasons[n.name] == "Ready"} if not claims else set()
+    prev_live = {m.get("node") for m in status.get("members") or [] if m.get("ready")}
+    # Nobody serving yet (no assignment, or one dealt before any agent reported): nothing can
+    # flap, so the bootstrap rule applies (live = eligible) until a majority agrees on a view.
+    alive = liveness(eligible, parsed, prev_live if prev is not None and prev_live else None)
+    live = set(alive.live)
+    for name in eligible - live:
+        r = parsed[name]
+        if alive.view is not None and name in alive.view:
+            reasons[name] = "Withdrawn"          # in the view, its checkers fail
+        elif alive.view is not None:
+            reasons[name] = "HeartbeatLost"      # the agreed view of a majority leaves it out
+        else:
+            reasons[name] = "AwaitingAgreement"  # no majority agrees on a view that has it yet
     members = [Member(n.name, n.weight, n.name in live) for n in candidates]
+    fresh_ages = [age for name, age in ages.items() if name in eligible and age is not None]
+    recheck_in = max(0.0, stale_after - max(fresh_ages)) + 1.0 if fresh_ages else None
 
     new = assign(prev, members, farm.buckets)
     changed = prev is None or prev.owner_names() != new.owner_names() or prev.members != new.members
@@ -93,7 +189,6 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
         counts = new.counts()
         rebalance = (f"assignment epoch {epoch}: {moved(prev, new)} of {farm.buckets} buckets moved; "
                      + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    prev_live = {m.get("node") for m in status.get("members") or [] if m.get("ready")}
     # One event per change (the API server pays for each): a membership change carries the
     # rebalance it caused; a rebalance alone (e.g. a weight change) gets its own reason.
     if prev_live != live:
@@ -114,8 +209,12 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
         entry: dict[str, Any] = {"node": n.name, "ready": n.name in live, "buckets": counts.get(n.name, 0)}
         if not entry["ready"]:
             entry["reason"] = "Conflict" if claims else reasons[n.name]
+            if n.name in eligible:
+                entry["eligible"] = True
         if n.weight != 1:
             entry["weight"] = n.weight
+        if r and r.address:
+            entry["address"] = r.address
         if r and r.dataplane_mode:
             entry["dataplaneMode"] = r.dataplane_mode
         if r and r.last_error:
@@ -157,7 +256,7 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
         "vipText": ",".join(vips),
         "conditions": conditions,
     }
-    return Decision(new_status, events, new)
+    return Decision(new_status, events, new, recheck_in)
 
 
 def _unreadable_assignment(name: str, status: dict[str, Any], why: str, generation: int,

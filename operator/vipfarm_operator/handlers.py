@@ -21,7 +21,13 @@ composes; pure, unit-tested). Here:
   that work. When a replica becomes active, Kopf lists every kind again and each Farm of
   that listing is queued (on_replica_change forgets what was seen before);
 * the caches are shared by Kopf's handler threads and the workers: each read-modify-write
-  and each snapshot a reconcile takes is made under _lock (short sections, no API calls).
+  and each snapshot a reconcile takes is made under _lock (short sections, no API calls);
+* staleness: each FarmNode's reportedAt is cached apart from its reports (it changes on every
+  refresh and must not queue anything) and added to each report when deciding. A report
+  older than VIPFARM_REPORT_STALE_AFTER seconds (180, 3 x the agents' default refresh) makes
+  its member ineligible (AgentStale); after a failed API call the operator counts ages from
+  when the API server answered again, so an outage is not blamed on the agents. A Farm is
+  queued again when its freshest-expiring report would turn stale (Decision.recheck_in).
 """
 from __future__ import annotations
 
@@ -52,10 +58,12 @@ RECONCILE_INTERVAL = float(os.environ.get("VIPFARM_RECONCILE_INTERVAL", "60"))
 WORKERS = int(os.environ.get("VIPFARM_WORKERS", "8"))
 RELEASE_TIMEOUT = float(os.environ.get("VIPFARM_RELEASE_TIMEOUT", "60"))
 PRUNE_INTERVAL = float(os.environ.get("VIPFARM_PRUNE_INTERVAL", "300"))
+API_PROBE_INTERVAL = 5.0  # seconds between two reads that tell whether the API server answers (staleness)
 REPORT_COALESCE = 0.2     # agent reports arrive in bursts: let them merge
 EVENT_DELAY = 10.0        # events wait at most this long for the status writes to finish
 RETRY_MAX = float(os.environ.get("VIPFARM_RETRY_MAX", "30"))   # longest wait between retries of a failed write
 RELEASE_WAIT = 10.0       # the finalizer waits this long in one go for the agents' `released`
+STALE_AFTER = float(os.environ.get("VIPFARM_REPORT_STALE_AFTER", "180"))   # seconds; see decisions.STALE_AFTER
 
 log = logging.getLogger("vipfarm.operator")
 
@@ -63,6 +71,8 @@ log = logging.getLogger("vipfarm.operator")
 _nodes: dict[str, Any] = {}            # node name -> NodeInfo
 _farms: dict[str, dict] = {}           # farm name -> {metadata, spec, status, ours}
 _reports: dict[str, dict] = {}         # node name -> {farm name -> report (decision fields)}
+_reported_at: dict[str, str] = {}      # node name -> its FarmNode's status.reportedAt
+_api_back_at: list[str] = [""]         # when the API server answered again after a failed call ("" = none failed)
 _farm_seen: dict[str, tuple] = {}      # farm name -> what in it makes a reconcile necessary
 _failures: dict[str, int] = {}
 _interned: dict[str, dict] = {}        # one shared dict per distinct report (most are alike)
@@ -108,6 +118,7 @@ def prime_caches(**_):
             _cache_node(body["metadata"]["name"], body)
         for body in reports:
             _reports[body["metadata"]["name"]] = _view(body)
+            _reported_at[body["metadata"]["name"]] = _reported(body)
         for body in farms:
             _cache_farm(body["metadata"]["name"], body)
     log.info("event=caches_primed nodes=%d farmnodes=%d farms=%d", len(nodes), len(reports), len(farms))
@@ -117,6 +128,7 @@ def prime_caches(**_):
             threading.Thread(target=_work, name=f"reconcile-{i}", daemon=True).start()
         threading.Thread(target=_post_events, name="events", daemon=True).start()
         threading.Thread(target=_prune_forever, name="prune", daemon=True).start()
+        threading.Thread(target=_probe_api_forever, name="api-probe", daemon=True).start()
 
 
 @kopf.on.cleanup()
@@ -180,8 +192,10 @@ def farmnode_event(name, body, type, **_):
         old = _reports.get(name, {})
         if type == "DELETED":
             _reports.pop(name, None)
+            _reported_at.pop(name, None)
         else:
             _reports[name] = new
+            _reported_at[name] = _reported(body)
         changed = farms_changed(old, new)
         if any((old.get(f) or {}).get("released") != (new.get(f) or {}).get("released") for f in changed):
             _released.notify_all()        # a finalizer may be waiting for this (farm_deleted)
@@ -217,6 +231,10 @@ def _view(farmnode) -> dict[str, dict]:
         if len(_interned) > 10000:
             _interned.clear()
         return {f: _interned.setdefault(json.dumps(r, sort_keys=True), r) for f, r in view.items()}
+
+
+def _reported(farmnode) -> str:
+    return str((farmnode.get("status") or {}).get("reportedAt") or "")
 
 
 def _cache_farm(name: str, body) -> None:
@@ -282,7 +300,8 @@ def _work() -> None:
         try:
             reconcile(name)
             with _lock:
-                _failures.pop(name, None)
+                if _failures.pop(name, None) is not None:
+                    _api_back_at[0] = utc_now()     # ages of reports count from now (see decide)
         except kube.Standby:
             # Demoted (or never active): drop the work, no retry. The replica that is active
             # reconciles every Farm; so does this one if it becomes active again.
@@ -309,7 +328,9 @@ def reconcile(name: str) -> None:
             return
         nodes = list(_nodes.values())
         refs = [f["ref"] for f in _farms.values()]
-        reports = {node: farms[name] for node, farms in _reports.items() if name in farms}
+        reports = {node: dict(farms[name], reportedAt=_reported_at.get(node, ""))
+                   for node, farms in _reports.items() if name in farms}
+        counted_from = _api_back_at[0] or None
     status = dict(body.get("status") or {})
     generation = int(body["metadata"].get("generation", 0))
     try:
@@ -325,7 +346,9 @@ def reconcile(name: str) -> None:
             _event(body, "InvalidSpec", str(e)[:1000], "Warning")
         return
     d = decide(farm, generation, body["metadata"].get("creationTimestamp", ""), nodes, refs, status,
-               reports, utc_now())
+               reports, utc_now(), stale_after=STALE_AFTER, stale_counted_from=counted_from)
+    if d.recheck_in is not None:
+        _queue.add(name, delay=d.recheck_in)      # a report turns stale then: decide again
     current = {k: v for k, v in status.items() if k in d.status}
     if _strip_times(current) != _strip_times(d.status):
         if not kube.patch_status(name, d.status):
@@ -344,6 +367,29 @@ def _strip_times(status: dict) -> dict:
     out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
                          for c in status.get("conditions") or []]
     return out
+
+
+# -- is the API server there (for staleness) ---------------------------------------------
+def _probe_api_forever() -> None:
+    """While the API server is away the agents cannot write their reports: when it answers
+    again, report ages count from then (decide's stale_counted_from), so an outage longer
+    than the staleness threshold does not make every member AgentStale at once."""
+    failing = False
+    while True:
+        time.sleep(API_PROBE_INTERVAL)
+        try:
+            kube.ping()
+        except Exception as e:
+            if not failing:
+                log.warning("event=api_unreachable error=%s action=report_ages_paused",
+                            str(e).replace("\n", " ")[:200])
+            failing = True
+            continue
+        if failing:
+            failing = False
+            with _lock:
+                _api_back_at[0] = utc_now()
+            log.info("event=api_reachable action=report_ages_count_from_now")
 
 
 # -- stale cache entries ----------------------------------------------------------------
@@ -380,6 +426,8 @@ def prune_stale() -> None:
             else:
                 with _released:
                     cache.pop(name, None)
+                    if kind == "FarmNode":
+                        _reported_at.pop(name, None)
                     _released.notify_all()
 
 

@@ -57,6 +57,11 @@ def list_farmnodes() -> list[dict]:
     return custom().list_cluster_custom_object(GROUP, VERSION, REPORT_PLURAL).get("items", [])
 
 
+def ping() -> None:
+    """A cheap read (one FarmNode at most) that raises when the API server does not answer."""
+    custom().list_cluster_custom_object(GROUP, VERSION, REPORT_PLURAL, limit=1, _request_timeout=5)
+
+
 def list_nodes() -> list[dict]:
     return [_api_client().sanitize_for_serialization(n) for n in core().list_node().items]
 

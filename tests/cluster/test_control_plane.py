@@ -29,7 +29,11 @@ VIP = "203.0.113.10"
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
 FARM = {
     "apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "metadata": {"name": "web"},
+    # Heartbeats with a timeout longer than an agent restart takes here (a Python start, the
+    # first LIST, the adoption): an agent restarted within the timeout must move nothing
+    # (test_an_agent_restart_...); failover itself is tests/cluster/test_failover.py's.
     "spec": {"virtualIPs": [VIP], "interface": "eth0", "buckets": 1024,
+             "heartbeat": {"intervalMs": 1000, "timeoutMs": 15000},
              "nodeSelector": {"vipfarm.io/member": "true"},
              "rules": [{"protocol": "TCP", "ports": "80", "affinity": "ClientIPPort"}]},
 }
@@ -66,7 +70,10 @@ def start_cluster_agent(lab: Lab, k: int, kubeconfig: str, refresh: int = 30):
     args = [sys.executable, "-m", "nodeagent.main", "--cluster", "--refresh", str(refresh),
             "--pin-root", lab.pin_root, "--state-root", lab.state_root]
     return lab.spawn(lab.node(k), args, log_name=f"agent-n{k}.log",
-                     extra_env={"NODE_NAME": f"n{k}", "KUBECONFIG": kubeconfig})
+                     extra_env={"NODE_NAME": f"n{k}", "KUBECONFIG": kubeconfig,
+                                # as the chart's DaemonSet sets them: the heartbeat key's Secret
+                                "VIPFARM_HEARTBEAT_SECRET": "vipfarm-heartbeat",
+                                "VIPFARM_HEARTBEAT_SECRET_KEY": "hmac-key", "POD_NAMESPACE": NS})
 
 class Cluster:
     def __init__(self, api, lab: Lab):
@@ -407,18 +414,15 @@ def test_the_agent_token_has_what_it_needs_and_is_refused_the_rest(cluster):
         k("delete", "farm", "web", "--dry-run=server"),
         k("delete", "node", "n1", "--dry-run=server"),
         k("get", "secrets", "-n", "kube-system"),
-        k("get", "secrets", "-n", NS),
+        k("get", "secrets", "-n", NS),                       # no list of the Secrets
+        k("get", "secret", "vipfarm-operator-token", "-n", NS),   # nor another Secret by name
         k("create", "configmap", "x", "-n", NS, "--dry-run=server"),
     ]
     for r in refused:
         assert r.returncode != 0 and "forbidden" in r.stderr.lower(), r.stderr
-    # The heartbeat Secret exists (the chart keeps its key stable) but no agent code reads it
-    # yet, so the agent may not read it either (the failover work grants it with the reader).
-    secret = cluster.kubectl("get", "secrets", "-n", NS, "-o", "name").stdout.split()
-    hb = [s.split("/", 1)[1] for s in secret if "heartbeat" in s]
-    assert hb, secret
-    r = k("get", "secret", hb[0], "-n", NS)
-    assert r.returncode != 0 and "forbidden" in r.stderr.lower(), r.stderr
+    # The heartbeat Secret, by its name: yes (the agents read the key from it every 30 s).
+    r = k("get", "secret", "vipfarm-heartbeat", "-n", NS, "-o", "jsonpath={.data.hmac-key}")
+    assert r.returncode == 0 and r.stdout, r.stderr
 
 
 def test_with_the_api_server_down_traffic_flows_and_status_catches_up_after(cluster):
@@ -644,16 +648,20 @@ def test_deleting_the_farm_releases_the_vip_and_detaches_xdp_everywhere(cluster)
                       .get("status", {}).get("farms") or {}) for k in (1, 2, 3)))
 
 
-def test_the_agents_used_exactly_what_their_clusterrole_grants(cluster):
+def test_the_agents_used_exactly_what_their_roles_grant(cluster):
     """Least privilege, checked: the (verb, resource) pairs the three agents' tokens used in this
-    module's tests (audit log) equal what the vipfarm-agent ClusterRole grants, and each grant
+    module's tests (audit log) equal what the vipfarm-agent ClusterRole and the heartbeat key's
+    Role (get on that one Secret) grant, and each grant
     was used and allowed. (A request the API server refuses while its RBAC cache warms up
     after the restart above can be refused once; a pair that is needed but not granted would
     show up as used and not granted.)"""
     role = json.loads(cluster.kubectl("get", "clusterrole", "vipfarm-agent", "-o", "json").stdout)
-    granted = {(verb, f"{group}/{res}" if group else res) for rule in role["rules"]
+    key_role = json.loads(cluster.kubectl("get", "role", "vipfarm-agent-heartbeat-key", "-n", NS, "-o", "json").stdout)
+    granted = {(verb, f"{group}/{res}" if group else res) for rule in role["rules"] + key_role["rules"]
                for group in rule.get("apiGroups", [""]) for res in rule.get("resources", [])
                for verb in rule.get("verbs", [])}
+    assert key_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["vipfarm-heartbeat"],
+                                  "verbs": ["get"]}], key_role["rules"]
     used, allowed, refused = set(), set(), []
     for e in cluster.requests(cluster.agent_ids):
         ref = e.get("objectRef")

@@ -99,6 +99,7 @@ class RecordingDataplanes:
 
     def __init__(self, node, pin_root, state_root):
         self.programs: list[list[str]] = []
+        self.owned: list[dict[str, frozenset[int]]] = []     # the buckets of each program() call
         self.fail: str | None = None
         self.held: set[str] = {"web"}         # adopted from the previous agent
         RecordingDataplanes.instances.append(self)
@@ -106,6 +107,7 @@ class RecordingDataplanes:
     def program(self, items):
         names = sorted(i.farm.name for i in items)
         self.programs.append(names)
+        self.owned.append({i.farm.name: frozenset(i.owned) for i in items})
         if self.fail:
             raise DataplaneError(self.fail)
         self.held = set(names)
@@ -115,6 +117,9 @@ class RecordingDataplanes:
 
     def mode_of(self, iface):
         return "generic"
+
+    def set_lease(self, farm_name, syn_deadline_ns, deadline_ns):
+        return True
 
     def stop(self):
         self.held = set()
@@ -137,6 +142,7 @@ def make_agent(monkeypatch):
     def make(api):
         agent = cluster_mod.ClusterAgent("n1", "/nonexistent/pins", "/nonexistent/state", refresh_s=30)
         agent.custom = agent.core = api
+        agent.address_of = lambda iface: "198.51.100.1"
         return agent
     return make
 
@@ -306,3 +312,231 @@ def test_watch_error_events_back_off_instead_of_listing_again_in_a_tight_loop(ma
     assert 2 <= api.calls.count("list_farms") <= 6, api.calls.count("list_farms")
     failed = api_lines(caplog, "api_failed")
     assert len(failed) == 1 and "etcd is sad" in failed[0], caplog.text
+
+
+# -- failover: the heartbeat configuration, the key, the engine's decisions ------------------
+import base64                                             # noqa: E402
+
+from nodeagent.cluster import SecretRef, farm_peers, secret_ref   # noqa: E402
+from nodeagent.heartbeat import Decision                  # noqa: E402
+from nodeagent.netconfig import pick_heartbeat_address    # noqa: E402
+from vipfarm.decisions import decide                      # noqa: E402
+from vipfarm.farm_status import stored_assignment         # noqa: E402
+from vipfarm.heartbeat_keys import keyring_from_secret    # noqa: E402
+from vipfarm.membership import NodeInfo                   # noqa: E402
+from vipfarm.spec import parse_farm                       # noqa: E402
+
+KEY = b"k" * 40
+NEW_KEY = b"n" * 40
+
+
+def served_farm(members=("n1", "n2", "n3"), not_eligible=(), addresses=None):
+    """A Farm body with the status the operator writes for these members."""
+    body = farm_body()
+    nodes = [NodeInfo(n, dict(LABELS), weight=2 if n == "n2" else 1) for n in members]
+    reports = {n: {"ready": True, "address": (addresses or {}).get(n, f"198.51.100.{i + 1}")}
+               for i, n in enumerate(members)}
+    status = decide(parse_farm(body), 1, "t1", nodes, [], {}, reports, "2026-12-01T00:00:00Z").status
+    for m in status["members"]:
+        if m["node"] in not_eligible:
+            m.update(ready=False, reason="NodeNotReady")
+            m.pop("eligible", None)
+    body["status"] = status
+    return body
+
+
+def test_farm_peers_votes_with_the_eligible_members_at_their_weights_and_reported_addresses():
+    body = served_farm(not_eligible=("n3",))
+    ring = keyring_from_secret({"hmac-key": base64.b64encode(KEY).decode()}, "hmac-key", "test")
+    p = farm_peers(parse_farm(body), body["status"], "n1", "198.51.100.1", ring, frozenset({1, 2}))
+    assert dict(p.weights) == {"n1": 1, "n2": 2}
+    assert dict(p.addresses) == {"n1": "198.51.100.1", "n2": "198.51.100.2"}
+    assert p.base.epoch == 1 and p.base.assignment == stored_assignment(body["status"])
+    assert p.may_start_chain is False and p.keyring is ring and p.adopted == {1, 2}
+    assert p.withdrawn is False
+    hb = parse_farm(body).heartbeat
+    assert (p.port, p.interval_ms, p.timeout_ms) == (hb.port, hb.interval_ms, hb.timeout_ms)
+
+
+def test_a_member_the_operator_does_not_count_eligible_withdraws_and_votes_only_for_itself():
+    body = served_farm(not_eligible=("n3",))
+    p = farm_peers(parse_farm(body), body["status"], "n3", "198.51.100.3", None)
+    assert dict(p.weights) == {"n1": 1, "n2": 2, "n3": 1}
+    assert p.withdrawn is True         # it serves nothing now, not when its peers' rows expire
+    # the others leave n3 out of their weights, so their base (config digest) differs from n3's:
+    # n3 never agrees with them and serves nothing until the operator counts it eligible
+    other = farm_peers(parse_farm(body), body["status"], "n1", "198.51.100.1", None)
+    assert p.base.digest != other.base.digest
+
+
+def test_a_farm_without_an_assignment_or_in_conflict_has_no_heartbeat_decisions():
+    body = farm_body()
+    assert farm_peers(parse_farm(body), {}, "n1", "198.51.100.1", None) is None
+    conflict = served_farm()
+    conflict["status"]["phase"] = "Conflict"
+    assert farm_peers(parse_farm(conflict), conflict["status"], "n1", "198.51.100.1", None) is None
+    corrupt = served_farm()
+    corrupt["status"]["assignment"]["data"] = "z1:not-base64!"
+    assert farm_peers(parse_farm(corrupt), corrupt["status"], "n1", "198.51.100.1", None) is None
+
+
+def test_the_secret_reference_comes_from_the_charts_environment():
+    env = {"VIPFARM_HEARTBEAT_SECRET": "vipfarm-heartbeat", "VIPFARM_HEARTBEAT_SECRET_KEY": "hmac-key",
+           "POD_NAMESPACE": "vipfarm-system"}
+    assert secret_ref(env) == SecretRef("vipfarm-heartbeat", "hmac-key", "vipfarm-system")
+    assert secret_ref({"VIPFARM_HEARTBEAT_SECRET": "s", "VIPFARM_NAMESPACE": "ns"}) == SecretRef("s", "hmac-key", "ns")
+    assert secret_ref({}) is None
+
+
+def test_the_heartbeat_address_is_the_first_ipv4_else_the_first_global_ipv6():
+    assert pick_heartbeat_address(["fe80::1", "2001:db8::1", "198.51.100.7", "198.51.100.8"]) == "198.51.100.7"
+    assert pick_heartbeat_address(["fe80::1", "2001:db8::1"]) == "2001:db8::1"
+    assert pick_heartbeat_address(["fe80::1", "::1"]) is None
+
+
+class SecretApi(FakeApi):
+    """FakeApi with the heartbeat Secret: `secret_data` None = 404."""
+
+    def __init__(self, *a, secret_data=None, **kw):
+        super().__init__(*a, **kw)
+        self.secret_data = secret_data
+        self.secret_reads = 0
+
+    def read_namespaced_secret(self, name, namespace):
+        self.calls.append(f"read_secret {namespace}/{name}")
+        self.secret_reads += 1
+        if self.secret_data is None:
+            raise api_error(404, "Not Found", f'secrets "{name}" not found')
+        if self.secret_data == "down":
+            raise ConnectionRefusedError(111, "Connection refused")
+        return SimpleNamespace(data={k: base64.b64encode(v).decode() for k, v in self.secret_data.items()})
+
+
+@pytest.fixture
+def keyed_agent(make_agent, monkeypatch):
+    monkeypatch.setenv("VIPFARM_HEARTBEAT_SECRET", "vipfarm-heartbeat")
+    monkeypatch.setenv("VIPFARM_HEARTBEAT_SECRET_KEY", "hmac-key")
+    monkeypatch.setenv("POD_NAMESPACE", "vipfarm-system")
+
+    def make(api):
+        agent = make_agent(api)
+        agent.clock = Clock()
+        configured = []
+        agent.engine.configure = configured.append       # what the heartbeat thread would be told
+        agent.configured = configured
+        agent.labels, agent.farms, agent.listed = dict(LABELS), dict(api.farms), True
+        return agent
+    return make
+
+
+def test_the_key_is_read_from_the_secret_reread_every_30s_and_a_rotation_reconfigures_the_heartbeats(keyed_agent):
+    api = SecretApi([served_farm()], {}, secret_data={"hmac-key": KEY})
+    agent = keyed_agent(api)
+    agent._refresh_key()
+    agent._apply()
+    assert api.calls[-2:] != [] and "read_secret vipfarm-system/vipfarm-heartbeat" in api.calls
+    assert agent.configured[-1][0].keyring.signing.secret == KEY
+    agent.clock.t += 10
+    agent._refresh_key()
+    assert api.secret_reads == 1                          # not before 30 s
+    # Rotation, step 1: the new key is accepted next to the old one, which still signs.
+    api.secret_data = {"hmac-key": KEY, "hmac-key-previous": NEW_KEY}
+    agent.clock.t += 21
+    agent._refresh_key()
+    agent._apply()
+    ring = agent.configured[-1][0].keyring
+    assert ring.signing.secret == KEY and {k.secret for k in ring.accepted} == {KEY, NEW_KEY}
+    assert len(agent.configured) == 2
+    # The API server away: the key in use stays (the heartbeats must not stop).
+    api.secret_data = "down"
+    agent.clock.t += 31
+    agent._refresh_key()
+    agent._apply()
+    assert agent.keyring is ring and len(agent.configured) == 2
+
+
+def test_a_missing_key_is_said_once_with_the_fix_and_the_node_serves_no_multi_node_farm(keyed_agent, caplog):
+    caplog.set_level(logging.INFO, logger="vipfarm.agent.cluster")
+    api = SecretApi([served_farm()], {}, secret_data=None)
+    agent = keyed_agent(api)
+    for _ in range(2):
+        agent._refresh_key()
+        agent._apply()
+        agent.clock.t += 31
+    lines = api_lines(caplog, "heartbeat_key_unusable")
+    assert len(lines) == 1, lines
+    assert "vipfarm-system/vipfarm-heartbeat" in lines[0] and "kubectl -n vipfarm-system create secret" in lines[0]
+    r = agent.wanted["web"]
+    assert (r["ready"], r["reason"]) == (False, "HeartbeatKeyUnusable")
+    assert "Secret vipfarm-system/vipfarm-heartbeat key hmac-key does not exist" in r["lastError"]
+    assert agent.configured[-1][0].keyring is None
+
+
+def test_a_short_key_is_refused_with_the_secret_named(keyed_agent):
+    api = SecretApi([served_farm()], {}, secret_data={"hmac-key": b"short"})
+    agent = keyed_agent(api)
+    agent._refresh_key()
+    agent._apply()
+    assert agent.keyring is None and "vipfarm-heartbeat" in agent.wanted["web"]["lastError"]
+
+
+def test_the_buckets_programmed_are_the_heartbeat_decisions_not_the_stored_assignment(keyed_agent):
+    api = SecretApi([served_farm()], {}, secret_data={"hmac-key": KEY})
+    agent = keyed_agent(api)
+    agent._refresh_key()
+    agent._apply()
+    dp = RecordingDataplanes.instances[-1]
+    assert dp.owned[-1]["web"] == frozenset()             # undecided: what the filter served (nothing)
+    stored = frozenset(stored_assignment(api.farms["web"]["status"]).owned_by("n1"))
+    taken_over = frozenset(range(600))                    # e.g. n3's buckets after n3 crashed
+    agent._on_decision(Decision("web", taken_over, frozenset({"n1", "n2"}), frozenset(), True, 1,
+                                b"\1" * 8, 0, 0))
+    agent._on_membership("web", {"baseEpoch": 1, "view": ["n1", "n2"], "digest": "01" * 8, "agreed": True})
+    agent._apply()
+    assert dp.owned[-1]["web"] == taken_over != stored
+    r = agent.wanted["web"]
+    assert r["membership"] == {"baseEpoch": 1, "view": ["n1", "n2"], "digest": "01" * 8, "agreed": True}
+    assert r["address"] == "198.51.100.1" and r["ready"] is True
+
+
+class FakeRunner:
+    """CheckRunner's interface, driven by the test."""
+
+    def __init__(self, farm, on_change, node=""):
+        self.farm, self.on_change, self.stopped = farm, on_change, False
+
+    def health(self):
+        from vipfarm.checks import Health
+        return Health(False, "CheckerStarting", "web", "")
+
+    def start(self):
+        pass
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_failing_checkers_withdraw_the_node_and_their_transitions_are_the_reports_checks(keyed_agent, monkeypatch):
+    from vipfarm.checks import CHECKER_TRANSITION, Event, Health
+    monkeypatch.setattr(cluster_mod, "CheckRunner", FakeRunner)
+    body = served_farm()
+    body["spec"]["checkers"] = [{"name": "web", "type": "tcp", "port": 80}]
+    api = SecretApi([body], {}, secret_data={"hmac-key": KEY})
+    agent = keyed_agent(api)
+    agent._refresh_key()
+    agent._apply()
+    assert agent.configured[-1][0].withdrawn is True       # starting, nothing adopted: not serving yet
+    runner = agent.runners["web"]
+    passing = Event(CHECKER_TRANSITION, "web", "web", "tcp", "starting", "passing", "127.0.0.1:80 accepted", 1.0,
+                    "2026-12-01T00:00:01Z")
+    runner.on_change(Health(True, "CheckersPassing"), [passing])
+    agent._apply()
+    assert agent.configured[-1][0].withdrawn is False
+    assert agent.wanted["web"]["checks"] == {"web": {"name": "web", "type": "tcp", "state": "passing",
+                                                     "detail": "127.0.0.1:80 accepted", "since": "2026-12-01T00:00:01Z"}}
+    failing = Event(CHECKER_TRANSITION, "web", "web", "tcp", "passing", "failing", "connection refused", 9.0,
+                    "2026-12-01T00:00:09Z")
+    runner.on_change(Health(False, "CheckerFailing", "web", "connection refused"), [failing])
+    agent._apply()
+    assert agent.configured[-1][0].withdrawn is True
+    assert agent.wanted["web"]["checks"]["web"]["state"] == "failing"

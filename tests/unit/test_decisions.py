@@ -230,3 +230,181 @@ def test_a_cleared_assignment_is_dealt_afresh_with_a_newer_epoch():
     d = decide(farm(), 1, "t1", NODES, [], cleared, reports("n1", "n2", "n3"), NOW)
     assert d.assignment.counts() == {"n1": 256, "n2": 512, "n3": 256}
     assert d.status["epoch"] == first.status["epoch"] + 1
+
+
+# -- failover: eligibility, the agents' agreed view, staleness -----------------------------
+from hypothesis import given, settings          # noqa: E402
+from hypothesis import strategies as st         # noqa: E402
+
+from vipfarm.agreement import effective_assignment   # noqa: E402
+from vipfarm.decisions import liveness               # noqa: E402
+from vipfarm.reports import agent_report             # noqa: E402
+
+
+def agreed(view, digest="d1", ok=True, withdrawn=()):
+    m = {"baseEpoch": 1, "view": sorted(view), "digest": digest, "agreed": ok}
+    if withdrawn:
+        m["withdrawn"] = sorted(withdrawn)
+    return m
+
+
+def with_views(views: dict, reported_at=None):
+    """Reports from agents that run heartbeats: node -> its membership view (None: no membership)."""
+    out = {}
+    for n, m in views.items():
+        r = {"ready": True}
+        if m is not None:
+            r["membership"] = m
+        if reported_at is not None:
+            r["reportedAt"] = reported_at
+        out[n] = r
+    return out
+
+
+def members_of(d):
+    return {m["node"]: m for m in d.status["members"]}
+
+
+def first_three():
+    return decide(farm(), 1, "t1", NODES, [], {}, reports("n1", "n2", "n3"), NOW)
+
+
+def test_a_crashed_node_whose_peers_agree_without_it_loses_its_buckets_while_its_node_is_still_ready():
+    first = first_three()
+    views = {"n1": agreed({"n1", "n2"}), "n2": agreed({"n1", "n2"}), "n3": agreed({"n1", "n2", "n3"}, "d0")}
+    d = decide(farm(), 1, "t1", NODES, [], first.status, with_views(views), NOW)
+    assert d.assignment.counts() == {"n1": 341, "n2": 683, "n3": 0}
+    m = members_of(d)["n3"]
+    assert (m["ready"], m["eligible"], m["reason"]) == (False, True, "HeartbeatLost")
+    assert "left: n3" in d.events[0].message
+    before, after = first.assignment.owner_names(), d.assignment.owner_names()
+    assert all(before[b] == "n3" for b in range(1024) if before[b] != after[b])
+
+
+def test_one_agent_alone_cannot_take_a_member_out():
+    first = first_three()
+    views = {"n1": agreed({"n1", "n2"}), "n2": agreed({"n1", "n2", "n3"}, "d0"), "n3": agreed({"n1", "n2", "n3"}, "d0")}
+    d = decide(farm(), 1, "t1", NODES, [], first.status, with_views(views), NOW)
+    assert d.assignment.owner_names() == first.assignment.owner_names()
+    assert d.status["epoch"] == first.status["epoch"]
+
+
+def test_without_a_majority_view_the_previous_serving_set_stays_so_nothing_flaps():
+    first = first_three()
+    split = {"n1": agreed({"n1", "n2"}, "a"), "n2": agreed({"n2", "n3"}, "b"), "n3": agreed({"n1", "n3"}, "c")}
+    d = decide(farm(), 1, "t1", NODES, [], first.status, with_views(split), NOW)
+    assert d.assignment.owner_names() == first.assignment.owner_names() and d.events == []
+    # unagreed views count for nothing either, however many say it
+    pending = {n: agreed({"n1", "n2"}, ok=False) for n in ("n1", "n2", "n3")}
+    d = decide(farm(), 1, "t1", NODES, [], first.status, with_views(pending), NOW)
+    assert d.assignment.owner_names() == first.assignment.owner_names()
+
+
+def test_a_member_outside_the_serving_set_rejoins_only_when_a_majority_agrees_on_a_view_with_it():
+    first = first_three()
+    out = decide(farm(), 1, "t1", NODES, [], first.status,
+                 with_views({n: agreed({"n1", "n2"}) for n in ("n1", "n2", "n3")}), NOW)
+    assert out.assignment.counts()["n3"] == 0
+    waiting = decide(farm(), 1, "t1", NODES, [], out.status,
+                     with_views({"n1": agreed({"n1", "n2"}), "n2": agreed({"n1", "n2"}, ok=False),
+                                 "n3": agreed({"n1", "n2", "n3"}, "d3", ok=False)}), NOW)
+    assert waiting.assignment.counts()["n3"] == 0
+    assert members_of(waiting)["n3"]["reason"] == "AwaitingAgreement"
+    back = decide(farm(), 1, "t1", NODES, [], out.status,
+                  with_views({n: agreed({"n1", "n2", "n3"}, "d3") for n in ("n1", "n2", "n3")}), NOW)
+    assert back.assignment.counts() == {"n1": 256, "n2": 512, "n3": 256}
+
+
+def test_a_withdrawn_member_in_the_agreed_view_serves_nothing():
+    first = first_three()
+    views = {n: agreed({"n1", "n2", "n3"}, "w", withdrawn={"n2"}) for n in ("n1", "n2", "n3")}
+    d = decide(farm(), 1, "t1", NODES, [], first.status, with_views(views), NOW)
+    assert d.assignment.counts()["n2"] == 0 and members_of(d)["n2"]["reason"] == "Withdrawn"
+
+
+def test_an_agent_that_stopped_reporting_is_stale_and_no_longer_eligible():
+    first = first_three()
+    r = with_views({n: agreed({"n1", "n2", "n3"}) for n in ("n1", "n2", "n3")}, "2026-11-24T23:59:00Z")
+    r["n3"]["reportedAt"] = "2026-11-24T23:56:59Z"          # 181 s before NOW
+    d = decide(farm(), 1, "t1", NODES, [], first.status, r, NOW, stale_after=180)
+    m = members_of(d)["n3"]
+    assert (m["ready"], m.get("eligible"), m["reason"]) == (False, None, "AgentStale")
+    assert d.assignment.counts()["n3"] == 0
+    # 2 of the 2 eligible members agree on a view with n3 in it: n3 is still out (not eligible)
+    assert d.assignment.counts() == {"n1": 341, "n2": 683, "n3": 0}
+
+
+def test_report_ages_count_from_when_the_api_server_came_back():
+    first = first_three()
+    r = with_views({n: agreed({"n1", "n2", "n3"}) for n in ("n1", "n2", "n3")}, "2026-11-24T23:50:00Z")
+    d = decide(farm(), 1, "t1", NODES, [], first.status, r, NOW, stale_after=180,
+               stale_counted_from="2026-11-24T23:59:00Z")
+    assert all(m["ready"] for m in d.status["members"])
+    assert d.recheck_in == pytest.approx(121.0)      # 180 - 60 s since the API came back, + 1
+
+
+def test_the_soonest_report_to_turn_stale_sets_when_to_decide_again():
+    r = with_views({"n1": None, "n2": None, "n3": None}, "2026-11-24T23:58:00Z")
+    r["n2"]["reportedAt"] = "2026-11-24T23:59:30Z"
+    d = decide(farm(), 1, "t1", NODES, [], {}, r, NOW, stale_after=180)
+    assert d.recheck_in == pytest.approx(61.0)
+
+
+def test_the_first_decision_serves_every_eligible_member_whatever_the_views_say():
+    views = {"n1": agreed({"n1"}, "a"), "n2": agreed({"n2"}, "b"), "n3": None}
+    d = decide(farm(), 1, "t1", NODES, [], {}, with_views(views), NOW)
+    assert d.assignment.counts() == {"n1": 256, "n2": 512, "n3": 256}
+
+
+def test_a_farm_decided_before_any_agent_reported_serves_the_members_once_they_report():
+    """The Farm is reconciled as soon as it is created, before any agent reported: that stores an
+    assignment with no owner. Then the agents report, each alone in its own view (they run
+    heartbeats only with the eligible members, and there were none): nobody served, so nothing
+    can flap, and every eligible member gets its share."""
+    empty = decide(farm(), 1, "t1", NODES, [], {}, {}, NOW)
+    assert set(empty.assignment.counts().values()) == {0} and empty.status["phase"] == "Pending"
+    alone = {n: agreed({n}, f"d-{n}", withdrawn={n}) for n in ("n1", "n2", "n3")}
+    d = decide(farm(), 1, "t1", NODES, [], empty.status, with_views(alone), NOW)
+    assert d.assignment.counts() == {"n1": 256, "n2": 512, "n3": 256} and d.status["phase"] == "Ready"
+
+
+def test_members_publish_the_heartbeat_address_their_agent_reported():
+    r = reports("n1", "n2", "n3")
+    r["n1"] = {"ready": True, "address": "198.51.100.1"}
+    assert members_of(decide(farm(), 1, "t1", NODES, [], {}, r, NOW))["n1"]["address"] == "198.51.100.1"
+
+
+@st.composite
+def failover_worlds(draw):
+    names = [f"n{i}" for i in range(draw(st.integers(1, 6)))]
+    weights = {n: draw(st.integers(0, 4)) for n in names}
+    nodes = [NodeInfo(n, weight=weights[n], ready=draw(st.booleans()) or i == 0) for i, n in enumerate(names)]
+    earlier = draw(st.sets(st.sampled_from(names), min_size=1))
+    view = draw(st.sets(st.sampled_from(names)))
+    withdrawn = draw(st.sets(st.sampled_from(sorted(view)))) if view else set()
+    buckets = draw(st.sampled_from([64, 128, 256]))
+    return nodes, weights, earlier, view, withdrawn, buckets
+
+
+@settings(max_examples=300, deadline=None)
+@given(world=failover_worlds())
+def test_the_operator_writes_the_assignment_the_agents_compute_from_the_agreed_view(world):
+    """Whatever the previous assignment, the weights and the view: once a majority of the
+    eligible agents agree on V, the operator's new assignment has, bucket for bucket, the
+    owners every agent computes with effective_assignment(previous, eligible weights, V), so
+    the operator's write after a failover moves nothing a second time."""
+    nodes, weights, earlier, view, withdrawn, buckets = world
+    f = farm(buckets=buckets)
+    prev = decide(f, 1, "t1", nodes, [], {}, reports(*earlier), NOW)
+    eligible = {n.name for n in nodes if n.ready}
+    views = {n: agreed(view, "v", withdrawn=withdrawn) for n in eligible}
+    d = decide(f, 1, "t1", nodes, [], prev.status, with_views(views), NOW)
+    base = stored_assignment(prev.status)
+    agent_weights = {n: (0 if n in withdrawn else weights[n]) for n in eligible}
+    assert d.assignment.owner_names() == effective_assignment(base, agent_weights, view).owner_names()
+
+
+def test_liveness_needs_a_strict_majority_of_the_eligible_members():
+    rep = {n: agent_report({"ready": True, "membership": agreed({"a", "b"})}) for n in ("a", "b")}
+    assert liveness({"a", "b", "c", "d"}, rep, {"a", "b", "c", "d"}).basis == "kept"
+    assert liveness({"a", "b", "c"}, rep, {"a", "b", "c"}).live == {"a", "b"}

@@ -108,3 +108,23 @@ def test_a_farm_whose_stored_assignment_is_corrupt_keeps_exactly_the_buckets_it_
     # Not serving it yet: it is not served on a guess either, and the report says why.
     w = wanted({"web": body}, {"member": "yes"}, "n1", serving_now={})
     assert w.serve == () and w.drafts["web"]["reason"] == "AssignmentUnreadable"
+
+
+def test_a_membership_or_heartbeat_address_change_is_urgent():
+    m = {"baseEpoch": 1, "view": ["n1", "n2", "n3"], "digest": "aa" * 8, "agreed": True}
+    written = {"web": dict(READY, address="198.51.100.1", membership=m)}
+    lost = dict(m, view=["n1", "n2"], digest="bb" * 8)
+    assert is_urgent(written, {"web": dict(READY, address="198.51.100.1", membership=lost)})
+    assert is_urgent(written, {"web": dict(READY, address="198.51.100.9", membership=m)})
+    assert not is_urgent(written, {"web": dict(READY, appliedEpoch=4, address="198.51.100.1", membership=m)})
+
+
+def test_without_a_heartbeat_key_a_multi_member_farm_is_reported_not_ready_with_the_problem():
+    from nodeagent.farmnode_report import with_heartbeats
+    reports = {"web": dict(READY), "solo": dict(READY)}
+    out = with_heartbeats(reports, {"web": "198.51.100.1", "solo": "198.51.100.1"}, {},
+                          "Secret ns/s key k does not exist; create it", {"web"})
+    assert (out["web"]["ready"], out["web"]["reason"]) == (False, "HeartbeatKeyUnusable")
+    assert "does not exist" in out["web"]["lastError"]
+    assert out["solo"]["ready"] is True and out["solo"]["address"] == "198.51.100.1"
+    assert reports["web"] == READY                 # the input is not changed
