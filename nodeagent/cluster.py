@@ -76,7 +76,7 @@ from . import netconfig
 from .backoff import Backoff
 from .bpf_program import DataplaneError
 from .checkers import CheckRunner
-from .heartbeat import Decision, FarmPeers, HeartbeatEngine
+from .heartbeat import Decision, FarmPeers, HeartbeatEngine, Membership
 from .leases import LeaseWriter
 from .netconfig import InterfaceError
 from .node_dataplanes import NodeDataplanes, read_local_records
@@ -164,29 +164,6 @@ def checks_withdraw(health: Health | None, adopted: frozenset[int]) -> bool:
     return not (health.reason == "CheckerStarting" and adopted)
 
 
-class ReportingEngine(HeartbeatEngine):
-    """The heartbeat engine, telling the main thread about every change of a Farm's membership
-    (view, digest, agreed, withdrawn) too, not only of its buckets: the operator's liveness
-    rule reads it from the reports. Runs in the heartbeat thread; the callback only queues."""
-
-    def __init__(self, *a, on_membership: Callable[[str, dict], None], **kw):
-        super().__init__(*a, **kw)
-        self.on_membership = on_membership
-        self._said: dict[str, dict] = {}
-
-    def _evaluate(self, f, now: int) -> None:
-        super()._evaluate(f, now)
-        if not f.decided:
-            return
-        cfg = f.cfg
-        agreed = cfg.node in f.view and self._agreed(f, now)
-        m = membership_report(cfg.base.epoch if cfg.base else 0, f.view, f.digest, agreed,
-                              self._withdrawn(f, now, f.view))
-        if self._said.get(cfg.farm) != m:
-            self._said[cfg.farm] = m
-            self.on_membership(cfg.farm, m)
-
-
 class ClusterAgent:
     def __init__(self, node: str, pin_root: str, state_root: str, refresh_s: float = 60.0,
                  leave_on_exit: bool = False):
@@ -227,7 +204,7 @@ class ClusterAgent:
         self.decisions: dict[str, Decision] = {}
         self.memberships: dict[str, dict] = {}
         self.leases = LeaseWriter(self.dataplanes)
-        self.engine = ReportingEngine(node, self._on_decision, self._on_base, self.leases,
+        self.engine = HeartbeatEngine(node, self._on_decision, self._on_base, self.leases,
                                       base_from_chunks=_decode_or_none, base_to_bytes=encode_base,
                                       on_membership=self._on_membership)
         self.secret = secret_ref(os.environ)
@@ -268,9 +245,11 @@ class ClusterAgent:
             self.decisions[d.farm] = d
         self.events.put(("DECIDED", None))
 
-    def _on_membership(self, farm: str, m: dict) -> None:
+    def _on_membership(self, m: Membership) -> None:
+        """The heartbeat thread's news of a Farm's membership: queue and return."""
+        report = membership_report(m.base_epoch, m.view, m.digest, m.agreed, m.withdrawn)
         with self.lock:
-            self.memberships[farm] = m
+            self.memberships[m.farm] = report
         self.events.put(("DECIDED", None))
 
     def _on_health(self, farm: str, health: Health, events) -> None:
@@ -504,6 +483,8 @@ class ClusterAgent:
             self.dataplanes.program(list(w.serve))
             self.programmed_once = True
             self.programmed = {i.farm.name: frozenset(i.owned) for i in w.serve}
+            for name, owned in self.programmed.items():
+                self.engine.programmed(name, owned)     # lease renewals need the filter to match
             self.leases.publish({})      # every served farm now has a started interface (set_lease)
         except (DataplaneError, InterfaceError, ValueError, OSError) as e:
             log.error("event=program_failed node=%s error=%s", self.node, e)

@@ -86,6 +86,17 @@ class Decision:
     withheld: int
 
 
+@dataclass(frozen=True)
+class Membership:
+    """A farm's agreed membership as this node sees it (what the cluster agent reports)."""
+    farm: str
+    base_epoch: int
+    view: frozenset[str]
+    digest: bytes
+    agreed: bool
+    withdrawn: frozenset[str]
+
+
 @dataclass
 class _Farm:
     cfg: FarmPeers
@@ -102,15 +113,18 @@ class _Farm:
     digest: bytes = b"\0" * 8
     pending_base: dict = field(default_factory=dict)   # (sender, epoch, digest) -> {index: data}
     last_request_ns: int = 0
+    said: Membership | None = None        # the last membership handed to on_membership
 
 
 class HeartbeatEngine:
     def __init__(self, node: str, on_decision: Callable[[Decision], None],
                  on_base: Callable[[str, Base], None], leases: LeaseWriter,
                  base_from_chunks: Callable[[bytes], Base | None], base_to_bytes: Callable[[Base], bytes],
-                 clock: Callable[[], int] = time.monotonic_ns):
+                 clock: Callable[[], int] = time.monotonic_ns,
+                 on_membership: Callable[[Membership], None] | None = None):
         self.node = node
         self.on_decision = on_decision
+        self.on_membership = on_membership      # every change of view, digest, agreement or withdrawals
         self.on_base = on_base
         self.leases = leases
         self.base_from_chunks = base_from_chunks
@@ -395,6 +409,11 @@ class HeartbeatEngine:
             f.current, f.decided = s.buckets, True
             self.on_decision(Decision(cfg.farm, s.buckets, view, withdrawn, agreed,
                                       cfg.base.epoch if cfg.base else 0, digest, s.released, s.withheld))
+        if self.on_membership is not None:
+            m = Membership(cfg.farm, cfg.base.epoch if cfg.base else 0, view, digest, agreed, withdrawn)
+            if m != f.said:
+                f.said = m
+                self.on_membership(m)
 
     def _withdrawn(self, f: _Farm, now: int, view: frozenset[str]) -> frozenset[str]:
         out = {f.cfg.node} if f.cfg.withdrawn else set()

@@ -318,7 +318,7 @@ def test_watch_error_events_back_off_instead_of_listing_again_in_a_tight_loop(ma
 import base64                                             # noqa: E402
 
 from nodeagent.cluster import SecretRef, farm_peers, secret_ref   # noqa: E402
-from nodeagent.heartbeat import Decision                  # noqa: E402
+from nodeagent.heartbeat import Decision, Membership        # noqa: E402
 from nodeagent.netconfig import pick_heartbeat_address    # noqa: E402
 from vipfarm.decisions import decide                      # noqa: E402
 from vipfarm.farm_status import stored_assignment         # noqa: E402
@@ -491,7 +491,7 @@ def test_the_buckets_programmed_are_the_heartbeat_decisions_not_the_stored_assig
     taken_over = frozenset(range(600))                    # e.g. n3's buckets after n3 crashed
     agent._on_decision(Decision("web", taken_over, frozenset({"n1", "n2"}), frozenset(), True, 1,
                                 b"\1" * 8, 0, 0))
-    agent._on_membership("web", {"baseEpoch": 1, "view": ["n1", "n2"], "digest": "01" * 8, "agreed": True})
+    agent._on_membership(Membership("web", 1, frozenset({"n1", "n2"}), bytes([1] * 8), True, frozenset()))
     agent._apply()
     assert dp.owned[-1]["web"] == taken_over != stored
     r = agent.wanted["web"]
