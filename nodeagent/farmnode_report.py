@@ -136,10 +136,28 @@ def settled(w: Wanted, error: str | None, modes: Mapping[str, str]) -> dict[str,
     return reports
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, nested
+    objects as their own patches, and null for every key `new` no longer has (a merge patch
+    keeps whatever it does not name: without the nulls, a key dropped from a nested object,
+    such as membership.withdrawn, would stay in the FarmNode for ever)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    out: dict[str, Any] = {}
+    for k, v in new.items():
+        if k not in old:
+            out[k] = v
+        elif old[k] != v:
+            out[k] = merge_patch(old[k], v)
+    out.update({k: None for k in old if k not in new})
+    return out
+
+
 def farms_patch(written: Mapping[str, Mapping[str, Any]],
                 wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The merge patch of status.farms that turns what is written into what is wanted."""
-    patch: dict[str, Any] = {f: dict(r) for f, r in wanted.items() if written.get(f) != r}
+    patch: dict[str, Any] = {f: merge_patch(written.get(f) or {}, dict(r)) for f, r in wanted.items()
+                             if written.get(f) != r}
     patch.update({f: None for f in written if f not in wanted})
     return patch
 

@@ -16,7 +16,8 @@ def delay(now, **kw):
 def test_the_patch_holds_only_changed_entries_and_nulls_for_farms_gone():
     written = {"web": READY, "old": READY, "mc": READY}
     wanted = {"web": READY, "mc": dict(READY, appliedEpoch=4), "new": {"ready": False, "reason": "Conflict"}}
-    assert farms_patch(written, wanted) == {"mc": dict(READY, appliedEpoch=4), "old": None,
+    # a changed entry is patched by its changed keys only
+    assert farms_patch(written, wanted) == {"mc": {"appliedEpoch": 4}, "old": None,
                                            "new": {"ready": False, "reason": "Conflict"}}
     assert farms_patch(wanted, wanted) == {}
 
@@ -128,3 +129,25 @@ def test_without_a_heartbeat_key_a_multi_member_farm_is_reported_not_ready_with_
     assert "does not exist" in out["web"]["lastError"]
     assert out["solo"]["ready"] is True and out["solo"]["address"] == "198.51.100.1"
     assert reports["web"] == READY                 # the input is not changed
+
+
+def test_a_key_dropped_from_a_nested_report_is_removed_by_the_patch_not_kept():
+    """A merge patch keeps what it does not name: membership.withdrawn, once gone from the
+    report, must be patched to null, or the operator reads a stale withdrawal for ever."""
+    from nodeagent.farmnode_report import farms_patch, merge_patch
+    written = {"web": {"ready": True, "membership": {"view": ["n1", "n2"], "agreed": True, "withdrawn": ["n1"]}}}
+    wanted = {"web": {"ready": True, "membership": {"view": ["n1", "n2"], "agreed": True}}}
+    patch = farms_patch(written, wanted)
+    assert patch == {"web": {"membership": {"withdrawn": None}}}
+    def apply(doc, p):      # RFC 7386
+        if not isinstance(p, dict):
+            return p
+        out = dict(doc) if isinstance(doc, dict) else {}
+        for k, v in p.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = apply(out.get(k), v)
+        return out
+    assert apply(written, patch) == wanted
+    assert merge_patch({"a": 1}, {"a": 1, "b": 2}) == {"b": 2}
