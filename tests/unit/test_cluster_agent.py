@@ -35,6 +35,18 @@ def api_error(status, reason, message):
     return e
 
 
+def _merged(doc, patch):
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(doc) if isinstance(doc, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merged(out.get(k), v)
+    return out
+
+
 class FakeApi:
     """CoreV1Api + CustomObjectsApi, in memory. The Farm LIST answers when `list_gate` is set
     (a slow API server); the watch that follows stays open until `closed` is set."""
@@ -89,7 +101,7 @@ class FakeApi:
             if r is None:
                 self.farmnode_farms.pop(f, None)
             else:
-                self.farmnode_farms[f] = r
+                self.farmnode_farms[f] = _merged(self.farmnode_farms.get(f), r)   # RFC 7386, as the API server
 
 
 class RecordingDataplanes:
