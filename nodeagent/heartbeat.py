@@ -107,7 +107,7 @@ class _Farm:
     next_send_ns: int = 0
     current: frozenset[int] = frozenset()
     decided: bool = False                 # a first decision has been handed over
-    sent_once: bool = False
+    last_sent_ns: int = 0
     started_ns: int = 0
     view: frozenset[str] = frozenset()
     digest: bytes = b"\0" * 8
@@ -236,11 +236,8 @@ class HeartbeatEngine:
         for f in list(self.farms.values()):
             if now >= f.next_send_ns:
                 late = now - f.next_send_ns
-                if f.sent_once and late > self.worst_send_delay_ns:
-                    self.worst_send_delay_ns = late
                 step = f.cfg.interval_ms * MS
                 f.next_send_ns = f.next_send_ns + step if late < step else now + step
-                f.sent_once = True
                 self._evaluate(f, now)
                 self._send_heartbeat(f, now)
                 self._renew_lease(f, now)
@@ -457,6 +454,12 @@ class HeartbeatEngine:
         if s is None or f.cfg.keyring is None:
             return
         me = node_id(f.cfg.node)
+        # The delay that matters to a peer: how much longer than an interval the gap between
+        # two heartbeats was (a triggered send resets the schedule, so lateness against the
+        # schedule would hide a stall that ended in a view change).
+        if f.last_sent_ns and not goodbye:
+            self.worst_send_delay_ns = max(self.worst_send_delay_ns, now - f.last_sent_ns - f.cfg.interval_ms * MS)
+        f.last_sent_ns = now
         f.seq += 1
         heard = frozenset({me}) if goodbye else f.table.heard(now)
         flags = (ROW_WITHDRAWN if f.cfg.withdrawn else 0) | (ROW_HEARS_WITNESS if self._hears_witness(f.cfg, now) else 0)

@@ -355,3 +355,15 @@ def test_swapping_the_key_in_one_step_does_lose_heartbeats():
         net.run(400)
     assert any(e.stats().get("rejected_unknown_key") for e in net.engines.values())
     assert any(len(d.view) < 3 for n in "abc" for d in net.decisions[n]), "no agent lost a peer"
+
+
+def test_the_worst_send_delay_is_the_longest_gap_past_an_interval_even_when_a_view_change_follows():
+    net = Net("abc")
+    net.run(500)
+    e = net.engines["b"]
+    assert e.stats()["worst_send_delay_us"] < 5_000
+    net.down.add("b")                  # b's thread stalls 400 ms: it sends nothing, hears nothing
+    net.run(400)
+    net.down.discard("b")
+    net.run(300)                        # it wakes, sees its view changed, sends at once
+    assert e.stats()["worst_send_delay_us"] >= 300_000, e.stats()
