@@ -40,6 +40,7 @@ import argparse
 import ctypes
 import os
 import re
+import shutil
 import socket
 import struct
 import sys
@@ -456,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="per attempt; above the 1 s SYN retransmission, so a dropped SYN shows as a delay")
     p.add_argument("--burners", type=int, default=2 * (os.cpu_count() or 1), help="busy-loop processes")
     p.add_argument("--no-gc-load", action="store_true", help="leave out the allocation/GC-heavy loop")
+    p.add_argument("--keep-logs", metavar="DIR", help="copy the agents' logs there before the lab is deleted")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/soak.py needs root (network namespaces, XDP)", file=sys.stderr)
@@ -517,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
             report = watcher.stop()
             wire.stop()
         tally.poll()
+        if a.keep_logs:
+            os.makedirs(a.keep_logs, exist_ok=True)
+            for k in NODES:
+                shutil.copy(log_path(lab, k), os.path.join(a.keep_logs, f"agent-n{k}.log"))
+            print(f"agent logs copied to {a.keep_logs}")
         print(f"\nwatcher: {report.summary()}; heartbeats captured on the wire: {wire.packets}")
         phases = [Phase("baseline (no load)", t0, t1, w0, w1, start_logs, base_logs),
                   Phase(f"loaded ({load})", t1, t2, w1, w2, base_logs, end_logs)]
