@@ -31,7 +31,8 @@ its end when it rose during the phase, and "<= previous" when it did not); the l
 between two heartbeats of one sender to one peer on the wire (what a peer's timeoutMs is
 measured against); the filters' lease counters (lease_expired: SYNs dropped because the lease
 had passed); and the watcher's longest double and zero ownership, with when each node's buckets
-had no acceptor. Progress every 30 s. PASS needs all of these at 0.
+had no acceptor; and the hypervisor's steal time (/proc/stat) in the phase. Progress every 30 s.
+PASS needs all of these at 0 (steal aside).
 Bounded (--minutes 1..60, every wait has a timeout); exits 0 whatever the verdict.
 """
 from __future__ import annotations
@@ -322,6 +323,13 @@ class AgentExited(RuntimeError):
     pass
 
 
+def steal_ms() -> int:
+    """CPU time the hypervisor gave to others while this VM wanted it (/proc/stat, all CPUs), in ms."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) * 1000 // os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0
+
+
 # -- the run ----------------------------------------------------------------------------------------
 @dataclass
 class Phase:
@@ -332,6 +340,7 @@ class Phase:
     w1: int
     log0: dict[int, int]
     log1: dict[int, int]
+    steal_ms: int = 0
 
 
 def start_load(lab: Lab, burners: int, gc_heavy: bool) -> list:
@@ -385,7 +394,7 @@ def report_phase(p: Phase, lab: Lab, tally: ProbeTally, wire: WireGaps, watch, p
     bad = Counter(x.outcome for x in att if not x.ok)
     slow = max(((x.end_ns or x.t_ns) - x.t_ns for x in att if x.ok), default=0) / 1e6
     late = [x for x in att if x.ok and (x.end_ns or x.t_ns) - x.t_ns >= RETRANSMIT_NS]
-    print(f"\n== {p.name}: {(p.t1 - p.t0) / 1e9:.0f} s ==")
+    print(f"\n== {p.name}: {(p.t1 - p.t0) / 1e9:.0f} s, hypervisor steal {p.steal_ms} ms of CPU time ==")
     print(f"connections: {len(att)} attempts, {sum(bad.values())} failed"
           + (" (" + ", ".join(f"{o} {n}" for o, n in sorted(bad.items())) + ")" if bad else "")
           + f"; slowest successful attempt {slow:.0f} ms; {len(late)} served only after >= 1 s "
@@ -494,18 +503,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             first.wait_all_served(timeout=30)
             t_run = time.monotonic()
-            t0, w0 = time.monotonic_ns(), time.time_ns()
+            t0, w0, s0 = time.monotonic_ns(), time.time_ns(), steal_ms()
             print(f"converged; baseline phase ({a.baseline_s:g} s, no load)", flush=True)
             run_phase("baseline", a.baseline_s, lab, a, tally, probes, clients, agents, t_run)
             # The baseline ends once every agent logged its counters (its worst send delay so far).
             base_logs = wait_counters_after(lab, {k: log_size(lab, k) for k in NODES})
-            t1, w1 = time.monotonic_ns(), time.time_ns()
+            t1, w1, s1 = time.monotonic_ns(), time.time_ns(), steal_ms()
             load_procs = start_load(lab, a.burners, not a.no_gc_load)
             print(f"event=soak_load_started procs={len(load_procs)} ({load}) elapsed_s={time.monotonic() - t_run:.0f}",
                   flush=True)
             run_phase("loaded", a.minutes * 60, lab, a, tally, probes, clients, agents, t_run)
             end_logs = wait_counters_after(lab, {k: log_size(lab, k) for k in NODES})
-            t2, w2 = time.monotonic_ns(), time.time_ns()
+            t2, w2, s2 = time.monotonic_ns(), time.time_ns(), steal_ms()
         except AgentExited as e:
             print(f"{e}\nverdict: MISS (an agent died during the soak; that is a finding, not a measurement)")
             return 1
@@ -525,8 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy(log_path(lab, k), os.path.join(a.keep_logs, f"agent-n{k}.log"))
             print(f"agent logs copied to {a.keep_logs}")
         print(f"\nwatcher: {report.summary()}; heartbeats captured on the wire: {wire.packets}")
-        phases = [Phase("baseline (no load)", t0, t1, w0, w1, start_logs, base_logs),
-                  Phase(f"loaded ({load})", t1, t2, w1, w2, base_logs, end_logs)]
+        phases = [Phase("baseline (no load)", t0, t1, w0, w1, start_logs, base_logs, s1 - s0),
+                  Phase(f"loaded ({load})", t1, t2, w1, w2, base_logs, end_logs, s2 - s1)]
         prev: dict[int, int | None] = {}
         results = []
         for ph in phases:
