@@ -130,6 +130,11 @@ def run_trial(lab: Lab, n: int, k: int, clients: list[str], a) -> Trial:
     recs = records()
     client_ns = recovery_time(recs, mine, t_fault) if mine else None
     covered = report.covered_at(lost, t_fault)
+    if covered is not None:
+        late = [r for r in recs if r.client in mine and not r.ok and r.t_ns > covered]
+        if late:
+            print(f"  trial {n}: {len(late)} attempts of n{k}'s clients started after every bucket was covered and failed: "
+                  + ", ".join(f"{r.outcome}@{(r.t_ns - t_fault) / 1e6:.0f}ms" for r in late[:8]), flush=True)
     return Trial(n, k, len(mine), len(lost),
                  None if client_ns is None else client_ns / 1e6,
                  None if covered is None else (covered - t_fault) / 1e6,
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-timeout-ms", type=float, default=50.0)
     p.add_argument("--window-s", type=float, default=0.0,
                    help="how long a trial waits for recovery (default max(2 s, 4 x the bound))")
+    p.add_argument("--keep-logs", metavar="DIR", help="copy the agents' logs there before the lab is deleted")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/failover.py needs root (network namespaces, XDP)", file=sys.stderr)
@@ -186,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
                 if proc.poll() is not None:
                     print(f"agent n{j} exited ({proc.returncode}); stopping:\n{lab.agent_log(j)[-2000:]}")
                     return 1
+        if a.keep_logs:
+            os.makedirs(a.keep_logs, exist_ok=True)
+            for k in (1, 2, 3):
+                with open(os.path.join(a.keep_logs, f"agent-n{k}.log"), "w") as f:
+                    f.write(lab.agent_log(k))
+            print(f"agent logs copied to {a.keep_logs}")
     ms = [t.bucket_ms for t in trials]       # the issue's measure: every lost bucket accepts again
     recovered = [v for v in ms if v is not None]
     clients_ms = [t.client_ms for t in trials]

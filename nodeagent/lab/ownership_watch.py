@@ -3,8 +3,8 @@
 From the test process (the bpffs mount is shared by every namespace), a background thread
 reads each node's active table of the farm every ~2 ms through the bpf(2) syscall: the same
 maps as pinned_maps.read_owned (vf_active, vf_tables, vf_owner), at the farm's slot from the
-node's state file, plus the per-slot lease `vf_lease` when that pin exists (a u64
-CLOCK_MONOTONIC deadline, 0 = no lease; a node whose lease has passed takes no new flows,
+node's state file, plus the per-slot lease `vf_lease` when that pin exists (its syn_deadline,
+CLOCK_MONOTONIC, 0 = no lease; a node whose lease has passed takes no new flows,
 so it counts as not accepting any of its buckets). A bucket's acceptors are the nodes that
 own it, accept, and are not excluded (a test excludes a node whose link it took down, since
 its table still says it owns buckets no client can reach).
@@ -30,6 +30,7 @@ from nodeagent.bpf_consts import TABLE_WORDS
 from nodeagent.bpf_syscall import map_lookup, obj_get
 
 LEASE_MAP = "vf_lease"
+LEASE_VALUE_BYTES = 16       # struct vf_lease (bpf/vipfarm_structs.h): syn_deadline, deadline
 REOPEN_NS = 500_000_000        # reopen the pins this often: a restarted agent pins new maps
 
 
@@ -137,11 +138,12 @@ class _NodeReader:
             self._open(now)
         slot = self.slot
         if LEASE_MAP in self.fds:
-            try:
-                deadline = int.from_bytes(self._lookup(LEASE_MAP, slot, 8), "little")
+            try:       # struct vf_lease {u64 syn_deadline; u64 deadline}: the whole value, or the
+                #         kernel writes past the buffer
+                syn_deadline = int.from_bytes(self._lookup(LEASE_MAP, slot, LEASE_VALUE_BYTES)[:8], "little")
             except OSError:
-                deadline = 0
-            if deadline and time.monotonic_ns() > deadline:
+                syn_deadline = 0
+            if syn_deadline and time.monotonic_ns() > syn_deadline:     # takes no new flow
                 return 0
         half = slot * 2 + (int.from_bytes(self._lookup("vf_active", slot, 4), "little") & 1)
         mask = int.from_bytes(self._lookup("vf_tables", half, 8)[4:8], "little")
