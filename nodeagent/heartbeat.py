@@ -65,12 +65,6 @@ class FarmPeers:
     interface: str = ""                   # the farm interface (the witness is probed on it)
     witness: str = ""                     # spec.heartbeat.witness: an IPv4 address whose ARP replies vote
 
-    @property
-    def lease_ns(self) -> int:
-        """A lease shorter than the time peers need to declare this node dead: the timeout
-        minus the longest gap since its last heartbeat (one interval)."""
-        return (self.timeout_ms - self.interval_ms) * MS
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -442,11 +436,17 @@ class HeartbeatEngine:
         contact = f.table.quorum_contact_ns(votes, extra)
         if contact is None:
             return
-        syn_deadline = contact + f.cfg.lease_ns
-        # The second stage (everything dropped) comes just before the peers can have taken
-        # over: one interval later, less a margin for the filter's coarse clock (<= 4 ms).
-        margin = min(f.cfg.interval_ms * MS // 4, 10 * MS)
-        self.leases.renew(f.cfg.farm, syn_deadline, syn_deadline + f.cfg.interval_ms * MS - margin)
+        # Both stages end before the peers can have taken over when this agent stops (killed,
+        # frozen: its last renewal came after its last contact), and at most one interval after
+        # it in a cut (the peers may have last heard it up to an interval before it last heard
+        # them): the bound on two owners. The SYN stage ends half an interval earlier, so a
+        # stuck agent stops taking new flows first; the slack for late peers' heartbeats is
+        # about timeoutMs - 1.5 intervals, which a lease of timeoutMs - intervalMs from the
+        # contact (the first design) left at one interval: the soak saw SYNs dropped for every
+        # 100 ms-late heartbeat.
+        margin = min(f.cfg.interval_ms * MS // 4, 10 * MS)      # the filter's coarse clock, <= 4 ms
+        deadline = contact + f.cfg.timeout_ms * MS - margin
+        self.leases.renew(f.cfg.farm, deadline - f.cfg.interval_ms * MS // 2, deadline)
 
     # -- sending ---------------------------------------------------------------------------
     def _send_heartbeat(self, f: _Farm, now: int, goodbye: bool = False) -> None:

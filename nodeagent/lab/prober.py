@@ -216,6 +216,33 @@ def probe(vip: str, port: int, clients: list[str], out_path: str, seconds: float
         if err not in (0, errno.EINPROGRESS):
             finish(s, _classify(err))
 
+    def handle(s: _Slot) -> None:
+        """One readiness event of an attempt: connected, an error, or (part of) the answer."""
+        if s.sock is None:
+            return
+        if not s.reading:
+            err = s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                finish(s, _classify(err))
+                return
+            s.reading = True
+            sel.modify(s.sock, selectors.EVENT_READ, s)
+            return
+        try:
+            chunk = s.sock.recv(64)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            finish(s, _classify(e.errno or 0))
+            return
+        if not chunk:            # closed without a name: the path broke mid-way
+            finish(s, "reset")
+            return
+        s.buf += chunk
+        if s.buf.endswith(b"\n"):
+            name = s.buf.decode(errors="replace").strip()
+            finish(s, OK if name else "reset", name or None)
+
     try:
         while True:
             now = time.monotonic_ns()
@@ -225,6 +252,15 @@ def probe(vip: str, port: int, clients: list[str], out_path: str, seconds: float
             stopping = stop_seen or now >= end or attempts >= max_attempts
             if stopping and all(s.sock is None for s in slots):
                 break
+            # What already arrived counts before any deadline: after a stall of this process,
+            # an attempt whose answer is waiting in its socket is not a timeout.
+            for _ in range(3):            # connected, then readable: two passes, and one spare
+                ready = sel.select(0)
+                if not ready:
+                    break
+                for key, _ in ready:
+                    handle(key.data)
+            now = time.monotonic_ns()
             for s in slots:
                 if s.sock is None and not stopping and now >= s.next_start \
                         and attempts + sum(x.sock is not None for x in slots) < max_attempts:
@@ -235,31 +271,7 @@ def probe(vip: str, port: int, clients: list[str], out_path: str, seconds: float
                        + ([] if stopping else [s.next_start for s in slots if s.sock is None])
                        + [now + 5_000_000])
             for key, _ in sel.select(max(0, wake - time.monotonic_ns()) / 1e9):
-                s = key.data
-                if s.sock is None:
-                    continue
-                if not s.reading:
-                    err = s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
-                        finish(s, _classify(err))
-                        continue
-                    s.reading = True
-                    sel.modify(s.sock, selectors.EVENT_READ, s)
-                    continue
-                try:
-                    chunk = s.sock.recv(64)
-                except BlockingIOError:
-                    continue
-                except OSError as e:
-                    finish(s, _classify(e.errno or 0))
-                    continue
-                if not chunk:            # closed without a name: the path broke mid-way
-                    finish(s, "reset")
-                    continue
-                s.buf += chunk
-                if s.buf.endswith(b"\n"):
-                    name = s.buf.decode(errors="replace").strip()
-                    finish(s, OK if name else "reset", name or None)
+                handle(key.data)
             now = time.monotonic_ns()
             if pending and now - last_flush >= 100_000_000:
                 out.write("\n".join(pending) + "\n")

@@ -110,7 +110,9 @@ def assert_failover(fo_lab, k, recovered, report, records, mine, t_fault, shares
     others = sorted(set(CLIENTS) - set(mine))
     assert recovered is not None
     # Every other client was served throughout: nothing but the lost node's buckets moved.
-    assert failed_attempts(records, t_fault, 2**63, clients=others) == [], "a client of a healthy node failed"
+    bad = failed_attempts(records, t_fault, 2**63, clients=others)
+    assert bad == [], "a client of a healthy node failed: " + ", ".join(
+        f"{r.client} {r.outcome} at +{(r.t_ns - t_fault) / 1e6:.0f} ms for {(r.end_ns - r.t_ns) / 1e6:.0f} ms" for r in bad[:10])
     # The lost node's clients were served again, by the survivors only, and keep being served.
     after = [r for r in records if r.t_ns > t_fault + recovered and r.client in mine]
     assert after and all(r.ok for r in after), [r for r in after if not r.ok][:5]

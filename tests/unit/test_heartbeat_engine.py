@@ -367,3 +367,36 @@ def test_the_worst_send_delay_is_the_longest_gap_past_an_interval_even_when_a_vi
     net.down.discard("b")
     net.run(300)                        # it wakes, sees its view changed, sends at once
     assert e.stats()["worst_send_delay_us"] >= 300_000, e.stats()
+
+
+def test_a_killed_agents_lease_ends_before_its_peers_take_its_buckets():
+    """An agent that stops (killed, frozen) renews no more: its last renewal came after its
+    last contact, so its filter is out before the peers' timeout of its last heartbeat."""
+    for phase in range(0, 100, 10):
+        net = Net("abc")
+        net.run(500 + phase)
+        lost = net.serving()["c"]
+        net.down.add("c")                       # no more ticks, sends or receipts: a dead agent
+        t_kill = net.now
+        net.run(800)
+        taken = next(t for t, s in net.history if t > t_kill and lost & (s["a"] | s["b"]))
+        _, deadline = net.leases["c"].leases["web"]
+        assert deadline < taken, (f"phase {phase}: c's filter takes flows until {(deadline - t_kill) / MS} ms "
+                                  f"after the kill, its peers from {(taken - t_kill) / MS} ms")
+
+
+def test_late_peer_heartbeats_do_not_lapse_the_lease():
+    """Jitter: both peers' next heartbeats 120 ms late (a 220 ms gap) must not stop this node
+    taking new flows; the SYN stage ends 240 ms after the last contact at the defaults."""
+    net = Net("abc")
+    net.run(500)
+    table = net.engines["a"].farms["web"].table
+    net.cut |= {("b", "a"), ("c", "a")}
+    newest = lambda: max(p.last_heard_ns for p in table.peers.values())     # noqa: E731
+    while net.now - newest() < 220 * MS:
+        net.run(1)
+    syn_deadline, _ = net.leases["a"].leases["web"]
+    assert syn_deadline > net.now, "a's SYN stage lapsed although its peers were only 120 ms late"
+    while net.now - newest() < 245 * MS:
+        net.run(1)
+    assert net.leases["a"].leases["web"][0] < net.now, "past the SYN stage the lease must have lapsed"
