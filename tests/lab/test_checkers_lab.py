@@ -142,7 +142,11 @@ def withdraw_recover_rejoin(ck_lab, farm: str, break_app) -> None:
         c: [(r.outcome, r.node, (r.t_ns - t_break) // 1_000_000) for r in records if r.client == c and r.t_ns >= t_break][-4:]
         for c in mine}
     others = sorted(set(CLIENTS) - set(mine))
-    assert failed_attempts(records, t_break, 2**63, clients=others) == []
+    bad = failed_attempts(records, t_break, 2**63, clients=others)
+    assert bad == [], f"t_back=+{(t_back - t_break) / 1e6:.0f} ms; " + ", ".join(
+        f"{r.client} {r.outcome} at +{(r.t_ns - t_break) / 1e6:.0f} ms" for r in bad[:10]) + "\n" + "\n".join(
+        f"n{k}: " + line for k in (1, 3) for line in lab.agent_log(k).splitlines()
+        if f"farm={farm}" in line and ("buckets_programmed" in line or "view_changed" in line))[-3000:]
     served_meanwhile = {r.node for r in records if r.client in mine and r.ok and r.t_ns > t_break}
     assert served_meanwhile & {"n1", "n3"}, (f"n2's clients were never served by n1 or n3: {served_meanwhile}\n"
                                              + "\n".join(line for line in text.splitlines() if farm in line)
