@@ -52,10 +52,3 @@ def save_base(state_root: str, node: str, farm: str, base: Base) -> None:
         except FileNotFoundError:
             pass
         raise
-
-
-def remove_base(state_root: str, node: str, farm: str) -> None:
-    try:
-        os.unlink(base_path(state_root, node, farm))
-    except FileNotFoundError:
-        pass
