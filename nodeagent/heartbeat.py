@@ -135,11 +135,13 @@ class HeartbeatEngine:
         self._pending: list[FarmPeers] | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)     # a full pipe already wakes the thread
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop = False
         self._thread: threading.Thread | None = None
         self._goodbye = False
         self._programmed: dict[str, frozenset[int]] = {}      # replaced whole by programmed(): no lock
+        self._renewed_for: dict[str, frozenset[int]] | None = None   # the _programmed last renewed for
 
     # -- called from other threads -------------------------------------------------------
     def configure(self, farms: list[FarmPeers]) -> None:
@@ -149,8 +151,11 @@ class HeartbeatEngine:
         self._poke()
 
     def programmed(self, farm: str, buckets: frozenset[int]) -> None:
-        """The main thread says what the filter now holds for `farm` (after each programming)."""
+        """The main thread says what the filter now holds for `farm` (after each programming).
+        The thread renews the farm's lease at once: a renewal withheld while the filter held
+        buckets it had to release is owed as soon as it no longer does."""
         self._programmed = {**self._programmed, farm: frozenset(buckets)}
+        self._poke()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vipfarm-heartbeat", daemon=True)
@@ -198,12 +203,21 @@ class HeartbeatEngine:
                             pass
                     else:
                         self._drain(key.fileobj)
+                self._renew_if_reprogrammed(self.clock())
                 self.tick(self.clock())
             if self._goodbye:
                 self.say_goodbye(self.clock())
         except Exception:          # the thread dying silently would be the worst outcome
             log.exception("event=heartbeat_thread_failed node=%s action=exit", self.node)
             os._exit(70)
+
+    def _renew_if_reprogrammed(self, now: int) -> None:
+        programmed = self._programmed
+        if programmed is self._renewed_for:
+            return
+        self._renewed_for = programmed
+        for f in self.farms.values():
+            self._renew_lease(f, now)
 
     def _raise_priority(self) -> None:
         """Real-time round-robin scheduling for this thread only: a CPU hog at normal priority
@@ -355,6 +369,10 @@ class HeartbeatEngine:
             if verdict == ACCEPTED:
                 self._maybe_request_base(f, msg, now)
                 self._evaluate(f, self.clock())
+                # A fresh contact moves the lease's reference time: renew now, not at the next
+                # send tick. (Renewing on sends only, a tick skipped while the filter still held
+                # released buckets left the SYN stage to lapse for a few ms: SYNs dropped.)
+                self._renew_lease(f, self.clock())
         elif isinstance(msg, BaseRequest):
             self._count("base_request")
             self._send_base(f, msg)

@@ -203,6 +203,11 @@ class Lab:
                 pass
         shutil.rmtree(self.pin_root, ignore_errors=True)
         if self.workdir:
+            keep = os.environ.get("VIPFARM_LAB_KEEP_LOGS")
+            if keep:   # a directory: the lab's logs and probe records are copied there before removal
+                dest = os.path.join(keep, os.path.basename(self.workdir))
+                shutil.copytree(self.workdir, dest, dirs_exist_ok=True, ignore_dangling_symlinks=True)
+                print(f"lab logs kept in {dest}", file=sys.stderr)
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- processes ------------------------------------------------------------------------

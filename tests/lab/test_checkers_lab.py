@@ -126,7 +126,11 @@ def withdraw_recover_rejoin(ck_lab, farm: str, break_app) -> None:
     assert re.search(rf"event=checker_transition farm={farm} checker=app .*to=failing", withdrawn[log_before:]), \
         withdrawn[log_before:]
     # Rejoined: the recovery repaired the application, the checks pass, n2 has its share back.
-    wait_for(lambda: lab.owned(2, farm) == shares[2], 20, f"n2 to rejoin {farm} with its share")
+    # (From n2's log, in order: its filter emptied, then refilled. A look at its filter alone
+    # can come before the withdrawal was programmed and call the rejoin done too early.)
+    wait_for(lambda: withdrawn_then_rejoined(lab.agent_log(2)[log_before:], farm, len(shares[2])), 20,
+             f"n2's log to show {farm} withdrawn (buckets=0) and then its share of {len(shares[2])} back")
+    wait_for(lambda: lab.owned(2, farm) == shares[2], 10, f"n2's filter to hold its share of {farm}")
     t_back = time.monotonic_ns()
     wait_for(lambda: recovery_time(probe.records(), CLIENTS, t_back) is not None, 10,
              "every client to be served again after the rejoin")
@@ -153,6 +157,13 @@ def withdraw_recover_rejoin(ck_lab, farm: str, break_app) -> None:
                                              + "\nn1:\n" + "\n".join(line for line in lab.agent_log(1).splitlines()
                                                                    if farm in line and "heartbeat" in line or
                                                                    f"farm={farm} buckets" in line))
+
+
+def withdrawn_then_rejoined(log_text: str, farm: str, share: int) -> bool:
+    """The agent log shows the farm's filter programmed empty, and later with `share` buckets."""
+    counts = [int(m) for m in re.findall(rf"event=buckets_programmed node=\S+ farm={re.escape(farm)} buckets=(\d+)",
+                                         log_text)]
+    return 0 in counts and share in counts[counts.index(0):]
 
 
 def withdrawn_between(lab: Lab, farm: str) -> bool:

@@ -102,6 +102,7 @@ class Net:
                     self.engines[dst]._receive(data, self.now)
             for n, e in self.engines.items():
                 if n not in self.down:
+                    e._renew_if_reprogrammed(self.now)       # as the thread's loop does
                     e.tick(self.now)
             self.history.append((self.now, self.serving()))
 
@@ -292,6 +293,36 @@ def test_a_filter_holding_buckets_it_should_have_released_gets_no_lease():
     e.programmed("web", e.farms["web"].current)      # programmed as decided: renewals resume
     net.run(200)
     assert net.leases["a"].deadlines["web"] > before
+
+
+def test_the_lease_is_renewed_at_once_when_the_filter_is_reprogrammed_as_decided():
+    """The renewal withheld while the filter held released buckets is owed when the main thread
+    reports the programming, not at the next send tick (by then the SYN stage may be over)."""
+    net = Net("abc")
+    net.run(500)
+    e = net.engines["a"]
+    e.programmed("web", frozenset(range(net.buckets)))
+    net.run(150)
+    before = net.leases["a"].deadlines["web"]
+    net.cut |= {("b", "a"), ("c", "a")}               # no heartbeat to renew it meanwhile
+    e.farms["web"].next_send_ns = net.now + 50 * MS     # nor a send tick
+    e.programmed("web", e.farms["web"].current)
+    net.run(1)
+    assert net.leases["a"].deadlines["web"] > before
+
+
+def test_each_accepted_heartbeat_renews_the_lease():
+    """The lease follows the last contact as it arrives: a node whose own send ticks are late
+    (its thread delayed) keeps its lease on its peers' heartbeats alone."""
+    net = Net("abc")
+    net.run(500)
+    e = net.engines["a"]
+    e.tick = lambda now: e._evaluate(e.farms["web"], now)     # 250 ms of ticks that send nothing
+    net.run(250)
+    newest = max(p.last_heard_ns for p in e.farms["web"].table.peers.values())
+    syn_deadline, _ = net.leases["a"].leases["web"]
+    assert newest > net.now - 110 * MS
+    assert syn_deadline >= newest + 200 * MS, (syn_deadline - net.now) / MS
 
 
 def test_a_cut_off_nodes_lease_ends_before_its_peers_take_its_buckets():
