@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 from vipfarm.base_assignment import Base, decode_base, encode_base
+
+from .atomic_file import atomic_write
 
 log = logging.getLogger("vipfarm.state")
 
@@ -36,19 +37,4 @@ def load_base(state_root: str, node: str, farm: str) -> Base | None:
 
 
 def save_base(state_root: str, node: str, farm: str, base: Base) -> None:
-    path = base_path(state_root, node, farm)
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f"{farm}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(encode_base(base))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(base_path(state_root, node, farm), encode_base(base))

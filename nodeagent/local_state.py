@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+from .atomic_file import atomic_write
 from .netconfig import ARP_SYSCTLS
 
 log = logging.getLogger("vipfarm.state")
@@ -55,22 +55,8 @@ class InterfaceState:
             return cls(node, iface)
 
     def save(self, path: str) -> None:
-        """Atomically replace the file (tmp + fsync + rename), so a reader sees old or new."""
-        d = os.path.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(self), f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        """Atomically replace the file, so a reader sees old or new."""
+        atomic_write(path, json.dumps(asdict(self), indent=1, sort_keys=True).encode())
 
 
 _TYPES = {f.name: f.type for f in fields(InterfaceState)}

@@ -81,10 +81,9 @@ def test_a_save_that_fails_halfway_keeps_the_previous_record(tmp_path, monkeypat
     path = str(tmp_path / "eth0.json")
     GOOD.save(path)
 
-    def torn(obj, f, **kw):
-        f.write('{"node": "n1", "sl')
+    def full_disk(fd):           # the new content is written, then the disk refuses it
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("nodeagent.local_state.json.dump", torn)
+    monkeypatch.setattr("nodeagent.atomic_file.os.fsync", full_disk)
     with pytest.raises(OSError):
         InterfaceState("n1", "eth0", mode="native").save(path)
     assert parse_state(_read(path), "n1", "eth0") == GOOD
