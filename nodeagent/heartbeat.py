@@ -31,7 +31,7 @@ from vipfarm.agreement import Serving, agreed_view, agreement_digest, buckets_to
 from vipfarm.assignment import Assignment
 from vipfarm.base_assignment import Base, config_digest, first_base
 from vipfarm.heartbeat_keys import Keyring
-from vipfarm.heartbeat_wire import (ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
+from vipfarm.heartbeat_wire import (ROW_HANDING_OVER, ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
                                     WireError, decode, encode, node_id)
 from vipfarm.liveness import ACCEPTED, PeerTable
 
@@ -78,6 +78,7 @@ class Decision:
     digest: bytes
     released: int
     withheld: int
+    peers_handing_over: bool = False      # some other member still serves flows in buckets it gave up
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class _Farm:
     pending_base: dict = field(default_factory=dict)   # (sender, epoch, digest) -> {index: data}
     last_request_ns: int = 0
     said: Membership | None = None        # the last membership handed to on_membership
+    peers_handing_over: bool = False      # in the last decision handed over
 
 
 class HeartbeatEngine:
@@ -142,6 +144,8 @@ class HeartbeatEngine:
         self._goodbye = False
         self._programmed: dict[str, frozenset[int]] = {}      # replaced whole by programmed(): no lock
         self._renewed_for: dict[str, frozenset[int]] | None = None   # the _programmed last renewed for
+        self._handing_over: frozenset[str] = frozenset()    # farms whose drain is not over (handing_over())
+        self._sent_handing_over: frozenset[str] = frozenset()
 
     # -- called from other threads -------------------------------------------------------
     def configure(self, farms: list[FarmPeers]) -> None:
@@ -155,6 +159,16 @@ class HeartbeatEngine:
         The thread renews the farm's lease at once: a renewal withheld while the filter held
         buckets it had to release is owed as soon as it no longer does."""
         self._programmed = {**self._programmed, farm: frozenset(buckets)}
+        self._poke()
+
+    def handing_over(self, farm: str, still: bool) -> None:
+        """The main thread says whether this node still serves flows in buckets of `farm` it
+        no longer owns (its drain): the heartbeats say so, so the new owners keep those
+        buckets on the filter's slow path. A change is sent at once."""
+        now = farm in self._handing_over
+        if still == now:
+            return
+        self._handing_over = (self._handing_over | {farm}) if still else (self._handing_over - {farm})
         self._poke()
 
     def start(self) -> None:
@@ -204,12 +218,23 @@ class HeartbeatEngine:
                     else:
                         self._drain(key.fileobj)
                 self._renew_if_reprogrammed(self.clock())
+                self._send_if_handover_changed(self.clock())
                 self.tick(self.clock())
             if self._goodbye:
                 self.say_goodbye(self.clock())
         except Exception:          # the thread dying silently would be the worst outcome
             log.exception("event=heartbeat_thread_failed node=%s action=exit", self.node)
             os._exit(70)
+
+    def _send_if_handover_changed(self, now: int) -> None:
+        handing_over = self._handing_over
+        if handing_over is self._sent_handing_over:
+            return
+        for name in handing_over ^ self._sent_handing_over:
+            f = self.farms.get(name)
+            if f is not None:
+                f.next_send_ns = now             # the peers' slow path waits on this flag
+        self._sent_handing_over = handing_over
 
     def _renew_if_reprogrammed(self, now: int) -> None:
         programmed = self._programmed
@@ -414,15 +439,21 @@ class HeartbeatEngine:
             weights = {n: (0 if n in withdrawn else w) for n, w in cfg.weights.items()}
             target = effective_assignment(cfg.base.assignment, weights, view)
         s: Serving = buckets_to_serve(cfg.node, target, f.current, agreed)
-        if s.buckets != f.current or not f.decided:
-            f.current, f.decided = s.buckets, True
+        handing_over = self._peers_handing_over(f, now)
+        if s.buckets != f.current or not f.decided or handing_over != f.peers_handing_over:
+            f.current, f.decided, f.peers_handing_over = s.buckets, True, handing_over
             self.on_decision(Decision(cfg.farm, s.buckets, view, withdrawn, agreed,
-                                      cfg.base.epoch if cfg.base else 0, digest, s.released, s.withheld))
+                                      cfg.base.epoch if cfg.base else 0, digest, s.released, s.withheld,
+                                      handing_over))
         if self.on_membership is not None:
             m = Membership(cfg.farm, cfg.base.epoch if cfg.base else 0, view, digest, agreed, withdrawn)
             if m != f.said:
                 f.said = m
                 self.on_membership(m)
+
+    def _peers_handing_over(self, f: _Farm, now: int) -> bool:
+        me = node_id(f.cfg.node)
+        return any(r.flags & ROW_HANDING_OVER for i, r in f.table.fresh_rows(now).items() if i != me)
 
     def _withdrawn(self, f: _Farm, now: int, view: frozenset[str]) -> frozenset[str]:
         out = {f.cfg.node} if f.cfg.withdrawn else set()
@@ -480,7 +511,8 @@ class HeartbeatEngine:
         f.last_sent_ns = now
         f.seq += 1
         heard = frozenset({me}) if goodbye else f.table.heard(now)
-        flags = (ROW_WITHDRAWN if f.cfg.withdrawn else 0) | (ROW_HEARS_WITNESS if self._hears_witness(f.cfg, now) else 0)
+        flags = ((ROW_WITHDRAWN if f.cfg.withdrawn else 0) | (ROW_HEARS_WITNESS if self._hears_witness(f.cfg, now) else 0)
+                 | (ROW_HANDING_OVER if f.cfg.farm in self._handing_over else 0))
         own = Row(me, f.boot, f.seq, 0, heard, f.digest, flags)
         rows = [own] + [Row(i, r.boot, r.seq, max(0, (now - r.origin_ns) // MS), r.heard, r.agree, r.flags)
                         for i, r in sorted(f.table.fresh_rows(now).items())]

@@ -103,6 +103,7 @@ class Net:
             for n, e in self.engines.items():
                 if n not in self.down:
                     e._renew_if_reprogrammed(self.now)       # as the thread's loop does
+                    e._send_if_handover_changed(self.now)
                     e.tick(self.now)
             self.history.append((self.now, self.serving()))
 
@@ -431,3 +432,22 @@ def test_late_peer_heartbeats_do_not_lapse_the_lease():
     while net.now - newest() < 245 * MS:
         net.run(1)
     assert net.leases["a"].leases["web"][0] < net.now, "past the SYN stage the lease must have lapsed"
+
+
+def test_a_node_handing_over_tells_its_peers_at_once_and_stops_telling_when_its_drain_ends():
+    """The flag the new owners keep their acquired buckets on the slow path by: sent with the
+    next triggered heartbeat (not an interval later), and relayed, so every member sees it."""
+    net = Net("abc")
+    net.run(500)
+    net.engines["a"].handing_over("web", True)
+    net.run(5)
+    for n in "bc":
+        assert net.decisions[n][-1].peers_handing_over, f"{n} did not hear a's handover within 5 ms"
+    assert not net.decisions["a"][-1].peers_handing_over, "a's own flag is not a peer's"
+    net.cut |= {("a", "c")}                           # c now hears a's flag only through b's relay
+    net.run(400)
+    assert net.decisions["c"][-1].peers_handing_over
+    net.engines["a"].handing_over("web", False)
+    net.run(150)
+    assert not net.decisions["c"][-1].peers_handing_over
+    assert not net.decisions["b"][-1].peers_handing_over
