@@ -232,7 +232,8 @@ class ClusterAgent:
         # Their transitions as Kubernetes Events: queued by the runners' threads, handed to the
         # poster by the main loop (which knows the Farm's uid).
         self.check_events: list = []
-        self.k8s_events = EventPoster(node, lambda ns, body: self.events_api.create_namespaced_event(ns, body))
+        self.k8s_events = EventPoster(node, lambda ns, body: self.events_api.create_namespaced_event(
+            ns, body, _request_timeout=10))     # an API server that does not answer costs the poster 10 s, no more
 
     def _publish_adopted_leases(self) -> None:
         """Before anything else: where the previous agent's leases are, so the heartbeat thread
