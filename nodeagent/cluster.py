@@ -31,8 +31,9 @@
 * Checkers (spec.checkers, nodeagent/checkers.py): a CheckRunner per served Farm with
   checkers. While they fail this node is withdrawn (it stays in the view, serves nothing;
   the operator shows it Withdrawn), and each transition is logged by the runner and becomes
-  the Farm report's `checks` entry (checker name -> state, type, detail, since). Events
-  for them are not posted yet (the agent has no Event RBAC).
+  the Farm report's `checks` entry (checker name -> state, type, detail, since) and a
+  Kubernetes Event about the Farm (vipfarm/farm_events.py says which, nodeagent/event_poster.py
+  posts them from its own thread, rate limited, never waited for).
 * When the API server is unreachable the heartbeats go on deciding (nothing on their path
   waits for the API) and the dataplane follows them; the rest of the programming stays
   as it was.
@@ -65,6 +66,7 @@ from typing import Callable, Mapping
 from vipfarm import __version__, kubeconfig
 from vipfarm.base_assignment import Base, base_from_status, decode_base, encode_base
 from vipfarm.checks import Health
+from vipfarm.farm_events import checks_event
 from vipfarm.farm_status import CorruptAssignment, stored_assignment, stored_epoch
 from vipfarm.heartbeat_keys import HeartbeatKeyError, Keyring, keyring_from_secret
 from vipfarm.reports import membership_report
@@ -76,6 +78,7 @@ from . import netconfig
 from .backoff import Backoff
 from .bpf_program import DataplaneError
 from .checkers import CheckRunner
+from .event_poster import EventPoster
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine, Membership
 from .leases import LeaseWriter
 from .netconfig import InterfaceError
@@ -171,6 +174,7 @@ class ClusterAgent:
         api = kubeconfig.api_client()
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
+        self.events_api = client.EventsV1Api(api)
         self.node = node
         self.refresh_s = max(30.0, refresh_s)
         self.leave_on_exit = leave_on_exit
@@ -225,6 +229,11 @@ class ClusterAgent:
         self.runners: dict[str, CheckRunner] = {}
         self.health: dict[str, Health] = {}
         self.checks: dict[str, dict[str, dict]] = {}
+        # Their transitions as Kubernetes Events: queued by the runners' threads, handed to the
+        # poster by the main loop (which knows the Farm's uid).
+        self.check_events: list = []
+        self.k8s_events = EventPoster(node, lambda ns, body: self.events_api.create_namespaced_event(
+            ns, body, _request_timeout=10))     # an API server that does not answer costs the poster 10 s, no more
 
     def _publish_adopted_leases(self) -> None:
         """Before anything else: where the previous agent's leases are, so the heartbeat thread
@@ -260,7 +269,18 @@ class ClusterAgent:
             for e in events:
                 entry = e.to_dict()
                 entries[entry["name"]] = entry
+            self.check_events += events
         self.events.put(("DECIDED", None))
+
+    def _post_check_events(self) -> None:
+        """The transitions since the last call, to the Event poster (it returns at once)."""
+        with self.lock:
+            events, self.check_events = self.check_events, []
+        for e in events:
+            uid = (((self.farms.get(e.farm) or {}).get("metadata") or {}).get("uid")) or ""
+            ev = checks_event(e, self.node, uid)
+            if ev is not None:
+                self.k8s_events.submit(ev)
 
     def _run_checkers(self, farms: list[Farm]) -> None:
         """One CheckRunner per served Farm with checkers; one whose checkers, recovery and
@@ -467,6 +487,7 @@ class ClusterAgent:
         serving_now = self.dataplanes.serving_now() if not self.programmed_once else {}
         w = pacing.wanted(self.farms, self.labels or {}, self.node, serving_now)
         decided = self._configure_heartbeats(w, serving_now)
+        self._post_check_events()
         with self.lock:
             decisions, memberships = dict(self.decisions), dict(self.memberships)
             checks = {f: dict(c) for f, c in self.checks.items()}
@@ -598,6 +619,7 @@ class ClusterAgent:
             signal.signal(sig, lambda *_: self.stopping.set())
         self._publish_adopted_leases()
         self.engine.start()         # heartbeats first: nothing else the agent does may delay them
+        self.k8s_events.start()
         self._refresh_key()
         self._refresh_labels()
         threading.Thread(target=self._watch_loop, name="farm-watch", daemon=True).start()
@@ -641,6 +663,7 @@ class ClusterAgent:
         self.engine.stop(goodbye=self.leave_on_exit)
         for runner in self.runners.values():
             runner.stop()
+        self.k8s_events.stop()
         if self.leave_on_exit:
             self.dataplanes.stop()
         self.leases.close()

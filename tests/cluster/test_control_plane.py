@@ -399,15 +399,20 @@ def test_the_agent_token_has_what_it_needs_and_is_refused_the_rest(cluster):
         assert code == 403 and "forbidden" in body.lower(), (code, body)
     event = {"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "web.", "namespace": "default"},
              "involvedObject": {"kind": "Farm", "name": "web"}, "reason": "Test", "message": "rbac probe"}
+    new_event = {"apiVersion": "events.k8s.io/v1", "kind": "Event",
+                 "metadata": {"name": "web.rbac-probe", "namespace": "default"},
+                 "regarding": event["involvedObject"], "reason": "Test", "note": "rbac probe", "action": "Probe",
+                 "type": "Normal", "reportingController": "vipfarm.io/test", "reportingInstance": "n1",
+                 "eventTime": "2026-01-01T00:00:00.000000Z"}
+    # events.k8s.io Events about Farms, in default (where a cluster-scoped object's go): yes, create only.
+    r = k("create", "-f", "-", "--dry-run=server", input=json.dumps(new_event))
+    assert r.returncode == 0, r.stderr
     refused = [
         k("get", "nodes"),                                   # no list/watch of the other nodes
         k("get", "farmnodes"),                               # no list of the other nodes' reports
-        k("create", "-f", "-", "--dry-run=server", input=json.dumps(event)),           # no Events
-        k("create", "-f", "-", "--dry-run=server", input=json.dumps({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": event["metadata"],
-            "regarding": event["involvedObject"], "reason": "Test", "note": "rbac probe", "action": "Probe",
-            "type": "Normal", "reportingController": "vipfarm.io/test", "reportingInstance": "n1",
-            "eventTime": "2026-01-01T00:00:00.000000Z"})),
+        k("create", "-f", "-", "--dry-run=server", input=json.dumps(event)),           # no core/v1 Events
+        k("create", "-f", "-", "--dry-run=server", input=json.dumps(                    # nor outside default
+            dict(new_event, metadata=dict(new_event["metadata"], namespace="kube-system")))),
         k("patch", "farm", "web", "--subresource=status", "--type=merge", "-p", '{"status":{"phase":"Ready"}}'),
         k("patch", "farm", "web", "--type=merge", "-p", '{"spec":{"buckets":512}}'),
         k("delete", "farmnode", "n1", "--dry-run=server"),
@@ -648,20 +653,97 @@ def test_deleting_the_farm_releases_the_vip_and_detaches_xdp_everywhere(cluster)
                       .get("status", {}).get("farms") or {}) for k in (1, 2, 3)))
 
 
+CHECKED_VIP = "203.0.113.40"
+
+
+def _agent_events(cluster, farm: str) -> list[dict]:
+    """The events.k8s.io/v1 Events the agents posted about a Farm, as the API server has them."""
+    items = json.loads(cluster.kubectl("get", "events.v1.events.k8s.io", "-n", "default", "-o", "json").stdout)["items"]
+    return [e for e in items if (e.get("regarding") or {}).get("name") == farm
+            and e.get("reportingController") == "vipfarm.io/agent"]
+
+
+def test_a_failing_then_passing_checker_posts_events_regarding_the_farm_from_the_agents_service_account(cluster):
+    """An exec checker fails on n2 only (a flag file), its recovery (`false`) fails and then
+    has no budget left; the flag goes and the checker passes again. The API server has one
+    Event per transition, regarding the Farm (with its uid), reported by n2's agent; none from
+    n1 or n3 (a first pass posts nothing); the agents' own tokens created them (audit log),
+    and no agent logged a failed post."""
+    c = cluster
+    flags = os.path.join(c.lab.workdir, "event-flags")
+    os.makedirs(flags, exist_ok=True)
+    flag = os.path.join(flags, "n2.down")
+    body = _farm("checked", CHECKED_VIP)
+    body["spec"]["checkers"] = [{"name": "app", "type": "exec", "intervalMs": 500, "timeoutMs": 450,
+                                 "failureThreshold": 3, "successThreshold": 1,
+                                 "command": ["sh", "-c", f'test ! -e "{flags}/$VIPFARM_NODE.down"']}]
+    body["spec"]["recovery"] = {"command": ["false"], "timeoutSeconds": 5, "maxRestarts": 1, "windowSeconds": 3600}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        c.kubectl("apply", "-f", "-", input=json.dumps(body))
+        wait_for("checked READY 3/3", lambda: (c.get_farm("checked").get("status") or {}).get("readyText") == "3/3",
+                 timeout=120)
+        uid = c.get_farm("checked")["metadata"]["uid"]
+        open(flag, "w").close()
+        down = ["CheckerFailing", "RecoveryStarted", "RecoveryFailed", "RecoveryBudgetExhausted"]
+        wait_for(f"n2's agent to post {', '.join(down)} about Farm checked", lambda: set(down) <= {
+            e["reason"] for e in _agent_events(c, "checked")}, timeout=60)
+        os.unlink(flag)
+        wait_for("n2's agent to post CheckerPassing about Farm checked", lambda: "CheckerPassing" in {
+            e["reason"] for e in _agent_events(c, "checked")}, timeout=60)
+
+        events = _agent_events(c, "checked")
+        by_reason = {e["reason"]: e for e in events}
+        assert sorted(by_reason) == sorted(down + ["CheckerPassing"]) and len(events) == 5, \
+            [(e["reason"], e["reportingInstance"]) for e in events]
+        types = {"CheckerFailing": "Warning", "RecoveryStarted": "Normal", "RecoveryFailed": "Warning",
+                 "RecoveryBudgetExhausted": "Warning", "CheckerPassing": "Normal"}
+        for reason, e in by_reason.items():
+            assert e["regarding"] == {"apiVersion": "vipfarm.io/v1alpha1", "kind": "Farm", "name": "checked",
+                                      "uid": uid}, e
+            assert (e["type"], e["reportingInstance"], e["metadata"]["namespace"]) == (types[reason], "n2", "default")
+            assert e["action"] == ("Check" if reason.startswith("Checker") else "Recover"), e
+            assert "node n2" in e["note"] and "app" in e["note"], e["note"]
+        assert "passing -> failing" in by_reason["CheckerFailing"]["note"]
+        assert "failing -> passing" in by_reason["CheckerPassing"]["note"]
+        # The README's command finds them.
+        out = c.kubectl("events", "--for", "farm/checked", "-n", "default").stdout
+        assert "CheckerFailing" in out and "CheckerPassing" in out, out
+        # Created by the agents' own tokens (the chart's ServiceAccount), and none refused.
+        creates = [e for e in c.requests(c.agent_ids, started) if e["verb"] == "create"
+                   and (e.get("objectRef") or {}).get("resource") == "events"]
+        assert creates and {(e["objectRef"].get("apiGroup"), e["objectRef"].get("namespace"),
+                             e["responseStatus"]["code"]) for e in creates} == {("events.k8s.io", "default", 201)}, \
+            [(e["objectRef"], e["responseStatus"]) for e in creates]
+        for k in (1, 2, 3):
+            log = c.lab.log(f"agent-n{k}.log")
+            assert "event=k8s_event_failed" not in log, log[-3000:]
+        assert "event=k8s_event_posted node=n2 farm=checked reason=CheckerFailing" in c.lab.log("agent-n2.log")
+    finally:
+        if os.path.exists(flag):
+            os.unlink(flag)
+        c.kubectl("delete", "farm", "checked", "--ignore-not-found", "--timeout=120s", check=False)
+
+
 def test_the_agents_used_exactly_what_their_roles_grant(cluster):
     """Least privilege, checked: the (verb, resource) pairs the three agents' tokens used in this
-    module's tests (audit log) equal what the vipfarm-agent ClusterRole and the heartbeat key's
-    Role (get on that one Secret) grant, and each grant
+    module's tests (audit log) equal what the vipfarm-agent ClusterRole, the heartbeat key's
+    Role (get on that one Secret) and the events Role (create in `default`, used by the
+    checker test above) grant, and each grant
     was used and allowed. (A request the API server refuses while its RBAC cache warms up
     after the restart above can be refused once; a pair that is needed but not granted would
     show up as used and not granted.)"""
     role = json.loads(cluster.kubectl("get", "clusterrole", "vipfarm-agent", "-o", "json").stdout)
     key_role = json.loads(cluster.kubectl("get", "role", "vipfarm-agent-heartbeat-key", "-n", NS, "-o", "json").stdout)
+    events_role = json.loads(cluster.kubectl("get", "role", "vipfarm-agent-events", "-n", "default", "-o", "json").stdout)
     granted = {(verb, f"{group}/{res}" if group else res) for rule in role["rules"] + key_role["rules"]
+               + events_role["rules"]
                for group in rule.get("apiGroups", [""]) for res in rule.get("resources", [])
                for verb in rule.get("verbs", [])}
     assert key_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["vipfarm-heartbeat"],
                                   "verbs": ["get"]}], key_role["rules"]
+    assert events_role["rules"] == [{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}], \
+        events_role["rules"]
     used, allowed, refused = set(), set(), []
     for e in cluster.requests(cluster.agent_ids):
         ref = e.get("objectRef")

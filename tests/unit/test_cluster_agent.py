@@ -552,3 +552,30 @@ def test_failing_checkers_withdraw_the_node_and_their_transitions_are_the_report
     agent._apply()
     assert agent.configured[-1][0].withdrawn is True
     assert agent.wanted["web"]["checks"]["web"]["state"] == "failing"
+
+
+def test_checker_transitions_go_to_the_event_poster_as_events_regarding_the_farm_with_its_uid(keyed_agent, monkeypatch):
+    """The runner's thread only queues; the main loop hands each transition that posts an
+    Event to the poster (which returns at once), with the Farm's uid from the watch."""
+    from vipfarm.checks import CHECKER_TRANSITION, Event, Health
+    monkeypatch.setattr(cluster_mod, "CheckRunner", FakeRunner)
+    body = served_farm()
+    body["spec"]["checkers"] = [{"name": "web", "type": "tcp", "port": 80}]
+    api = SecretApi([body], {}, secret_data={"hmac-key": KEY})
+    agent = keyed_agent(api)
+    submitted = []
+    agent.k8s_events.submit = submitted.append
+    agent._refresh_key()
+    agent._apply()
+    runner = agent.runners["web"]
+    runner.on_change(Health(True, "CheckersPassing"),
+                     [Event(CHECKER_TRANSITION, "web", "web", "tcp", "unknown", "passing", "connected", 1.0)])
+    runner.on_change(Health(False, "CheckerFailing", "web", "connection refused"),
+                     [Event(CHECKER_TRANSITION, "web", "web", "tcp", "passing", "failing", "connection refused", 9.0)])
+    assert submitted == []                  # nothing is posted from the runner's thread
+    agent._apply()
+    assert [(e.reason, e.farm, e.farm_uid, e.checker) for e in submitted] == \
+        [("CheckerFailing", "web", "uid-web", "web")]     # the first pass after a start posts none
+    assert "node n1: checker web (tcp) passing -> failing: connection refused" == submitted[0].note
+    agent._apply()
+    assert len(submitted) == 1              # each transition once
