@@ -365,3 +365,36 @@ class CheckRunner:
         level = logging.INFO if e.kind in (CHECKER_TRANSITION, "recovery_started") or e.to_state == "succeeded" \
             else logging.WARNING
         log.log(level, "event=%s %s", e.kind, fields)
+
+
+class CheckRunners(dict):
+    """An agent's CheckRunner per farm with checkers, keyed by farm name. update() makes it
+    match a farm list: a runner whose checkers, recovery and interface did not change keeps
+    running (and keeps its state) across a reload; on_started(name, health) and
+    on_removed(name) let the agent keep its own per-farm records (under its own lock)."""
+
+    def __init__(self, node: str, on_change: Callable[[str, Health, list[Event]], None],
+                 on_started: Callable[[str, Health], None], on_removed: Callable[[str], None]):
+        super().__init__()
+        self.node = node
+        self._on_change = on_change
+        self._on_started = on_started
+        self._on_removed = on_removed
+
+    def update_farms(self, farms: list[Farm]) -> None:
+        wanted = {f.name: f for f in farms if f.checkers}
+        for name in list(self):
+            old, new = self[name].farm, wanted.get(name)
+            if new is None or (new.checkers, new.recovery, new.interface) != (old.checkers, old.recovery, old.interface):
+                self.pop(name).stop()
+                self._on_removed(name)
+        for name, farm in wanted.items():
+            if name not in self:
+                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_change(name, h, ev), node=self.node)
+                self._on_started(name, runner.health())
+                self[name] = runner
+                runner.start()
+
+    def stop_all(self) -> None:
+        for runner in self.values():
+            runner.stop()

@@ -77,7 +77,7 @@ from . import farmnode_report as pacing
 from . import netconfig
 from .backoff import Backoff
 from .bpf_program import DataplaneError
-from .checkers import CheckRunner
+from .checkers import CheckRunners
 from .event_poster import EventPoster
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine, Membership
 from .leases import LeaseWriter
@@ -226,7 +226,7 @@ class ClusterAgent:
         self.adopted_at_start: dict[str, frozenset[int]] | None = None
         # Checkers (nodeagent/checkers.py): one CheckRunner per served Farm with checkers; its
         # Health withdraws this node, its transitions become the report's `checks` entries.
-        self.runners: dict[str, CheckRunner] = {}
+        self.runners = CheckRunners(node, self._on_health, self._checker_started, self._checker_removed)
         self.health: dict[str, Health] = {}
         self.checks: dict[str, dict[str, dict]] = {}
         # Their transitions as Kubernetes Events: queued by the runners' threads, handed to the
@@ -282,24 +282,14 @@ class ClusterAgent:
             if ev is not None:
                 self.k8s_events.submit(ev)
 
-    def _run_checkers(self, farms: list[Farm]) -> None:
-        """One CheckRunner per served Farm with checkers; one whose checkers, recovery and
-        interface did not change keeps running (and keeps its state)."""
-        wanted = {f.name: f for f in farms if f.checkers}
-        for name in list(self.runners):
-            old, new = self.runners[name].farm, wanted.get(name)
-            if new is None or (new.checkers, new.recovery, new.interface) != (old.checkers, old.recovery, old.interface):
-                self.runners.pop(name).stop()
-                with self.lock:
-                    self.health.pop(name, None)
-                    self.checks.pop(name, None)
-        for name, farm in wanted.items():
-            if name not in self.runners:
-                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_health(name, h, ev), node=self.node)
-                with self.lock:
-                    self.health[name] = runner.health()
-                self.runners[name] = runner
-                runner.start()
+    def _checker_started(self, name: str, health: Health) -> None:
+        with self.lock:
+            self.health[name] = health
+
+    def _checker_removed(self, name: str) -> None:
+        with self.lock:
+            self.health.pop(name, None)
+            self.checks.pop(name, None)
 
     def _on_base(self, farm: str, base: Base) -> None:
         """A newer base adopted from a peer: the Farm watch brings the same from the status."""
@@ -460,7 +450,7 @@ class ClusterAgent:
         peers = []
         if self.adopted_at_start is None:
             self.adopted_at_start = dict(serving_now)
-        self._run_checkers([i.farm for i in w.serve])
+        self.runners.update_farms([i.farm for i in w.serve])
         with self.lock:
             health = dict(self.health)
         for item in w.serve:
@@ -661,8 +651,7 @@ class ClusterAgent:
         # No goodbye: a DaemonSet restart must not make the peers take this node's buckets;
         # the next agent adopts the pins and renews the lease.
         self.engine.stop(goodbye=self.leave_on_exit)
-        for runner in self.runners.values():
-            runner.stop()
+        self.runners.stop_all()
         self.k8s_events.stop()
         if self.leave_on_exit:
             self.dataplanes.stop()

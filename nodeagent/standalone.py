@@ -23,7 +23,7 @@ from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
 from .base_store import load_base, save_base
 from .bpf_program import DataplaneError
-from .checkers import CheckRunner
+from .checkers import CheckRunners
 from .filter_plan import FarmOwnership
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine
 from .leases import LeaseWriter
@@ -97,7 +97,7 @@ class StandaloneAgent:
         self.reload_requested = False
         self.reconfigure_requested = False
         self.programmed_once = False
-        self.runners: dict[str, CheckRunner] = {}
+        self.runners = CheckRunners(node, self._on_health, self._checker_started, self._checker_removed)
         self.health: dict[str, Health] = {}
         self.adopted_at_start: dict[str, frozenset[int]] | None = None
         self._programmed: dict[str, frozenset[int]] = {}
@@ -158,31 +158,20 @@ class StandaloneAgent:
         self.farms, self.keyrings, self.bases = farms, keyrings, bases
         if self.adopted_at_start is None:
             self.adopted_at_start = self.dataplanes.serving_now()
-        self._start_checkers(farms)
+        self.runners.update_farms(farms)
         self._tell_engine()
 
     def _tell_engine(self) -> None:
         serving = self.adopted_at_start if not self.programmed_once else self._programmed
         self.engine.configure([self._peers(f, serving or {}) for f in self.farms])
 
-    def _start_checkers(self, farms: list[Farm]) -> None:
-        """One CheckRunner per farm with checkers; a runner whose checkers and recovery did not
-        change keeps running (and keeps its state) across a reload."""
-        wanted = {f.name: f for f in farms if f.checkers}
-        for name in list(self.runners):
-            old = self.runners[name].farm
-            new = wanted.get(name)
-            if new is None or (new.checkers, new.recovery, new.interface) != (old.checkers, old.recovery, old.interface):
-                self.runners.pop(name).stop()
-                with self.lock:
-                    self.health.pop(name, None)
-        for name, farm in wanted.items():
-            if name not in self.runners:
-                runner = CheckRunner(farm, lambda h, ev, name=name: self._on_health(name, h, ev), node=self.node)
-                with self.lock:
-                    self.health[name] = runner.health()
-                self.runners[name] = runner
-                runner.start()
+    def _checker_started(self, name: str, health: Health) -> None:
+        with self.lock:
+            self.health[name] = health
+
+    def _checker_removed(self, name: str) -> None:
+        with self.lock:
+            self.health.pop(name, None)
 
     def run(self) -> int:
         farms = load_farms(self.paths, self.node)   # all validation before any change
@@ -213,8 +202,7 @@ class StandaloneAgent:
                 self.reconfigure_requested = False
                 self._tell_engine()
             self._program()
-        for runner in self.runners.values():
-            runner.stop()
+        self.runners.stop_all()
         self._release_all()                  # first give the buckets up,
         self.engine.stop(goodbye=True)       # then tell the peers, who take them at once,
         self.dataplanes.stop()               # then take the VIPs and the filter away

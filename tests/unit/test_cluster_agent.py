@@ -530,7 +530,7 @@ class FakeRunner:
 
 def test_failing_checkers_withdraw_the_node_and_their_transitions_are_the_reports_checks(keyed_agent, monkeypatch):
     from vipfarm.checks import CHECKER_TRANSITION, Event, Health
-    monkeypatch.setattr(cluster_mod, "CheckRunner", FakeRunner)
+    monkeypatch.setattr("nodeagent.checkers.CheckRunner", FakeRunner)
     body = served_farm()
     body["spec"]["checkers"] = [{"name": "web", "type": "tcp", "port": 80}]
     api = SecretApi([body], {}, secret_data={"hmac-key": KEY})
@@ -558,7 +558,7 @@ def test_checker_transitions_go_to_the_event_poster_as_events_regarding_the_farm
     """The runner's thread only queues; the main loop hands each transition that posts an
     Event to the poster (which returns at once), with the Farm's uid from the watch."""
     from vipfarm.checks import CHECKER_TRANSITION, Event, Health
-    monkeypatch.setattr(cluster_mod, "CheckRunner", FakeRunner)
+    monkeypatch.setattr("nodeagent.checkers.CheckRunner", FakeRunner)
     body = served_farm()
     body["spec"]["checkers"] = [{"name": "web", "type": "tcp", "port": 80}]
     api = SecretApi([body], {}, secret_data={"hmac-key": KEY})
