@@ -4,6 +4,8 @@
   vipfarm stats --node N [--iface I] counters and ownership of a running node's filter
   vipfarm demo                       the lab demo (namespaces, agents, traffic)
   vipfarm keygen [--out FILE] [--force]  a new heartbeat key (printed, or written to FILE, mode 0600)
+  vipfarm drain NODE [--kubeconfig F]    cluster mode: annotate Node NODE vipfarm.io/drain=true
+  vipfarm undrain NODE [--kubeconfig F]  cluster mode: remove that annotation
 """
 from __future__ import annotations
 
@@ -99,6 +101,69 @@ def _write_key_file(path: str, text: str, *, replace: bool) -> None:
             raise
 
 
+def _api_error(e) -> str:
+    """An ApiException as kubectl prints it: Error from server (Reason): message."""
+    try:
+        status = json.loads(e.body or "")
+    except (TypeError, ValueError):
+        status = None
+    if isinstance(status, dict) and status.get("message"):
+        return f"Error from server ({status.get('reason') or e.reason}): {status['message']}"
+    return f"Error from server ({e.reason}): HTTP {e.status} {(e.body or '').strip()[:200]}"
+
+
+def cmd_drain(args) -> int:
+    """Set (drain) or remove (undrain) the annotation vipfarm.io/drain=true on a Node. The agent
+    on that Node reads it with cordon (vipfarm.membership.node_drain_requested). Needs get and
+    patch on nodes (README: "Drain")."""
+    from vipfarm import kubeconfig
+    from vipfarm.membership import DRAIN_KEY, drain_annotation_set
+    drain = args.cmd == "drain"
+    prog = f"vipfarm {args.cmd}"
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    try:
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+        core = client.CoreV1Api(client.ApiClient(kubeconfig.client_configuration()))
+    except kubeconfig.NoCredentials as e:
+        print(f"error: {prog} {args.node}: {e}", file=sys.stderr)
+        return 1
+    try:
+        node = core.read_node(args.node, _request_timeout=args.timeout).to_dict()
+        meta, spec = node.get("metadata") or {}, node.get("spec") or {}
+        was = drain_annotation_set((meta.get("annotations") or {}).get(DRAIN_KEY))
+        if drain and was:
+            print(f"node/{args.node} already draining ({DRAIN_KEY}=true)")
+            return 0
+        if not drain and DRAIN_KEY not in (meta.get("annotations") or {}):
+            print(f"node/{args.node} has no {DRAIN_KEY} annotation; nothing to remove")
+        else:
+            body = {"metadata": {"annotations": {DRAIN_KEY: "true" if drain else None}}}
+            node = core.patch_node(args.node, body, _content_type="application/merge-patch+json",
+                                   _request_timeout=args.timeout).to_dict()
+            spec = node.get("spec") or {}
+            print(f"node/{args.node} {'draining' if drain else 'undrained'} "
+                  f"({DRAIN_KEY}={'true' if drain else 'removed'})")
+    except ApiException as e:
+        print(_api_error(e), file=sys.stderr)
+        if e.status == 404:
+            print(f"error: {prog}: there is no Node {args.node!r}; check the name with `kubectl get nodes`",
+                  file=sys.stderr)
+        elif e.status in (401, 403):
+            print(f"error: {prog}: your credentials may not change Node {args.node}; {prog} needs the verbs get "
+                  f"and patch on the resource nodes (a ClusterRole; see Drain in the README)", file=sys.stderr)
+        return 1
+    except Exception as e:      # connection refused, TLS, timeouts: the client raises urllib3 errors
+        print(f"error: {prog} {args.node}: cannot reach the Kubernetes API ({type(e).__name__}: {e}); check "
+              f"KUBECONFIG or --kubeconfig and that the API server is up", file=sys.stderr)
+        return 1
+    if not drain and spec.get("unschedulable"):
+        print(f"warning: node/{args.node} is still cordoned, so it stays drained; "
+              f"run `kubectl uncordon {args.node}` to undrain it", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vipfarm", description="vipfarm command line")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -117,8 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("keygen", help="make a new heartbeat key")
     k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600) instead of printing it")
     k.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    for name, text in (("drain", "cluster mode: drain a Node (annotate it vipfarm.io/drain=true)"),
+                       ("undrain", "cluster mode: undrain a Node (remove its vipfarm.io/drain annotation)")):
+        dr = sub.add_parser(name, help=text, description=text)
+        dr.add_argument("node", metavar="NODE", help="the Kubernetes Node name")
+        dr.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster credentials, then $KUBECONFIG "
+                                             "or ~/.kube/config)")
+        dr.add_argument("--timeout", type=float, default=10.0, help="seconds per API request (default 10)")
     args = p.parse_args(argv)
-    return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "keygen": cmd_keygen}[args.cmd](args)
+    return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "keygen": cmd_keygen,
+            "drain": cmd_drain, "undrain": cmd_drain}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -67,15 +67,33 @@ def agreed_view(rows: Mapping[str, frozenset[str]], members: Iterable[str], vote
         view -= drop
 
 
-def agreement_digest(base_digest: bytes, view: Iterable[str], withdrawn: Iterable[str] = ()) -> bytes:
-    """8 bytes naming (base assignment, view, withdrawn members): equal digests mean the same
-    buckets everywhere."""
+def agreement_digest(base_digest: bytes, view: Iterable[str], withdrawn: Iterable[str] = (),
+                     draining: Iterable[str] = ()) -> bytes:
+    """8 bytes naming (base assignment, view, withdrawn members, draining members): equal
+    digests mean the same buckets everywhere. No draining member: the digest is the one
+    (base, view, withdrawn) always had, so agents that know no drain agree with those that do."""
     h = hashlib.sha256(b"vipfarm-agree:" + base_digest)
     for name in sorted(view):
         h.update(b"\0+" + name.encode())
     for name in sorted(withdrawn):
         h.update(b"\0-" + name.encode())
+    for name in sorted(draining):
+        h.update(b"\0~" + name.encode())
     return h.digest()[:8]
+
+
+def serving_weights(weights: Mapping[str, int], withdrawn: Iterable[str] = (),
+                    draining: Iterable[str] = ()) -> dict[str, int]:
+    """The weights the assignment under a view is computed with (pass them to
+    `effective_assignment`): a withdrawn member (its checkers fail) and a draining member
+    (drain: true, a cordoned or vipfarm.io/drain Node) both stay in the view and keep their
+    vote, but get weight 0, so no bucket takes new flows for them; their buckets go to the
+    others by weight and nothing else moves, and an undrain gives back exactly the base
+    buckets. The two differ in the dataplane only: a withdrawn member stops answering at once,
+    a draining one keeps its established flows in the buckets it gave up until they end or
+    spec.handover.drainTimeoutSeconds passes."""
+    out = frozenset(withdrawn) | frozenset(draining)
+    return {n: (0 if n in out else w) for n, w in weights.items()}
 
 
 def effective_assignment(base: Assignment, weights: Mapping[str, int], view: Iterable[str]) -> Assignment:

@@ -43,8 +43,28 @@ def node_info(name: str, labels: Mapping[str, str] | None, annotations: Mapping[
             weight = 1
             problem = (f"Node {name} {WEIGHT_KEY}={raw!r} is not an integer between 0 and {MAX_WEIGHT}; "
                        f"using weight 1 (fix: kubectl annotate node {name} {WEIGHT_KEY}=2 --overwrite)")
-    draining = str(annotations.get(DRAIN_KEY, "")).lower() in ("true", "1", "yes")
+    draining = drain_annotation_set(annotations.get(DRAIN_KEY))
     return NodeInfo(name, labels, ready, bool(unschedulable), draining, weight, problem)
+
+
+def drain_annotation_set(value: Any) -> bool:
+    """Whether a vipfarm.io/drain annotation value asks for a drain: "true" (what `vipfarm
+    drain` writes), also "1" or "yes", in any case. Anything else, or no annotation, does not."""
+    return value is not None and str(value).lower() in ("true", "1", "yes")
+
+
+def node_drain_requested(node_obj: Mapping[str, Any] | None) -> bool:
+    """Whether a Node object (as the API returns it) asks its vipfarm agent to drain: it is
+    cordoned (`kubectl cordon`: spec.unschedulable true) or annotated vipfarm.io/drain=true
+    (`vipfarm drain NODE`). Missing or null parts of the object count as not asking."""
+    if not isinstance(node_obj, Mapping):
+        return False
+    spec = node_obj.get("spec")
+    if isinstance(spec, Mapping) and spec.get("unschedulable") is True:
+        return True
+    meta = node_obj.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return isinstance(annotations, Mapping) and drain_annotation_set(annotations.get(DRAIN_KEY))
 
 
 def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:

@@ -39,10 +39,23 @@ AFFINITIES = ("ClientIP", "ClientIPPort")
 VMAC_MODES = ("unicast-flood", "multicast")
 XDP_MODES = ("auto", "native", "generic")
 DEFAULT_HEARTBEAT_PORT = 7946
+# spec.handover. A planned move (join, rejoin, weight change, drain) lets the old owner keep
+# its established flows in a moved bucket until they end, for at most drainTimeoutSeconds:
+# 300 s is the connection-draining default of the cloud load balancers (AWS ELB/ALB
+# deregistration delay, GCP backend-service connection draining), long enough for request/
+# response traffic and for TIME_WAIT (60 s) to clear, short enough that a drain finishes.
+# UDP has no connection state, so a UDP flow counts as alive while it has been seen in the
+# last udpIdleSeconds: 30 s is the kernel conntrack's UDP timeout (nf_conntrack_udp_timeout),
+# the time after which a NAT or firewall on the path forgets the flow anyway.
+DEFAULT_DRAIN_TIMEOUT_SECONDS = 300
+MAX_DRAIN_TIMEOUT_SECONDS = 86400
+DEFAULT_UDP_IDLE_SECONDS = 30
+MAX_UDP_IDLE_SECONDS = 3600
 MAX_NODE_NAME = 253      # a Kubernetes Node name: a DNS-1123 subdomain
 MAX_IFNAME_BYTES = 15    # IFNAMSIZ - 1
 SPEC_FIELDS = frozenset({"virtualIPs", "interface", "buckets", "vmacMode", "xdpMode", "rules", "nodes",
-                         "nodeSelector", "seed", "virtualMAC", "heartbeat", "checkers", "recovery"})
+                         "nodeSelector", "seed", "virtualMAC", "heartbeat", "checkers", "recovery",
+                         "handover"})
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # The bytes the kernel's dev_valid_name() refuses in an interface name: '/', ':', NUL and its
@@ -88,6 +101,7 @@ class NodeSpec:
     name: str
     address: IPAddress
     weight: int = 1
+    drain: bool = False     # standalone: take no new flows, keep the established ones (spec.handover)
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,13 @@ class Heartbeat:
     timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS
     key_file: str = ""      # standalone mode; cluster mode reads the chart's Secret
     witness: str = ""       # an IPv4 address whose ARP replies are one more vote (2-node farms)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """spec.handover: how long a planned move keeps the old owner's flows (see the defaults above)."""
+    drain_timeout_seconds: int = DEFAULT_DRAIN_TIMEOUT_SECONDS
+    udp_idle_seconds: int = DEFAULT_UDP_IDLE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,7 @@ class Farm:
     heartbeat: Heartbeat = Heartbeat()
     checkers: tuple[Checker, ...] = ()
     recovery: Recovery | None = None
+    handover: Handover = Handover()
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:
@@ -312,12 +334,13 @@ def parse_farm(doc: Any, *, require_nodes: bool = False) -> Farm:
     heartbeat = _parse_heartbeat(c, spec.get("heartbeat"))
     checkers = _parse_checkers(c, spec.get("checkers"), interface)
     recovery = _parse_recovery(c, spec.get("recovery"))
+    handover = _parse_handover(c, spec.get("handover"))
     if c.problems:
         raise FarmSpecError(name, c.problems)
     return Farm(name=name, virtual_ips=vips, interface=interface, buckets=buckets,
                 vmac_mode=vmac_mode, xdp_mode=xdp_mode, rules=rules, nodes=nodes,
                 node_selector=selector, seed=seed, virtual_mac=vmac, heartbeat=heartbeat,
-                checkers=checkers, recovery=recovery)
+                checkers=checkers, recovery=recovery, handover=handover)
 
 
 # -- the sections of a Farm document, in the order their problems are reported -----------------
@@ -444,7 +467,7 @@ def _parse_nodes(c: _Collector, raw_nodes: Any, vips: tuple[IPAddress, ...],
                  require_nodes: bool) -> tuple[NodeSpec, ...]:
     nodes: list[NodeSpec] = []
     if not isinstance(raw_nodes, list):
-        c.add("spec.nodes", raw_nodes, "must be a list of {name, address, weight}")
+        c.add("spec.nodes", raw_nodes, "must be a list of {name, address, weight, drain}")
         raw_nodes = []
     if len(raw_nodes) > MAX_NODES:
         c.add("spec.nodes", f"{len(raw_nodes)} nodes",
@@ -465,7 +488,8 @@ def _parse_nodes(c: _Collector, raw_nodes: Any, vips: tuple[IPAddress, ...],
 def _parse_node(c: _Collector, path: str, raw: Any, vips: tuple[IPAddress, ...],
                 seen_names: set[str], seen_addrs: set[IPAddress]) -> NodeSpec | None:
     """One spec.nodes entry; seen_names and seen_addrs collect what earlier entries took."""
-    if not _entry(c, path, raw, "node", ("name", "address", "weight"), "{name: n1, address: 198.51.100.1, weight: 1}"):
+    if not _entry(c, path, raw, "node", ("name", "address", "weight", "drain"),
+                  "{name: n1, address: 198.51.100.1, weight: 1}"):
         return None
     nname = raw.get("name")
     problem = node_name_problem(nname)
@@ -499,7 +523,12 @@ def _parse_node(c: _Collector, path: str, raw: Any, vips: tuple[IPAddress, ...],
     if addr in vips:
         c.add(f"{path}.address", str(addr), "a node address cannot also be a virtual IP")
     weight = _int_field(c, f"{path}.weight", raw.get("weight"), 1, 0, 1000)
-    return NodeSpec(nname, addr, weight)
+    drain = _given(raw, "drain", False)
+    if not isinstance(drain, bool):
+        c.add(f"{path}.drain", drain, f"must be true or false (a YAML boolean, unquoted); true drains node "
+                                      f"{nname}: it takes no new flows and keeps its established ones")
+        drain = False
+    return NodeSpec(nname, addr, weight, drain)
 
 
 def _parse_node_selector(c: _Collector, raw: Any) -> dict[str, str]:
@@ -733,6 +762,26 @@ def _parse_recovery(c: _Collector, raw: Any) -> Recovery | None:
     if len(c.problems) > before:
         return None
     return Recovery(command, timeout, restarts, window)
+
+
+_HANDOVER_KEYS = ("drainTimeoutSeconds", "udpIdleSeconds")
+
+
+def _parse_handover(c: _Collector, raw: Any) -> Handover:
+    if raw is None:
+        return Handover()
+    if not isinstance(raw, Mapping):
+        c.add("spec.handover", raw, "must be a mapping {drainTimeoutSeconds, udpIdleSeconds}, "
+                                    f"e.g. {{drainTimeoutSeconds: {DEFAULT_DRAIN_TIMEOUT_SECONDS}}}")
+        return Handover()
+    for key in raw:
+        if key not in _HANDOVER_KEYS:
+            c.add(f"spec.handover.{key}", raw[key], "unknown field; handover has drainTimeoutSeconds and udpIdleSeconds")
+    drain = _int_field(c, "spec.handover.drainTimeoutSeconds", raw.get("drainTimeoutSeconds"),
+                       DEFAULT_DRAIN_TIMEOUT_SECONDS, 1, MAX_DRAIN_TIMEOUT_SECONDS)
+    idle = _int_field(c, "spec.handover.udpIdleSeconds", raw.get("udpIdleSeconds"),
+                      DEFAULT_UDP_IDLE_SECONDS, 1, MAX_UDP_IDLE_SECONDS)
+    return Handover(drain, idle)
 
 
 def load_farm_file(path: str, *, require_nodes: bool = True) -> Farm:

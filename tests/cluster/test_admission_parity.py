@@ -91,6 +91,12 @@ TARGETED = (
                                                             "/" + "k" * 4096]]
     + [_with(("spec", "heartbeat"), v) for v in [{"intervalMs": 10, "timeoutMs": 30}, {"intervalMs": 100},
                                                  {"intervalMs": 101}, {"timeoutMs": 299}]]
+    + [_with(("spec", "handover"), v) for v in [{}, None, {"drainTimeoutSeconds": 1}, {"drainTimeoutSeconds": 86400},
+                                                {"drainTimeoutSeconds": 0}, {"drainTimeoutSeconds": 86401},
+                                                {"drainTimeoutSeconds": "300"}, {"udpIdleSeconds": 1},
+                                                {"udpIdleSeconds": 3600}, {"udpIdleSeconds": 0},
+                                                {"udpIdleSeconds": 3601}, {"drainTimeout": 60}, 300, []]]
+    + [_with(("spec", "nodes", 0, "drain"), v) for v in [True, False, None, "true", 1, 0, []]]
 )
 
 
@@ -237,6 +243,10 @@ def test_the_api_server_and_parse_farm_agree_on_random_mutations(farms_api):
     ("farm.spec.checkers.expectStatus", "Defaults to [200]"),
     ("farm.spec.checkers.timeoutMs", "at most intervalMs"),
     ("farm.spec.recovery.maxRestarts", "in any windowSeconds"),
+    ("farm.spec.handover", "Planned moves"),
+    ("farm.spec.handover.drainTimeoutSeconds", "default 300 like a cloud load balancer's connection draining"),
+    ("farm.spec.handover.udpIdleSeconds", "default 30 like the kernel conntrack's UDP timeout"),
+    ("farm.spec.nodes.drain", "re-read on SIGHUP"),
 ])
 def test_kubectl_explain_describes_the_checker_recovery_and_key_fields(apiserver, farms_api, field, needle):
     out = apiserver.kubectl("explain", field).stdout

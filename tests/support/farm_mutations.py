@@ -25,7 +25,7 @@ VALID_FARM: dict = {
         "rules": [{"protocol": "TCP", "ports": "80", "affinity": "ClientIPPort"},
                   {"protocol": "UDP", "ports": "5000-5100", "affinity": "ClientIP"}],
         "nodes": [{"name": "n1", "address": "198.51.100.1", "weight": 1},
-                  {"name": "node-2.example.com", "address": "2001:db8::2", "weight": 2}],
+                  {"name": "node-2.example.com", "address": "2001:db8::2", "weight": 2, "drain": True}],
         "nodeSelector": {"vipfarm.io/member": "true"},
         "seed": 12345,
         "virtualMAC": "02:00:5e:10:00:01",
@@ -42,6 +42,7 @@ VALID_FARM: dict = {
         ],
         "recovery": {"command": ["systemctl", "restart", "nginx"], "timeoutSeconds": 30, "maxRestarts": 3,
                      "windowSeconds": 86400},
+        "handover": {"drainTimeoutSeconds": 300, "udpIdleSeconds": 30},
     },
 }
 

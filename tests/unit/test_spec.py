@@ -280,7 +280,7 @@ BAD = [
      ["metadata.name", "'web\\n'", "DNS label"]),
     # a typo in a field name must not silently fall back to the default
     ("node-unknown-field", with_spec(nodes=[_node(1, wieght=2)]), {},
-     ["spec.nodes[0].wieght", "2", "unknown field; a node has name, address and weight"]),
+     ["spec.nodes[0].wieght", "2", "unknown field; a node has name, address, weight and drain"]),
     ("heartbeat-unknown-field", with_spec(heartbeat={"intervalMS": 500}), {},
      ["spec.heartbeat.intervalMS", "500", "unknown field; heartbeat has port, intervalMs, timeoutMs, keyFile and witness"]),
     # an empty value of the wrong type is not "absent" (the API server refuses these too)

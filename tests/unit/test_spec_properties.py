@@ -85,6 +85,7 @@ def assert_farm_invariants(farm: Farm) -> None:
         assert _plain_address(node.address) and not _in_any(node.address, _NOT_UNICAST), node.address
         assert node.address not in farm.virtual_ips, node.address
         assert _is_plain_int(node.weight, 0, 1000), node.weight
+        assert type(node.drain) is bool, node.drain
 
     assert isinstance(farm.node_selector, dict)
     assert all(type(k) is str and type(v) is str for k, v in farm.node_selector.items())
@@ -96,6 +97,8 @@ def assert_farm_invariants(farm: Farm) -> None:
     assert _is_plain_int(hb.port, 1, 65535) and _is_plain_int(hb.interval_ms, 10, 60000)
     assert _is_plain_int(hb.timeout_ms, 30, 600000) and hb.timeout_ms >= 3 * hb.interval_ms
     assert hb.key_file == "" or (hb.key_file.startswith("/") and "\x00" not in hb.key_file), hb.key_file
+    assert _is_plain_int(farm.handover.drain_timeout_seconds, 1, 86400), farm.handover
+    assert _is_plain_int(farm.handover.udp_idle_seconds, 1, 3600), farm.handover
     assert_checker_invariants(farm)
 
 
