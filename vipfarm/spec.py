@@ -47,6 +47,8 @@ DEFAULT_HEARTBEAT_PORT = 7946
 # UDP has no connection state, so a UDP flow counts as alive while it has been seen in the
 # last udpIdleSeconds: 30 s is the kernel conntrack's UDP timeout (nf_conntrack_udp_timeout),
 # the time after which a NAT or firewall on the path forgets the flow anyway.
+# drainTimeoutSeconds 0 turns handover off: a planned move cuts the moved flows at once, as a
+# plain rehash does (the benchmark's baseline).
 DEFAULT_DRAIN_TIMEOUT_SECONDS = 300
 MAX_DRAIN_TIMEOUT_SECONDS = 86400
 DEFAULT_UDP_IDLE_SECONDS = 30
@@ -778,7 +780,7 @@ def _parse_handover(c: _Collector, raw: Any) -> Handover:
         if key not in _HANDOVER_KEYS:
             c.add(f"spec.handover.{key}", raw[key], "unknown field; handover has drainTimeoutSeconds and udpIdleSeconds")
     drain = _int_field(c, "spec.handover.drainTimeoutSeconds", raw.get("drainTimeoutSeconds"),
-                       DEFAULT_DRAIN_TIMEOUT_SECONDS, 1, MAX_DRAIN_TIMEOUT_SECONDS)
+                       DEFAULT_DRAIN_TIMEOUT_SECONDS, 0, MAX_DRAIN_TIMEOUT_SECONDS)
     idle = _int_field(c, "spec.handover.udpIdleSeconds", raw.get("udpIdleSeconds"),
                       DEFAULT_UDP_IDLE_SECONDS, 1, MAX_UDP_IDLE_SECONDS)
     return Handover(drain, idle)

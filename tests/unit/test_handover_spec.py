@@ -41,10 +41,10 @@ def test_handover_values_within_bounds_are_kept():
 
 
 @pytest.mark.parametrize("handover,path,value,why", [
-    ({"drainTimeoutSeconds": 0}, "spec.handover.drainTimeoutSeconds", "0", "between 1 and 86400"),
-    ({"drainTimeoutSeconds": 86401}, "spec.handover.drainTimeoutSeconds", "86401", "between 1 and 86400"),
-    ({"drainTimeoutSeconds": "300"}, "spec.handover.drainTimeoutSeconds", "'300'", "an integer between 1 and 86400"),
-    ({"drainTimeoutSeconds": True}, "spec.handover.drainTimeoutSeconds", "True", "an integer between 1 and 86400"),
+    ({"drainTimeoutSeconds": -1}, "spec.handover.drainTimeoutSeconds", "-1", "between 0 and 86400"),
+    ({"drainTimeoutSeconds": 86401}, "spec.handover.drainTimeoutSeconds", "86401", "between 0 and 86400"),
+    ({"drainTimeoutSeconds": "300"}, "spec.handover.drainTimeoutSeconds", "'300'", "an integer between 0 and 86400"),
+    ({"drainTimeoutSeconds": True}, "spec.handover.drainTimeoutSeconds", "True", "an integer between 0 and 86400"),
     ({"udpIdleSeconds": 0}, "spec.handover.udpIdleSeconds", "0", "between 1 and 3600"),
     ({"udpIdleSeconds": 3601}, "spec.handover.udpIdleSeconds", "3601", "between 1 and 3600"),
     ({"udpIdleSeconds": 2.5}, "spec.handover.udpIdleSeconds", "2.5", "an integer between 1 and 3600"),
@@ -91,7 +91,7 @@ def test_the_crd_declares_the_handover_defaults_and_bounds_of_parse_farm():
     handover = _crd_spec_properties()["handover"]
     assert handover["default"] == {} and handover["description"]
     drain, idle = handover["properties"]["drainTimeoutSeconds"], handover["properties"]["udpIdleSeconds"]
-    assert (drain["default"], drain["minimum"], drain["maximum"]) == (DEFAULT_DRAIN_TIMEOUT_SECONDS, 1,
+    assert (drain["default"], drain["minimum"], drain["maximum"]) == (DEFAULT_DRAIN_TIMEOUT_SECONDS, 0,
                                                                       MAX_DRAIN_TIMEOUT_SECONDS)
     assert (idle["default"], idle["minimum"], idle["maximum"]) == (DEFAULT_UDP_IDLE_SECONDS, 1, MAX_UDP_IDLE_SECONDS)
     assert set(handover["properties"]) == {"drainTimeoutSeconds", "udpIdleSeconds"}
