@@ -27,11 +27,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
-from vipfarm.agreement import Serving, agreed_view, agreement_digest, buckets_to_serve, effective_assignment, quorum
+from vipfarm.agreement import (Serving, agreed_view, agreement_digest, buckets_to_serve, effective_assignment, quorum,
+                               serving_weights)
 from vipfarm.assignment import Assignment
 from vipfarm.base_assignment import Base, config_digest, first_base
 from vipfarm.heartbeat_keys import Keyring
-from vipfarm.heartbeat_wire import (ROW_HANDING_OVER, ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
+from vipfarm.heartbeat_wire import (ROW_DRAINING, ROW_HANDING_OVER, ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
                                     WireError, decode, encode, node_id)
 from vipfarm.liveness import ACCEPTED, PeerTable
 
@@ -61,6 +62,7 @@ class FarmPeers:
     base: Base | None                     # None: ask the peers first (no persisted base)
     may_start_chain: bool = True          # standalone: with no base anywhere, compute the first one
     withdrawn: bool = False               # this node's checkers fail: it stays in the view, serves nothing
+    draining: bool = False                # this node drains (drain: true, a cordoned Node): no new flows
     adopted: frozenset[int] = frozenset()  # what the filter serves when the engine first sees the farm
     interface: str = ""                   # the farm interface (the witness is probed on it)
     witness: str = ""                     # spec.heartbeat.witness: an IPv4 address whose ARP replies vote
@@ -79,6 +81,7 @@ class Decision:
     released: int
     withheld: int
     peers_handing_over: bool = False      # some other member still serves flows in buckets it gave up
+    draining: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -421,7 +424,8 @@ class HeartbeatEngine:
         votes = quorum(len(names), witness=bool(cfg.witness))
         view = agreed_view(f.table.matrix(now, heard), names, votes, hears)
         withdrawn = self._withdrawn(f, now, view)
-        digest = agreement_digest(cfg.base.digest if cfg.base else b"\0" * 8, view, withdrawn)
+        draining = self._draining(f, now, view)
+        digest = agreement_digest(cfg.base.digest if cfg.base else b"\0" * 8, view, withdrawn, draining)
         if view != f.view or digest != f.digest:
             if f.view or view:
                 log.info("event=view_changed node=%s farm=%s view=%s size=%d votes_needed=%d base_epoch=%s",
@@ -436,15 +440,14 @@ class HeartbeatEngine:
         agreed = in_view and self._agreed(f, now)
         target: Assignment | None = None
         if in_view and cfg.base is not None:
-            weights = {n: (0 if n in withdrawn else w) for n, w in cfg.weights.items()}
-            target = effective_assignment(cfg.base.assignment, weights, view)
+            target = effective_assignment(cfg.base.assignment, serving_weights(cfg.weights, withdrawn, draining), view)
         s: Serving = buckets_to_serve(cfg.node, target, f.current, agreed)
         handing_over = self._peers_handing_over(f, now)
         if s.buckets != f.current or not f.decided or handing_over != f.peers_handing_over:
             f.current, f.decided, f.peers_handing_over = s.buckets, True, handing_over
             self.on_decision(Decision(cfg.farm, s.buckets, view, withdrawn, agreed,
                                       cfg.base.epoch if cfg.base else 0, digest, s.released, s.withheld,
-                                      handing_over))
+                                      handing_over, draining))
         if self.on_membership is not None:
             m = Membership(cfg.farm, cfg.base.epoch if cfg.base else 0, view, digest, agreed, withdrawn)
             if m != f.said:
@@ -454,6 +457,15 @@ class HeartbeatEngine:
     def _peers_handing_over(self, f: _Farm, now: int) -> bool:
         me = node_id(f.cfg.node)
         return any(r.flags & ROW_HANDING_OVER for i, r in f.table.fresh_rows(now).items() if i != me)
+
+    def _draining(self, f: _Farm, now: int, view: frozenset[str]) -> frozenset[str]:
+        """The members that drain, each by its own word (its row's flag): a drain starts and
+        ends when the draining node says so, whoever else read the configuration first."""
+        out = {f.cfg.node} if f.cfg.draining else set()
+        for i, r in f.table.fresh_rows(now).items():
+            if r.flags & ROW_DRAINING and f.ids.get(i) in view:
+                out.add(f.ids[i])
+        return frozenset(out & view)
 
     def _withdrawn(self, f: _Farm, now: int, view: frozenset[str]) -> frozenset[str]:
         out = {f.cfg.node} if f.cfg.withdrawn else set()
@@ -512,6 +524,7 @@ class HeartbeatEngine:
         f.seq += 1
         heard = frozenset({me}) if goodbye else f.table.heard(now)
         flags = ((ROW_WITHDRAWN if f.cfg.withdrawn else 0) | (ROW_HEARS_WITNESS if self._hears_witness(f.cfg, now) else 0)
+                 | (ROW_DRAINING if f.cfg.draining else 0)
                  | (ROW_HANDING_OVER if f.cfg.farm in self._handing_over else 0))
         own = Row(me, f.boot, f.seq, 0, heard, f.digest, flags)
         rows = [own] + [Row(i, r.boot, r.seq, max(0, (now - r.origin_ns) // MS), r.heard, r.agree, r.flags)

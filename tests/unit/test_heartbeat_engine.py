@@ -53,10 +53,10 @@ class Net:
         for n in names:
             self.start(n)
 
-    def peers(self, n, base="default", keyring=KEY, withdrawn=False):
+    def peers(self, n, base="default", keyring=KEY, withdrawn=False, draining=False):
         return FarmPeers("web", n, dict(self.weights), {m: f"198.51.100.{i + 1}" for i, m in enumerate(self.names)},
                          7946, self.interval, self.timeout, keyring, self.buckets,
-                         self.base if base == "default" else base, withdrawn=withdrawn)
+                         self.base if base == "default" else base, withdrawn=withdrawn, draining=draining)
 
     def start(self, n, base="default"):
         e = HeartbeatEngine(n, lambda d, n=n: self.program(n, d), lambda farm, b: None,
@@ -278,6 +278,30 @@ def test_a_withdrawn_node_keeps_its_vote_and_serves_nothing():
     net.down.add("b")                       # b crashes: a and withdrawn c still make a quorum
     net.run(600)
     assert_exactly_one_owner(net, "a")
+
+
+def test_a_draining_node_keeps_its_vote_serves_nothing_new_and_an_undrain_gives_its_buckets_back():
+    net = Net("abc")
+    net.run(500)
+    before = dict(net.serving())
+    e = net.engines["c"]
+    e.configure([net.peers("c", draining=True)])
+    e._take_config()
+    net.run(500)
+    assert net.serving()["c"] == frozenset()
+    assert_exactly_one_owner(net, "ab")
+    assert net.decisions["a"][-1].draining == {"c"}, "a learns of c's drain from c's own row"
+    assert net.serving()["a"] >= before["a"] and net.serving()["b"] >= before["b"], "only c's buckets move"
+    net.down.add("b")                       # b crashes: a and draining c still make a quorum
+    net.run(600)
+    assert_exactly_one_owner(net, "a")
+    net.down.discard("b")
+    net.start("b")
+    net.run(800)
+    e.configure([net.peers("c", draining=False)])
+    e._take_config()
+    net.run(500)
+    assert net.serving() == before, "an undrain gives back exactly the base buckets"
 
 
 def test_a_filter_holding_buckets_it_should_have_released_gets_no_lease():
