@@ -19,7 +19,9 @@
 #define VF_CNT_PASSED         5   /* not VIP traffic, passed untouched */
 #define VF_CNT_LEASE_EXPIRED  6   /* new TCP flow (SYN, no ACK) to an owned bucket, dropped: syn_deadline past */
 #define VF_CNT_LEASE_LAPSED   7   /* any other packet to an owned bucket, dropped: the lease's deadline past */
-#define VF_NCOUNTERS          8
+#define VF_CNT_HANDOVER_KEPT  8   /* TCP packet in a moving bucket taken because this kernel knows its 4-tuple */
+#define VF_CNT_HANDOVER_UNKNOWN_DROPPED 9   /* non-SYN TCP in a moving bucket, 4-tuple unknown here: dropped */
+#define VF_NCOUNTERS          10
 
 /* TCP flag bits (byte 13 of the TCP header). */
 #define VF_TCP_SYN            0x02

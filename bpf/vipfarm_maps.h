@@ -17,8 +17,10 @@ VF_TABLE("array", __u32, struct vf_farm, vf_farms, VF_MAX_FARMS);
 VF_TABLE("array", __u32, __u32, vf_active, VF_MAX_FARMS);
 /* (slot * 2 + half) -> seed and mask of that half. */
 VF_TABLE("array", __u32, struct vf_table, vf_tables, VF_MAX_FARMS * 2);
-/* ((slot * 2 + half) * VF_TABLE_WORDS + bucket / 64) -> 64 ownership bits. */
-VF_TABLE("array", __u32, __u64, vf_owner, VF_MAX_FARMS * 2 * VF_TABLE_WORDS);
+/* ((slot * 2 + half) * VF_TABLE_WORDS + bucket / 64) -> 64 buckets' owned and moving bits.
+ * (Before handover the value was one __u64 of owned bits; nodeagent/pinned_layout.py migrates
+ * such a pin.) */
+VF_TABLE("array", __u32, struct vf_bits, vf_owner, VF_MAX_FARMS * 2 * VF_TABLE_WORDS);
 /* farm slot -> the farm's lease (struct vf_lease, CLOCK_MONOTONIC ns; 0 = stage not in use).
  * Past syn_deadline, new TCP flows (SYN without ACK) to this node's buckets are dropped; past
  * deadline, every packet to them is (the node is out). */

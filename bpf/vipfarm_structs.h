@@ -36,6 +36,17 @@ struct vf_table {
     __u32 mask;            /* buckets - 1 */
 };
 
+/* 64 buckets of one half of a farm's owner table: two bitmaps side by side, so one lookup
+ * gives both and flipping vf_active flips ownership and the handover state together.
+ *   owned:  this node owns the bucket (takes its new flows);
+ *   moving: the bucket is in handover (set on every node while some node still drains flows
+ *           from it): a TCP packet of a flow this node's kernel knows is taken by state,
+ *           whoever owns the bucket, and an unknown non-SYN is dropped by every node. */
+struct vf_bits {
+    __u64 owned;
+    __u64 moving;
+};
+
 /* A farm's lease, in two stages, both CLOCK_MONOTONIC nanoseconds; 0 = that stage not in use.
  * Past syn_deadline (exact clock) SYNs to owned buckets are refused; past deadline (coarse
  * clock) every packet to an owned bucket is dropped. The agent writes

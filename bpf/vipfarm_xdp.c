@@ -13,11 +13,23 @@
  * node's stack too, which has no socket for them and would answer with a RST. ARP/NS answers
  * are untouched by either stage (every node answers with the same virtual MAC).
  *
+ * Handover: a bucket whose `moving` bit is set (on every node, while some node still drains
+ * flows from it) is decided by state first. A TCP packet whose 4-tuple this node's kernel knows
+ * (bpf_skc_lookup_tcp: an established, request (SYN_RECV) or TIME_WAIT socket; a listener does
+ * not count) is taken whoever owns the bucket, so the old owner keeps its flows and the new
+ * owner its own; a SYN (no ACK) matching only a TIME_WAIT socket is not (a new connection reusing
+ * the 4-tuple goes to the owner: taking it here too would answer it twice). Any other SYN goes to
+ * the owner, subject to the lease; any other TCP segment is dropped by every node, so no node
+ * answers another node's flow with a RST. Buckets not moving pay one AND of a bit already loaded.
+ * The lease does not apply to packets taken by state: it guards new flows and the successor's
+ * flows, and a flow this kernel holds is neither.
+ *
  * Compile-time defines (passed as -D flags by nodeagent/bpf_program.py):
  *   VF_IFACE_MAC0..5 the NIC's own MAC, one byte each
  *   VF_ANSWER_NEIGH  1: answer ARP/NS here with XDP_TX; 0: pass them up to the agent
  *   VF_PIN_DIR       bpffs directory where the maps are pinned (absent in tests)
  *   VF_TRACE_BUCKET  test builds: record each computed bucket in vf_trace
+ *   VF_NO_HANDOVER   benchmarks: compile the moving-bucket rules out (the fast path's baseline)
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -39,6 +51,7 @@
 /* What the L3/L4 parse found out about a VIP packet. */
 struct vf_flow {
     const __u32 *client;   /* source address words, in the packet */
+    const __u32 *local;    /* destination address words (the VIP), in the packet */
     int nwords;            /* 1 (IPv4) or 4 (IPv6) */
     int fragment;          /* any fragment: hash the address only */
     __u8 proto;            /* L4 protocol, when ports were read */
@@ -87,8 +100,10 @@ static __always_inline int vf_affinity(const struct vf_vip *vip, const struct vf
     return VF_AFF_CLIENTIP;
 }
 
-/* Do we own this flow's bucket? Reads the live half of the farm's owner table. */
-static __always_inline int vf_owns(__u32 farm, const struct vf_vip *vip, const struct vf_flow *flow)
+/* The owned and moving bits of the word holding this flow's bucket, in the live half of the
+ * farm's owner table (NULL: the farm has no table); *bucket is the flow's bucket. */
+static __always_inline struct vf_bits *vf_bucket_bits(__u32 farm, const struct vf_vip *vip,
+                                                      const struct vf_flow *flow, __u32 *bucket_out)
 {
     __u32 *active = vf_active.lookup(&farm);
     if (!active)
@@ -107,10 +122,8 @@ static __always_inline int vf_owns(__u32 farm, const struct vf_vip *vip, const s
         *trace = bucket + 1;
 #endif
     __u32 word = half * VF_TABLE_WORDS + (bucket >> 6);
-    __u64 *bits = vf_owner.lookup(&word);
-    if (!bits)
-        return 0;
-    return (*bits >> (bucket & 63)) & 1;
+    *bucket_out = bucket;
+    return vf_owner.lookup(&word);
 }
 
 /* A segment that opens a TCP flow: SYN without ACK. */
@@ -149,19 +162,73 @@ static __always_inline __u32 vf_lease_drop(__u32 farm, const struct vf_flow *flo
     return 0;
 }
 
-static __always_inline int vf_decide(struct ethhdr *eth, __u32 farm, const struct vf_vip *vip,
-                                     const struct vf_flow *flow)
+#ifndef VF_NO_HANDOVER
+/* The state (BPF_TCP_*) of this kernel's socket for a TCP flow's 4-tuple, in the netns of the
+ * XDP device (of the test-run caller under BPF_PROG_TEST_RUN); -1 = no socket. The reference
+ * bpf_skc_lookup_tcp takes is released on every path, as the verifier demands. */
+static __always_inline int vf_sock_state(struct xdp_md *ctx, const struct vf_flow *flow)
 {
-    if (vf_owns(farm, vip, flow)) {
+    struct bpf_sock_tuple t = {};
+    struct bpf_sock *sk;
+    if (flow->nwords == 1) {
+        t.ipv4.saddr = flow->client[0];
+        t.ipv4.daddr = flow->local[0];
+        t.ipv4.sport = flow->sport;
+        t.ipv4.dport = flow->dport;
+        sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+    } else {
+        __builtin_memcpy(t.ipv6.saddr, flow->client, 16);
+        __builtin_memcpy(t.ipv6.daddr, flow->local, 16);
+        t.ipv6.sport = flow->sport;
+        t.ipv6.dport = flow->dport;
+        sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+    }
+    if (!sk)
+        return -1;
+    int state = sk->state;
+    bpf_sk_release(sk);
+    return state;
+}
+#endif
+
+static __always_inline int vf_take(struct ethhdr *eth, __u32 farm, __u32 counter)
+{
+    /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */
+    vf_set_own_mac(eth->h_dest);
+    vf_count(farm, counter);
+    return XDP_PASS;
+}
+
+static __always_inline int vf_decide(struct xdp_md *ctx, struct ethhdr *eth, __u32 farm,
+                                     const struct vf_vip *vip, const struct vf_flow *flow)
+{
+    __u32 bucket = 0;
+    struct vf_bits *bits = vf_bucket_bits(farm, vip, flow, &bucket);
+    if (!bits) {
+        vf_count(farm, VF_CNT_DROPPED);
+        return XDP_DROP;
+    }
+    __u64 bit = 1ULL << (bucket & 63);
+#ifndef VF_NO_HANDOVER
+    /* proto is set only when the ports were read (never for a fragment). */
+    if ((bits->moving & bit) && flow->proto == IPPROTO_TCP) {
+        int state = vf_sock_state(ctx, flow);
+        if (state >= 0 && state != BPF_TCP_LISTEN &&
+            !(state == BPF_TCP_TIME_WAIT && vf_opens_flow(flow)))
+            return vf_take(eth, farm, VF_CNT_HANDOVER_KEPT);
+        if (!vf_opens_flow(flow)) {
+            vf_count(farm, VF_CNT_HANDOVER_UNKNOWN_DROPPED);
+            return XDP_DROP;
+        }
+    }
+#endif
+    if (bits->owned & bit) {
         __u32 reason = vf_lease_drop(farm, flow);
         if (reason) {
             vf_count(farm, reason);
             return XDP_DROP;
         }
-        /* The frame may be addressed to the virtual MAC; make it ours so the stack takes it. */
-        vf_set_own_mac(eth->h_dest);
-        vf_count(farm, VF_CNT_ACCEPTED);
-        return XDP_PASS;
+        return vf_take(eth, farm, VF_CNT_ACCEPTED);
     }
     vf_count(farm, VF_CNT_DROPPED);
     return XDP_DROP;
@@ -221,7 +288,7 @@ static __always_inline int vf_handle_arp(void *data, void *data_end)
 #endif
 }
 
-static __always_inline int vf_handle_ipv4(void *data, void *data_end)
+static __always_inline int vf_handle_ipv4(struct xdp_md *ctx, void *data, void *data_end)
 {
     struct ethhdr *eth = data;
     struct iphdr *ip = data + sizeof(*eth);
@@ -240,7 +307,7 @@ static __always_inline int vf_handle_ipv4(void *data, void *data_end)
         return vf_malformed(farm);
     void *end = (void *)ip + (tot & 0xffff);
 
-    struct vf_flow flow = { .client = &ip->saddr, .nwords = 1 };
+    struct vf_flow flow = { .client = &ip->saddr, .local = &ip->daddr, .nwords = 1 };
     if (ip->frag_off & __builtin_bswap16(VF_IP_MF | VF_IP_OFFSET)) {
         flow.fragment = 1;
     } else if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
@@ -248,7 +315,7 @@ static __always_inline int vf_handle_ipv4(void *data, void *data_end)
         if (!vf_read_ports(l4, end, data_end, ip->protocol, &flow))
             return vf_malformed(farm);
     }
-    return vf_decide(eth, farm, vip, &flow);
+    return vf_decide(ctx, eth, farm, vip, &flow);
 }
 
 static __always_inline int vf_handle_ipv6(struct xdp_md *ctx, void *data, void *data_end)
@@ -296,7 +363,8 @@ static __always_inline int vf_handle_ipv6(struct xdp_md *ctx, void *data, void *
         return vf_malformed(farm);
     void *end = (void *)(ip6 + 1) + (plen & 0xffff);
 
-    struct vf_flow flow = { .client = (const __u32 *)&ip6->saddr, .nwords = 4 };
+    struct vf_flow flow = { .client = (const __u32 *)&ip6->saddr, .local = (const __u32 *)&ip6->daddr,
+                            .nwords = 4 };
     __u8 nh = ip6->nexthdr;
     __u32 off = 0;   /* bytes of extension headers walked */
 #pragma unroll
@@ -318,7 +386,7 @@ static __always_inline int vf_handle_ipv6(struct xdp_md *ctx, void *data, void *
         if (!vf_read_ports(l4, end, data_end, nh, &flow))
             return vf_malformed(farm);
     }
-    return vf_decide(eth, farm, vip, &flow);
+    return vf_decide(ctx, eth, farm, vip, &flow);
 }
 
 int vipfarm_xdp(struct xdp_md *ctx)
@@ -333,7 +401,7 @@ int vipfarm_xdp(struct xdp_md *ctx)
     if (eth->h_proto == __builtin_bswap16(ETH_P_ARP))
         return vf_handle_arp(data, data_end);
     if (eth->h_proto == __builtin_bswap16(ETH_P_IP))
-        return vf_handle_ipv4(data, data_end);
+        return vf_handle_ipv4(ctx, data, data_end);
     if (eth->h_proto == __builtin_bswap16(ETH_P_IPV6))
         return vf_handle_ipv6(ctx, data, data_end);
     return vf_pass(VF_CNT_PASSED);

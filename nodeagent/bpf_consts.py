@@ -16,9 +16,11 @@ CNT_MALFORMED = 4
 CNT_PASSED = 5
 CNT_LEASE_EXPIRED = 6
 CNT_LEASE_LAPSED = 7
-NCOUNTERS = 8
+CNT_HANDOVER_KEPT = 8
+CNT_HANDOVER_UNKNOWN_DROPPED = 9
+NCOUNTERS = 10
 COUNTER_NAMES = ("accepted", "dropped", "neigh_replied", "neigh_punted", "malformed", "passed",
-                 "lease_expired", "lease_lapsed")
+                 "lease_expired", "lease_lapsed", "handover_kept", "handover_unknown_dropped")
 
 TCP_SYN = 0x02
 TCP_ACK = 0x10

@@ -42,12 +42,15 @@ def mac_defines(mac: bytes) -> list[str]:
 
 
 def compile_filter(own_mac: bytes, answer_neigh: bool, pin_dir: str | None = None,
-                   trace_bucket: bool = False):
+                   trace_bucket: bool = False, handover: bool = True):
     """Compile the filter; returns the bcc BPF object.
 
     pin_dir: pin the maps there, adopting maps a previous agent left (a counter or lease map
-    of another shape is re-created; any other map of another shape is a DataplaneError).
+    of another shape is re-created; an ownership map from before handover is migrated; any
+    other map of another shape is a DataplaneError).
     trace_bucket: test builds record each computed bucket in the vf_trace map.
+    handover: False compiles the moving-bucket rules out (-DVF_NO_HANDOVER): benchmarks only,
+    the baseline of the fast path's cost.
     """
     check_kernel_headers()
     bcc = import_bcc()
@@ -59,21 +62,30 @@ def compile_filter(own_mac: bytes, answer_neigh: bool, pin_dir: str | None = Non
     ]
     if trace_bucket:
         cflags.append("-DVF_TRACE_BUCKET")
+    if not handover:
+        cflags.append("-DVF_NO_HANDOVER")
     if pin_dir:
         cflags.append(f'-DVF_PIN_DIR="{pin_dir}"')
     adopted = set(os.listdir(pin_dir)) if pin_dir and os.path.isdir(pin_dir) else set()
     bpf = _compile(bcc, cflags)
     if adopted:
         # bcc adopts a pin of any shape: check each against the declaration (pinned_layout.py).
-        from .pinned_layout import adopted_mismatches, remove_for_recreation, unusable
+        from .pinned_layout import adopted_mismatches, migrate, open_migrations, remove_for_recreation, unusable
         found = adopted_mismatches(bpf, pin_dir, adopted)
         if found:
             bpf.cleanup()
             error = unusable(found)
             if error:
                 raise DataplaneError(error)
+            opened = open_migrations(found)
             remove_for_recreation(found)
-            bpf = _compile(bcc, cflags)
+            try:
+                bpf = _compile(bcc, cflags)
+            except BaseException:
+                for _, fd in opened.values():
+                    os.close(fd)
+                raise
+            migrate(bpf, opened)
     return bpf
 
 

@@ -175,7 +175,8 @@ def undo_interface(iface: str, state: InterfaceState, pin_dir: str, state_path: 
 
 def _only_ownership_differs(old: FilterPlan, new: FilterPlan) -> bool:
     """Whether two plans hold the same farms, slots and VIPs, and differ at most in buckets."""
-    strip = lambda p: tuple(dataclasses.replace(f, owned=frozenset()) for f in p.farms)   # noqa: E731
+    strip = lambda p: tuple(dataclasses.replace(f, owned=frozenset(), moving=frozenset())   # noqa: E731
+                            for f in p.farms)
     return old.vips == new.vips and strip(old) == strip(new)
 
 
@@ -320,16 +321,17 @@ class InterfaceDataplane:
         if self.state.slots == slots and not self._recovered and _only_ownership_differs(self.plan, plan):
             # The hot path of failover and rejoin: only buckets move. No VIP, MAC, sysctl or
             # state-file change, so none of their system calls: one table swap per farm.
+            # owned and moving (handover) are written together into the idle half, one flip.
             before = self.plan.farm_by_slot()
+            changed = [f for f in plan.farms
+                       if (before[f.slot].owned, before[f.slot].moving) != (f.owned, f.moving)]
             with self._slots_lock:
-                for f in plan.farms:
-                    if before[f.slot].owned != f.owned:
-                        self.tables.write_farm(f)
+                for f in changed:
+                    self.tables.write_farm(f)
                 self.plan = plan
-            for f in plan.farms:
-                if before[f.slot].owned != f.owned:
-                    log.info("event=farm_programmed iface=%s farm=%s slot=%d buckets=%d owned=%d",
-                             self.iface, f.name, f.slot, f.buckets, len(f.owned))
+            for f in changed:
+                log.info("event=farm_programmed iface=%s farm=%s slot=%d buckets=%d owned=%d moving=%d",
+                         self.iface, f.name, f.slot, f.buckets, len(f.owned), len(f.moving))
             return plan
         old_slots = set(self.state.slots.values()) | set(self._recovered.values())
         old_vips = set(self.state.vips)
@@ -378,8 +380,8 @@ class InterfaceDataplane:
             netconfig.send_frames(self.iface, frames)
             log.info("event=vips_announced iface=%s vips=%s", self.iface, ",".join(sorted(fresh)))
         for f in plan.farms:
-            log.info("event=farm_programmed iface=%s farm=%s slot=%d buckets=%d owned=%d",
-                     self.iface, f.name, f.slot, f.buckets, len(f.owned))
+            log.info("event=farm_programmed iface=%s farm=%s slot=%d buckets=%d owned=%d moving=%d",
+                     self.iface, f.name, f.slot, f.buckets, len(f.owned), len(f.moving))
         return plan
 
     def set_lease(self, farm_name: str, syn_deadline_ns: int, deadline_ns: int) -> bool:

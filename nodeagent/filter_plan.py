@@ -47,6 +47,10 @@ class FarmEntry:
     seed: int
     buckets: int
     owned: frozenset[int]       # the buckets this node owns
+    # The buckets in handover (the same set on every node while some node still drains flows
+    # from them): there the filter takes a TCP packet of a flow this kernel knows, whoever owns
+    # the bucket, and drops an unknown non-SYN (bpf/vipfarm_xdp.c, "Handover").
+    moving: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class FilterPlan:
 class FarmOwnership:
     farm: Farm
     owned: frozenset[int]
+    moving: frozenset[int] = frozenset()     # buckets in handover; see FarmEntry.moving
 
 
 def vip_key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, bytes]:
@@ -100,9 +105,14 @@ def build_plan(items: list[FarmOwnership], slots: dict[str, int]) -> FilterPlan:
     for item in ordered:
         f = item.farm
         slot = slots[f.name]
+        outside = sorted(b for b in item.moving if not 0 <= b < f.buckets)
+        if outside:
+            raise ValueError(f"farm {f.name!r}: moving bucket {outside[0]} is outside 0..{f.buckets - 1} "
+                             f"({len(outside)} such); pass buckets of this farm's table")
         rules = tuple(RuleEntry(PROTO_NUMBERS[r.protocol], AFFINITY_CODES[r.affinity],
                                 r.ports.low, r.ports.high) for r in f.rules)
-        farms.append(FarmEntry(slot, f.name, parse_mac(f.virtual_mac), f.seed, f.buckets, item.owned))
+        farms.append(FarmEntry(slot, f.name, parse_mac(f.virtual_mac), f.seed, f.buckets, item.owned,
+                               frozenset(item.moving)))
         for ip in f.virtual_ips:
             family, addr = vip_key(ip)
             vips.append(VipEntry(family, addr, slot, rules))

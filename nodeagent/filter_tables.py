@@ -5,10 +5,12 @@ clock, CLOCK_MONOTONIC, which is Python's time.monotonic_ns(): past syn_deadline
 new TCP flows (SYN without ACK) to this node's buckets of that farm; past deadline it drops every
 packet to them. 0 in either means that stage is not in use; (0, 0) is no lease: always valid.
 
-Ownership changes never open a window with zero or two owners on this node: the new bitmap
-(with its seed and mask) is written into the idle half of the farm's double-buffered table,
+Ownership changes never open a window with zero or two owners on this node: the new bitmaps
+(with their seed and mask) are written into the idle half of the farm's double-buffered table,
 then one aligned 4-byte write to vf_active flips the farm to it. A packet reads vf_active
-once, so it sees the old table or the new one, never a mix.
+once, so it sees the old table or the new one, never a mix. Each word of a half holds 64
+buckets' owned bits and their moving bits (handover) side by side (struct vf_bits), so owned
+and moving change together in the same flip: there is no half-applied handover state.
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ class Counters:
     passed: int = 0
     lease_expired: int = 0
     lease_lapsed: int = 0
+    handover_kept: int = 0
+    handover_unknown_dropped: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {n: getattr(self, n) for n in COUNTER_NAMES}
@@ -79,11 +83,18 @@ class FilterTables:
     def active_half(self, slot: int) -> int:
         return self.active[ctypes.c_uint32(slot)].value & 1
 
-    def owned_buckets(self, slot: int) -> set[int]:
+    def _live_words(self, slot: int, field: str) -> list[int]:
         half = slot * 2 + self.active_half(slot)
         mask = self.tables[ctypes.c_uint32(half)].mask
-        return buckets_from_words([self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)].value
-                                   for w in range((mask + 64) // 64)])
+        return [getattr(self.owner[ctypes.c_uint32(half * TABLE_WORDS + w)], field)
+                for w in range((mask + 64) // 64)]
+
+    def owned_buckets(self, slot: int) -> set[int]:
+        return buckets_from_words(self._live_words(slot, "owned"))
+
+    def moving_buckets(self, slot: int) -> set[int]:
+        """The slot's buckets in handover, in the live half."""
+        return buckets_from_words(self._live_words(slot, "moving"))
 
     def read_lease(self, slot: int) -> tuple[int, int]:
         """The slot's lease, (syn_deadline, deadline) in ns, CLOCK_MONOTONIC; 0 = stage not in use."""
@@ -140,27 +151,35 @@ class FilterTables:
             leaf.vmac[i] = b
         leaf.flags = 1
         self.farms[ctypes.c_uint32(f.slot)] = leaf
-        self.swap_ownership(f.slot, f.seed, f.buckets, f.owned)
+        self.swap_ownership(f.slot, f.seed, f.buckets, f.owned, f.moving)
 
-    def swap_ownership(self, slot: int, seed: int, buckets: int, owned: frozenset[int]) -> bool:
-        """Make `owned` live for `slot`; False if it already was (nothing written)."""
+    def swap_ownership(self, slot: int, seed: int, buckets: int, owned: frozenset[int],
+                       moving: frozenset[int] = frozenset()) -> bool:
+        """Make `owned` and `moving` (the buckets in handover) live for `slot` in one flip;
+        False if they already were (nothing written)."""
         cur = self.active_half(slot)
         cur_meta = self.tables[ctypes.c_uint32(slot * 2 + cur)]
         if (cur_meta.seed == seed and cur_meta.mask == buckets - 1
-                and self.owned_buckets(slot) == set(owned)):
+                and self.owned_buckets(slot) == set(owned) and self.moving_buckets(slot) == set(moving)):
             return False
+        owned_w = owner_words(owned, buckets)
+        try:
+            moving_w = owner_words(moving, buckets)
+        except ValueError as e:
+            raise ValueError(f"moving buckets of farm slot {slot}: {e}; pass buckets of this farm "
+                             f"(0..{buckets - 1})") from None
         idle = 1 - cur
         half = slot * 2 + idle
-        words = owner_words(owned, buckets)
         # Words past buckets/64 may hold stale bits; the mask keeps packets from reading them.
         base = half * TABLE_WORDS
-        keys = (ctypes.c_uint32 * len(words))(*(base + i for i in range(len(words))))
-        vals = (ctypes.c_uint64 * len(words))(*words)
+        Leaf = self.owner.Leaf
+        keys = (ctypes.c_uint32 * len(owned_w))(*(base + i for i in range(len(owned_w))))
+        vals = (Leaf * len(owned_w))(*(Leaf(o, m) for o, m in zip(owned_w, moving_w)))
         try:
             self.owner.items_update_batch(keys, vals)
         except Exception:  # older kernels/bcc without batch ops
-            for i, w in enumerate(words):
-                self.owner[ctypes.c_uint32(base + i)] = ctypes.c_uint64(w)
+            for i, (o, m) in enumerate(zip(owned_w, moving_w)):
+                self.owner[ctypes.c_uint32(base + i)] = Leaf(o, m)
         meta = self.tables.Leaf()
         meta.seed = seed
         meta.mask = buckets - 1

@@ -10,13 +10,20 @@ So after bcc opened the maps and before the program is loaded, each adopted pin 
 its declaration. A map that only observes or can restart empty (the counters; the lease, where 0
 means none) is re-created, with the loss logged. A map that holds what the node serves
 (ownership, VIPs, farms) is never thrown away behind the operator's back: the agent stops with
-an error that names the pin and the fix.
+an error that names the pin and the fix, unless the change is a known one this module migrates:
+vf_owner, whose value grew from one u64 of owned bits to struct vf_bits (owned, then moving) for
+handover. Its old pin is copied word for word into the new map (owned kept, moving empty: no
+bucket was in handover under an agent that had none) before the new program is loaded, so the
+node keeps serving exactly what it served; the old program keeps its own copy until the new one
+replaces it. The cost of that upgrade: one read of each of the 65,536 old words and one write per
+non-zero word, well under a second, once.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 log = logging.getLogger("vipfarm.pins")
 
@@ -25,6 +32,7 @@ log = logging.getLogger("vipfarm.pins")
 # a counter (lease_expired, lease_lapsed), vf_lease from one u64 to struct vf_lease (two stages).
 RECREATABLE = frozenset({"vf_stats", "vf_lease"})
 FIELDS = ("map_type", "key_size", "value_size", "max_entries")
+OLD_OWNER_VALUE_SIZE = 8      # vf_owner before handover: one u64 of owned bits per 64 buckets
 
 
 @dataclass(frozen=True)
@@ -53,9 +61,15 @@ def mismatch(name: str, path: str, declared: Shape, pinned: Shape) -> Mismatch |
     return None if declared == pinned else Mismatch(name, path, declared, pinned)
 
 
+def migratable(m: Mismatch) -> bool:
+    """Pure: whether the pin is vf_owner of the shape before handover, which is copied over."""
+    return (m.name == "vf_owner" and m.declared.value_size == 2 * OLD_OWNER_VALUE_SIZE
+            and m.pinned == replace(m.declared, value_size=OLD_OWNER_VALUE_SIZE))
+
+
 def unusable(mismatches: list[Mismatch]) -> str | None:
     """Pure: the error for pins that must not be re-created, or None when all may be."""
-    bad = [m for m in mismatches if m.name not in RECREATABLE]
+    bad = [m for m in mismatches if m.name not in RECREATABLE and not migratable(m)]
     if not bad:
         return None
     pin_dir = os.path.dirname(bad[0].path)
@@ -97,10 +111,38 @@ def adopted_mismatches(bpf, pin_dir: str, adopted: set[str]) -> list[Mismatch]:
     return out
 
 
+def open_migrations(mismatches: list[Mismatch]) -> dict[str, tuple[Mismatch, int]]:
+    """Open the old pins that are migrated (before remove_for_recreation unpins them): name ->
+    (mismatch, fd). The caller closes the fds (migrate() does)."""
+    from .bpf_syscall import obj_get
+    return {m.name: (m, obj_get(m.path)) for m in mismatches if migratable(m)}
+
+
+def migrate(bpf, opened: dict[str, tuple[Mismatch, int]]) -> None:
+    """Copy each opened old pin into the freshly pinned map of the new program, then close it."""
+    from .bpf_syscall import map_lookup
+    for name, (m, fd) in opened.items():
+        try:
+            table = bpf[name.encode()]
+            kept = 0
+            for k in range(m.pinned.max_entries):
+                owned = int.from_bytes(map_lookup(fd, bytes(ctypes.c_uint32(k)), OLD_OWNER_VALUE_SIZE), "little")
+                if owned:
+                    table[ctypes.c_uint32(k)] = table.Leaf(owned, 0)
+                    kept += 1
+        finally:
+            os.close(fd)
+        log.warning("event=pin_migrated path=%s value_size=%d->%d words_kept=%d moving=none",
+                    m.path, m.pinned.value_size, m.declared.value_size, kept)
+
+
 def remove_for_recreation(mismatches: list[Mismatch]) -> None:
-    """Unpin re-creatable maps of another shape; the next compile pins fresh ones. A program
-    still attached keeps its own reference until the new one replaces it."""
+    """Unpin re-creatable (and migrated) maps of another shape; the next compile pins fresh ones.
+    A program still attached keeps its own reference until the new one replaces it."""
     for m in mismatches:
+        if migratable(m):
+            os.unlink(m.path)           # migrate() logs it, with what it kept
+            continue
         log.warning("event=pin_recreated path=%s reason=shape_differs %s lost=%s", m.path,
                     " ".join(f"{f}={getattr(m.pinned, f)}->{getattr(m.declared, f)}"
                              for f in FIELDS if getattr(m.pinned, f) != getattr(m.declared, f)),

@@ -50,11 +50,24 @@ def read_counters(pin_dir: str, slot: int) -> dict[str, int]:
     return out
 
 
-def read_owned(pin_dir: str, slot: int) -> set[int]:
+OWNER_VALUE_SIZE = 16      # struct vf_bits: owned u64, then moving u64
+
+
+def _read_bits(pin_dir: str, slot: int, offset: int) -> set[int]:
     with PinnedMap(os.path.join(pin_dir, "vf_active")) as m:
         half = slot * 2 + (int.from_bytes(m.lookup(slot, 4), "little") & 1)
     with PinnedMap(os.path.join(pin_dir, "vf_tables")) as m:
         mask = int.from_bytes(m.lookup(half, 8)[4:8], "little")
     with PinnedMap(os.path.join(pin_dir, "vf_owner")) as m:
-        return buckets_from_words([int.from_bytes(m.lookup(half * TABLE_WORDS + w, 8), "little")
-                                   for w in range((mask + 64) // 64)])
+        return buckets_from_words([
+            int.from_bytes(m.lookup(half * TABLE_WORDS + w, OWNER_VALUE_SIZE)[offset:offset + 8], "little")
+            for w in range((mask + 64) // 64)])
+
+
+def read_owned(pin_dir: str, slot: int) -> set[int]:
+    return _read_bits(pin_dir, slot, 0)
+
+
+def read_moving(pin_dir: str, slot: int) -> set[int]:
+    """The slot's buckets in handover (the moving bits of the live half)."""
+    return _read_bits(pin_dir, slot, 8)

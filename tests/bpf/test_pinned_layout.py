@@ -111,3 +111,52 @@ def test_adopted_pins_of_the_same_shape_are_kept(pin_dir):
         assert FilterTables(second).read_lease(3) == (42, 43)
     finally:
         second.cleanup()
+
+
+def test_an_adopted_ownership_map_from_before_handover_is_migrated_keeping_every_owned_bucket(pin_dir, caplog):
+    """An agent from before handover pinned vf_owner with one u64 of owned bits per word; the new
+    filter's words are struct vf_bits (owned, moving). The upgrade copies the owned bits (no
+    bucket moving) into the new map before the program loads, so the node serves what it served."""
+    from nodeagent.bpf_consts import TABLE_WORDS
+    from nodeagent.bpf_syscall import map_update
+    old = os.path.join(pin_dir, "vf_owner")
+    entries = MAX_FARMS * 2 * TABLE_WORDS
+    pin_map(old, "array", "__u64", entries)
+    words = {0: 0x5, 1: 1 << 63, TABLE_WORDS + 3: 0xFFFF_0000_FFFF_0000, entries - 1: 0x8000_0001}
+    fd = obj_get(old)
+    try:
+        for k, v in words.items():
+            map_update(fd, k.to_bytes(4, "little"), v.to_bytes(8, "little"))
+    finally:
+        os.close(fd)
+    with caplog.at_level(logging.WARNING, logger="vipfarm.pins"):
+        bpf = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
+    try:
+        owner = bpf[b"vf_owner"]
+        assert fd_shape(owner.map_fd).value_size == 16
+        fd = obj_get(old)
+        try:
+            assert fd_shape(fd).value_size == 16, "the pin still is the old 8-byte ownership map"
+        finally:
+            os.close(fd)
+        import ctypes
+        got = {k: (owner[ctypes.c_uint32(k)].owned, owner[ctypes.c_uint32(k)].moving) for k in words}
+        assert got == {k: (v, 0) for k, v in words.items()}
+        assert all(owner[ctypes.c_uint32(k)].owned == 0 for k in (2, TABLE_WORDS, entries - 2))
+    finally:
+        bpf.cleanup()
+    lines = [r.getMessage() for r in caplog.records if "event=pin_migrated" in r.getMessage()]
+    assert len(lines) == 1 and f"path={old}" in lines[0] and "value_size=8->16" in lines[0], lines
+    assert f"words_kept={len(words)}" in lines[0], lines
+
+
+def test_vipfarm_stats_reads_owned_and_moving_buckets_from_the_pins(pin_dir):
+    """pinned_maps (`vipfarm stats`, the lab) reads struct vf_bits words: owned, then moving."""
+    from nodeagent.pinned_maps import read_moving, read_owned
+    bpf = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
+    try:
+        FilterTables(bpf).swap_ownership(3, 7, 256, frozenset({0, 64, 255}), frozenset({1, 64, 200}))
+        assert read_owned(pin_dir, 3) == {0, 64, 255}
+        assert read_moving(pin_dir, 3) == {1, 64, 200}
+    finally:
+        bpf.cleanup()

@@ -10,17 +10,25 @@ kernel reads it: now_ns, the exact clock (bpf_ktime_get_ns, time.monotonic_ns() 
 which SYNs are judged by, and coarse_ns, the coarse clock (bpf_ktime_get_coarse_ns,
 CLOCK_MONOTONIC_COARSE unless given; now_ns when only that is given), which every other packet
 to an owned bucket is judged by.
+
+Handover: a farm's FarmEntry.moving buckets are decided by state first. `sockets` stands for
+this node's kernel socket table (bpf_skc_lookup_tcp): called with a SocketQuery (the frame's
+4-tuple, the VIP as the local end), it returns the BPF_TCP_* state of the socket the kernel
+would find, or None. The default knows no 4-tuple. A test that runs the program in a namespace
+with real sockets passes the predicate of the sockets it made.
 """
 from __future__ import annotations
 
 import struct
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from vipfarm.hashing import client_hash
 
 from nodeagent import neighbour
 from nodeagent.bpf_consts import (AFF_CLIENTIP, AFF_CLIENTIPPORT, CNT_ACCEPTED, CNT_DROPPED,
+                         CNT_HANDOVER_KEPT, CNT_HANDOVER_UNKNOWN_DROPPED,
                          CNT_LEASE_EXPIRED, CNT_LEASE_LAPSED, CNT_MALFORMED, CNT_NEIGH_PUNTED, CNT_NEIGH_REPLIED, CNT_PASSED,
                          FAMILY_V4, FAMILY_V6, GLOBAL_SLOT, MAX_EXT_HDRS, MAX_EXT_OFFSET,
                          TCP_ACK, TCP_SYN, XDP_DROP, XDP_PASS, XDP_TX)
@@ -31,6 +39,23 @@ IPPROTO_TCP, IPPROTO_UDP = 6, 17
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)
 IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
 _EXT = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS)
+# Socket states of include/uapi/linux/bpf.h (BPF_TCP_*), as bpf_sock.state reports them.
+TCP_ESTABLISHED, TCP_SYN_SENT, TCP_SYN_RECV, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_TIME_WAIT = 1, 2, 3, 4, 5, 6
+TCP_CLOSE, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_LISTEN, TCP_CLOSING, TCP_NEW_SYN_RECV = 7, 8, 9, 10, 11, 12
+
+
+@dataclass(frozen=True)
+class SocketQuery:
+    """The 4-tuple the filter looks up, as the packet carries it: the client is the remote end."""
+    family: int                 # FAMILY_V4 / FAMILY_V6
+    client: bytes
+    sport: int
+    local: bytes                # the VIP
+    dport: int
+
+
+def no_sockets(query: SocketQuery) -> int | None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,7 @@ class _Flow:
     sport: int | None
     dport: int | None
     tcp_flags: int = 0
+    local: bytes = b""
 
     @property
     def opens_flow(self) -> bool:
@@ -59,12 +85,14 @@ class _Flow:
 
 class FilterModel:
     def __init__(self, plan: FilterPlan, own_mac: bytes, answer_neigh: bool = True,
-                 leases: dict[int, tuple[int, int]] | None = None):
+                 leases: dict[int, tuple[int, int]] | None = None,
+                 sockets: Callable[[SocketQuery], int | None] = no_sockets):
         self.vips = plan.vip_by_key()
         self.farms = plan.farm_by_slot()
         self.own_mac = own_mac
         self.answer_neigh = answer_neigh
         self.leases = dict(leases or {})     # farm slot -> (syn_deadline, deadline) ns; 0 = stage off
+        self.sockets = sockets
 
     def lease_drop(self, slot: int, flow: "_Flow", now_ns: int, coarse_ns: int) -> int | None:
         """The counter an owned packet is dropped under by the lease, or None (taken)."""
@@ -124,12 +152,12 @@ class FilterModel:
             return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
         frag = struct.unpack_from("!H", ip, 6)[0]
         proto = ip[9]
-        flow = _Flow(ip[12:16], bool(frag & 0x3FFF), None, None, None)
+        flow = _Flow(ip[12:16], bool(frag & 0x3FFF), None, None, None, local=ip[16:20])
         if not flow.fragment and proto in (IPPROTO_TCP, IPPROTO_UDP):
             ports = self._ports(ip, hlen, tot, proto)
             if ports is None:
                 return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
-            flow = _Flow(flow.client, False, proto, *ports)
+            flow = _Flow(flow.client, False, proto, *ports, local=flow.local)
         return self._decide(frame, vip, flow, now)
 
     def _ipv6(self, frame: bytes, now: tuple[int, int]) -> Outcome:
@@ -161,12 +189,12 @@ class FilterModel:
             off += (ip[at + 1] + 1) * 8
             if off > MAX_EXT_OFFSET:
                 break
-        flow = _Flow(ip[8:24], nh == IPPROTO_FRAGMENT, None, None, None)
+        flow = _Flow(ip[8:24], nh == IPPROTO_FRAGMENT, None, None, None, local=ip[24:40])
         if not flow.fragment and off <= MAX_EXT_OFFSET and nh in (IPPROTO_TCP, IPPROTO_UDP):
             ports = self._ports(ip, 40 + off, end, nh)
             if ports is None:
                 return Outcome(XDP_DROP, vip.slot, CNT_MALFORMED, frame)
-            flow = _Flow(flow.client, False, nh, *ports)
+            flow = _Flow(flow.client, False, nh, *ports, local=flow.local)
         return self._decide(frame, vip, flow, now)
 
     @staticmethod
@@ -192,6 +220,14 @@ class FilterModel:
             return Outcome(XDP_DROP, vip.slot, CNT_DROPPED, frame)
         port = flow.sport if self.affinity(vip, flow) == AFF_CLIENTIPPORT else None
         bucket = client_hash(flow.client, port, farm.seed) & (farm.buckets - 1)
+        if bucket in farm.moving and flow.proto == IPPROTO_TCP:
+            family = FAMILY_V4 if len(flow.client) == 4 else FAMILY_V6
+            state = self.sockets(SocketQuery(family, flow.client, flow.sport, flow.local, flow.dport))
+            # State wins: any socket but a listener; a SYN meeting only TIME_WAIT goes to the owner.
+            if state is not None and state != TCP_LISTEN and not (state == TCP_TIME_WAIT and flow.opens_flow):
+                return Outcome(XDP_PASS, vip.slot, CNT_HANDOVER_KEPT, self.own_mac + frame[6:], bucket)
+            if not flow.opens_flow:
+                return Outcome(XDP_DROP, vip.slot, CNT_HANDOVER_UNKNOWN_DROPPED, frame, bucket)
         if bucket in farm.owned:
             reason = self.lease_drop(vip.slot, flow, *now)
             if reason is not None:

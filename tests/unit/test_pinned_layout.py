@@ -26,3 +26,16 @@ def test_an_ownership_pin_of_another_shape_is_refused_naming_the_pin_the_values_
     assert "/p/n1/eth0/vf_owner: max_entries pinned=1024 declared=65536" in error
     assert "vf_stats" not in error
     assert "remove /p/n1/eth0" in error and "SIGTERM" in error
+
+
+def test_the_ownership_pin_from_before_handover_is_migrated_not_refused():
+    """vf_owner's value grew from one u64 (owned bits) to struct vf_bits (owned, moving): that
+    exact change is copied over by the agent (pinned_layout.migrate), so an upgrade keeps serving."""
+    from nodeagent.pinned_layout import migratable
+    new_owner = Shape(map_type=2, key_size=4, value_size=16, max_entries=65536)
+    old = mismatch("vf_owner", "/p/n1/eth0/vf_owner", new_owner, OWNER)
+    assert old.differences == "value_size pinned=8 declared=16"
+    assert migratable(old) and unusable([old]) is None
+    other = mismatch("vf_owner", "/p/n1/eth0/vf_owner", new_owner, Shape(2, 4, 8, 1024))
+    assert not migratable(other)
+    assert "/p/n1/eth0/vf_owner: value_size pinned=8 declared=16, max_entries pinned=1024" in unusable([other])
