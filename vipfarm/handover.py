@@ -72,6 +72,21 @@ def drain_step(previous: Drain, owned: frozenset[int], census: Mapping[int, int]
     return Drain(since, flows, cut, frozenset(expired))
 
 
+def drain_begin(previous: Drain, released: frozenset[int], now_ns: int, timeout_ns: int) -> Drain:
+    """At the programming that releases `released`, before any census: presume each of them
+    drains (the census that follows, moments later, ends the drain of those with no flows).
+    The old owner's flows must be on the slow path from the very flip that gives the bucket
+    away, and a census of a large socket table would delay that flip. Handover off
+    (`timeout_ns` 0): nothing drains."""
+    if timeout_ns <= 0:
+        return previous
+    since = dict(previous.since)
+    for b in released:
+        if b not in previous.expired:
+            since.setdefault(b, now_ns)
+    return Drain(since, previous.flows, {}, previous.expired)
+
+
 @dataclass(frozen=True)
 class Pending:
     """Buckets this node acquired while another member may still drain them."""

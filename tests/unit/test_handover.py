@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from vipfarm.handover import Drain, Pending, bucket_runs, drain_step, moving_buckets, pending_step
+from vipfarm.handover import Drain, Pending, bucket_runs, drain_begin, drain_step, moving_buckets, pending_step
 
 S = 1_000_000_000
 TIMEOUT = 300 * S
@@ -81,3 +81,12 @@ def test_bucket_runs_cover_exactly_the_buckets(buckets):
     runs = bucket_runs(buckets)
     assert frozenset(b for first, n in runs for b in range(first, first + n)) == buckets
     assert all(a[0] + a[1] < b[0] for a, b in zip(runs, runs[1:])), "runs are maximal and ascending"
+
+
+def test_released_buckets_drain_from_the_flip_that_gives_them_away_until_a_census_says_otherwise():
+    d = drain_begin(Drain(), frozenset({1, 2}), now_ns=S, timeout_ns=TIMEOUT)
+    assert d.buckets == {1, 2}, "before any census the old owner's flows must already be on the slow path"
+    d = drain_step(d, frozenset(), {1: 0, 2: 5}, now_ns=2 * S, timeout_ns=TIMEOUT)
+    assert d.buckets == {2} and d.since == {2: S}, "the drain clock starts at the release"
+    assert drain_begin(Drain(), frozenset({1}), now_ns=S, timeout_ns=0).buckets == frozenset(), \
+        "handover off: nothing is kept"
