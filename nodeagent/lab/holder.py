@@ -31,6 +31,9 @@ Output (JSONL, flushed every 100 ms, every time CLOCK_MONOTONIC ns like the prob
   {"type": "conn", "id", "src", "sport", "node", "nodes", "echoes", "max_gap_ns", "reset"}   at the end
   {"type": "end", "t_ns", ...totals}
 It stops after --seconds or once --stop-file exists, closing every connection cleanly (FIN).
+CPU: every echo is a send and a receive on both sides, connections x 1000/period-ms per second
+(200 x 10 = 2,000/s is light; at 2,000 connections on the 2-core lab machine give --period-ms 500
+or more, or the one-threaded echo server itself delays answers towards --slow-ms).
 """
 from __future__ import annotations
 
@@ -290,7 +293,7 @@ def hold(vip: str, port: int, sources: list[str], connections: int, out_path: st
             return
         if reason is not None:
             c.reset = reason
-            resets += 1
+            resets += bool(c.up_ns)
             kind = "reset" if c.up_ns else "open_failed"
             emit({"type": kind, "t_ns": now, "id": c.id, **tuple_of(c), "error": reason, "node": c.node})
             c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -504,13 +507,15 @@ def hold(vip: str, port: int, sources: list[str], connections: int, out_path: st
                     heapq.heappush(sends, (max(now, due + period), cid))
             for n in [n for n in new_by_fd.values() if now >= n.deadline]:
                 new_finish(n, "timeout", now)
-            for c in conns:
-                if c.sock is not None and not c.up_ns and now - c.opened_ns > connect_timeout_ms * MS:
-                    conn_close(c, "connect_timeout", now)
-            if not stopping and now >= next_stall_check:
+            if not stopping and now >= next_stall_check:     # one pass over all, 20 times a second
                 next_stall_check = now + 50 * MS
-                for c in conns:
-                    if c.sock is not None and c.up_ns and not c.stalled and now - c.last_echo_ns > stall:
+                for c in conns[:to_open]:
+                    if c.sock is None:
+                        continue
+                    if not c.up_ns:
+                        if now - c.opened_ns > connect_timeout_ms * MS:
+                            conn_close(c, "connect_timeout", now)
+                    elif not c.stalled and now - c.last_echo_ns > stall:
                         c.stalled = True
                         emit({"type": "stall", "t_ns": c.last_echo_ns, "detected_ns": now, "id": c.id,
                               **tuple_of(c), "node": c.node})
