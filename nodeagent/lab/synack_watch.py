@@ -310,6 +310,17 @@ def watch(vips: list[str], out_path: str, seconds: float, iface: str = "eth0", w
     return found
 
 
+def inject_synack(iface: str, dst_mac: str, src: str, sport: int, dst: str, dport: int, isn: int) -> bytes:
+    """Send one crafted SYN-ACK out of `iface` (from its own MAC): a second stack answering a
+    handshake, for proving the watch reports it. Returns the frame sent."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+        s.bind((iface, 0))
+        mac = s.getsockname()[4].hex(":")
+        frame = synack_frame(mac, dst_mac, src, sport, dst, dport, isn)
+        s.send(frame)
+    return frame
+
+
 # -- spawning it in a lab ---------------------------------------------------------------------
 @dataclass
 class RunningWatch:
