@@ -1,17 +1,20 @@
 """Traffic programs run inside lab namespaces: a named echo server and bounded clients.
 
-  python -m nodeagent.lab.traffic serve --name n1 --tcp 80 --udp 5000
+  python -m nodeagent.lab.traffic serve --name n1 --tcp 80 --udp 5000 [--echo 9100]
   python -m nodeagent.lab.traffic tcp --vip 203.0.113.10 --port 80 --src A --src B --per-src 10
   python -m nodeagent.lab.traffic udp --vip 203.0.113.10 --port 5000 --src A --per-src 10
   python -m nodeagent.lab.traffic steady --vip ... --port 80 --src ... --seconds 8 --rate 50
   python -m nodeagent.lab.traffic neigh --vip 203.0.113.10 --iface eth0
 Every client is bounded in count and time and prints one JSON document on stdout.
+`--echo PORT` holds long-lived TCP connections (thousands at once, one selector) and answers
+every line received with "<node name> <line>\n"; holder.py is its client.
 """
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import json
+import resource
 import selectors
 import socket
 import sys
@@ -21,19 +24,54 @@ import time
 ETH_P_ALL = 0x0003
 
 
-def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
-    """Answer each TCP connection and UDP datagram with this node's name."""
+ECHO_LINE_MAX = 4096          # an echo client's line longer than this is a protocol error: drop the connection
+
+
+class _EchoConn:
+    """One long-lived echo connection: bytes read but not yet a full line, bytes not yet sent."""
+    __slots__ = ("sock", "peer", "inbuf", "outbuf")
+
+    def __init__(self, sock: socket.socket, peer):
+        self.sock, self.peer, self.inbuf, self.outbuf = sock, peer, b"", b""
+
+
+def raise_nofile(want: int) -> int:
+    """Raise this process's open-file limit to `want` if it is lower (the hard limit too, when
+    allowed: the lab runs as root); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(want, hard)))
+        return want
+    except (ValueError, OSError):           # not allowed above the hard limit: take what there is
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+
+
+def _listen_tcp(port: int) -> socket.socket:
+    # One dual-stack socket per port takes IPv4 and IPv6 connections alike.
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    s.listen(4096)
+    s.setblocking(False)
+    return s
+
+
+def serve(name: str, tcp_ports: list[int], udp_ports: list[int], echo_ports: list[int] = ()) -> None:
+    """Answer each TCP connection and UDP datagram with this node's name; on the echo ports,
+    keep each connection open and answer every line with "<name> <line>"."""
     sel = selectors.DefaultSelector()
     reply = (name + "\n").encode()
+    prefix = (name + " ").encode()
+    if echo_ports:
+        raise_nofile(65536)
     for port in tcp_ports:
-        # One dual-stack socket per port takes IPv4 and IPv6 connections alike.
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", port))
-        s.listen(1024)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, "tcp")
+        sel.register(_listen_tcp(port), selectors.EVENT_READ, "tcp")
+    for port in echo_ports:
+        sel.register(_listen_tcp(port), selectors.EVENT_READ, "echo")
     for port in udp_ports:
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -42,11 +80,65 @@ def serve(name: str, tcp_ports: list[int], udp_ports: list[int]) -> None:
         s.bind(("::", port))
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, "udp")
+
+    def drop(c: _EchoConn, why: str) -> None:
+        if why != "eof":
+            print(f"event=echo_conn_dropped peer={c.peer[0]} port={c.peer[1]} reason={why}", flush=True)
+        sel.unregister(c.sock)
+        c.sock.close()
+
+    def flush(c: _EchoConn) -> None:
+        try:
+            n = c.sock.send(c.outbuf)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            drop(c, type(e).__name__)
+            return
+        c.outbuf = c.outbuf[n:]
+        sel.modify(c.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if c.outbuf else 0), c)
+
+    def echo(c: _EchoConn, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            try:
+                data = c.sock.recv(65536)
+            except BlockingIOError:
+                data = None
+            except OSError as e:
+                drop(c, type(e).__name__)
+                return
+            if data == b"":
+                drop(c, "eof")
+                return
+            if data:
+                c.inbuf += data
+                *lines, c.inbuf = c.inbuf.split(b"\n")
+                if len(c.inbuf) > ECHO_LINE_MAX:
+                    drop(c, "line_too_long")
+                    return
+                if lines:
+                    c.outbuf += b"".join(prefix + line + b"\n" for line in lines)
+        if c.outbuf:
+            flush(c)
+
     print(f"serving {name}", flush=True)
     while True:
-        for key, _ in sel.select():
+        for key, mask in sel.select():
             s = key.fileobj
-            if key.data == "tcp":
+            if isinstance(key.data, _EchoConn):
+                echo(key.data, mask)
+            elif key.data == "echo":
+                for _ in range(64):          # a burst of opens: take what is queued, then serve the rest
+                    try:
+                        conn, peer = s.accept()
+                    except (BlockingIOError, ConnectionAbortedError):
+                        break
+                    except OSError as e:     # out of files: leave it queued, say so once per burst
+                        print(f"event=echo_accept_failed port={s.getsockname()[1]} error={e!r}", flush=True)
+                        break
+                    conn.setblocking(False)
+                    sel.register(conn, selectors.EVENT_READ, _EchoConn(conn, peer))
+            elif key.data == "tcp":
                 try:
                     conn, peer = s.accept()
                 except (BlockingIOError, ConnectionAbortedError):
@@ -208,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--name", required=True)
     sv.add_argument("--tcp", type=int, action="append", default=[])
     sv.add_argument("--udp", type=int, action="append", default=[])
+    sv.add_argument("--echo", type=int, action="append", default=[],
+                    help="a TCP port whose connections stay open and get every line echoed, prefixed by the name")
     for name in ("tcp", "udp", "steady"):
         c = sub.add_parser(name)
         c.add_argument("--vip", required=True)
@@ -223,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--wait", type=float, default=1.0)
     a = p.parse_args(argv)
     if a.cmd == "serve":
-        serve(a.name, a.tcp, a.udp)
+        serve(a.name, a.tcp, a.udp, a.echo)
         return 0
     if a.cmd == "tcp":
         out = tcp_clients(a.vip, a.port, a.src, a.per_src, a.timeout)
