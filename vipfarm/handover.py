@@ -77,9 +77,10 @@ def drain_begin(previous: Drain, released: frozenset[int], now_ns: int, timeout_
     drains (the census that follows, moments later, ends the drain of those with no flows).
     The old owner's flows must be on the slow path from the very flip that gives the bucket
     away, and a census of a large socket table would delay that flip. Handover off
-    (`timeout_ns` 0): nothing drains."""
+    (`timeout_ns` 0): nothing drains. What an earlier census cut is not repeated (`cut` is
+    always empty here)."""
     if timeout_ns <= 0:
-        return previous
+        return Drain(previous.since, previous.flows, {}, previous.expired)
     since = dict(previous.since)
     for b in released:
         if b not in previous.expired:

@@ -310,14 +310,16 @@ class Lab:
 def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode: str = "unicast-flood",
               xdp_mode: str = "auto", buckets: int = 1024, rules: str | None = None,
               key_file: str | None = None, interval_ms: int | None = None, timeout_ms: int | None = None,
-              witness: str | None = None, extra: str = "") -> str:
-    """A standalone Farm file for lab nodes n1..nN (`extra`: more spec lines, indented by two).
-    A farm of two or more nodes needs `key_file` (Lab.key_file)."""
+              witness: str | None = None, extra: str = "", drained: tuple[str, ...] = ()) -> str:
+    """A standalone Farm file for lab nodes n1..nN (`extra`: more spec lines, indented by two;
+    `drained`: members given `drain: true`). A farm of two or more nodes needs `key_file`
+    (Lab.key_file)."""
     if rules is None:
         rules = ('    - {protocol: TCP, ports: "80", affinity: ClientIPPort}\n'
                  '    - {protocol: TCP, ports: "8080", affinity: ClientIP}\n'
                  '    - {protocol: UDP, ports: "5000-5010", affinity: ClientIPPort}\n')
-    nodes = "".join(f"    - {{name: {n}, address: {node_ip(int(n[1:]))}, weight: {w}}}\n"
+    nodes = "".join(f"    - {{name: {n}, address: {node_ip(int(n[1:]))}, weight: {w}"
+                    + (", drain: true" if n in drained else "") + "}\n"
                     for n, w in weights.items())
     vip_list = ", ".join(f'"{ipaddress.ip_address(v)}"' for v in vips)
     return (f"apiVersion: vipfarm.io/v1alpha1\nkind: Farm\nmetadata:\n  name: {name}\nspec:\n"

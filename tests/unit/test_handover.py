@@ -90,3 +90,10 @@ def test_released_buckets_drain_from_the_flip_that_gives_them_away_until_a_censu
     assert d.buckets == {2} and d.since == {2: S}, "the drain clock starts at the release"
     assert drain_begin(Drain(), frozenset({1}), now_ns=S, timeout_ns=0).buckets == frozenset(), \
         "handover off: nothing is kept"
+
+
+def test_a_cut_is_reported_by_the_census_that_made_it_only():
+    d = drain_step(Drain(), frozenset(), {3: 2}, now_ns=0, timeout_ns=0)
+    assert d.cut == {3: 2}
+    for timeout in (0, TIMEOUT):
+        assert drain_begin(d, frozenset(), now_ns=S, timeout_ns=timeout).cut == {}
