@@ -29,7 +29,8 @@ log = logging.getLogger("vipfarm.pins")
 
 # Maps that may be re-created empty: counters restart at 0; a lease of (0, 0) is "no lease" (the
 # heartbeat thread writes the next one within an interval). Both have changed shape: vf_stats by
-# a counter (lease_expired, lease_lapsed), vf_lease from one u64 to struct vf_lease (two stages).
+# counters (lease_expired, lease_lapsed; then handover_kept, handover_unknown_dropped), vf_lease
+# from one u64 to struct vf_lease (two stages).
 RECREATABLE = frozenset({"vf_stats", "vf_lease"})
 FIELDS = ("map_type", "key_size", "value_size", "max_entries")
 OLD_OWNER_VALUE_SIZE = 8      # vf_owner before handover: one u64 of owned bits per 64 buckets
