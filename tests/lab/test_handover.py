@@ -168,3 +168,66 @@ def test_with_handover_off_the_same_weight_change_resets_the_connections_of_the_
     s, end = traffic.stop(t_move)
     assert 40 <= s.reset <= 140, s.describe()
     assert "event=handover_cut node=n2 farm=ho" in lab.agent_log(2), lab.agent_log(2)[-3000:]
+
+
+def test_a_drain_takes_no_new_flows_at_once_keeps_the_held_ones_and_an_undrain_resets_nothing_either(ho):
+    lab = ho.lab
+    ho.converged()
+    traffic = Traffic(lab)
+    on_n3 = traffic.up.nodes["n3"]
+    assert on_n3 > 20, traffic.up.describe()
+    t_drain = ho.reconfigure(drained=("n3",))
+    assert ho.converged()[3] == set()
+    t_drained = time.monotonic_ns()
+    traffic.run_until(200, t_drained)
+    s = traffic.holder.summary(t_drained)
+    assert s.new_nodes_after["n3"] == 0, s.new_nodes_after
+    assert s.nodes["n3"] == on_n3 and s.reset == 0, s.describe()     # its held connections stay on n3
+    assert "event=handover_started node=n3 farm=ho" in lab.agent_log(3)
+    t_undrain = ho.reconfigure(drained=())
+    ho.converged()
+    traffic.run_until(200, t_undrain)
+    s, end = traffic.stop(t_undrain)
+    assert_nothing_broke(s, end, lab)
+    assert s.new_nodes_after["n3"] > 0.2 * sum(s.new_nodes_after.values()), s.new_nodes_after
+    assert t_drain < t_undrain
+
+
+def test_two_moves_in_quick_succession_reset_nothing(ho):
+    """The second change comes while the first one's handover is still running (its held
+    connections keep every drain open): buckets move again, some back to their old owner."""
+    lab = ho.lab
+    ho.converged()
+    traffic = Traffic(lab)
+    ho.reconfigure({"n1": 3, "n2": 1, "n3": 1})
+    time.sleep(0.3)                                   # the second change, mid-flight (a deliberate gap)
+    t_move = ho.reconfigure({"n1": 1, "n2": 3, "n3": 1})
+    ho.converged()
+    traffic.run_until(300, t_move)
+    s, end = traffic.stop(t_move)
+    assert_nothing_broke(s, end, lab)
+    assert s.new_nodes_after["n2"] > 0.45 * sum(s.new_nodes_after.values()), s.new_nodes_after
+
+
+def test_an_agent_sigkilled_and_restarted_in_the_middle_of_a_handover_resets_nothing(ho):
+    """n2 gave buckets to n1 and still serves its held connections in them when its agent is
+    SIGKILLed; the filter (pinned) goes on meanwhile, and the new agent rebuilds its drain
+    from the socket table."""
+    lab = ho.lab
+    ho.converged()
+    traffic = Traffic(lab)
+    ho.reconfigure({"n1": 3, "n2": 1, "n3": 1})
+    ho.converged()
+    wait_for(lambda: "event=handover_started node=n2 farm=ho" in lab.agent_log(2), 10, "n2's handover")
+    log_before = len(lab.agent_log(2))
+    ho.agents[2].send_signal(signal.SIGKILL)
+    ho.agents[2].wait(10)
+    t_kill = time.monotonic_ns()
+    ho.start_agent(2)
+    lab.wait_agent_ready(2, ho.agents[2], timeout=180, after=lab.agent_log(2).count("event=agent_ready"))
+    wait_for(lambda: "event=handover_started node=n2 farm=ho" in lab.agent_log(2)[log_before:], 20,
+             "the restarted agent to take the drain up again from the socket table")
+    ho.converged()
+    traffic.run_until(200, time.monotonic_ns())
+    s, end = traffic.stop(t_kill)
+    assert_nothing_broke(s, end, lab)
