@@ -32,7 +32,7 @@ from vipfarm.agreement import (Serving, agreed_view, agreement_digest, buckets_t
 from vipfarm.assignment import Assignment
 from vipfarm.base_assignment import Base, config_digest, first_base
 from vipfarm.heartbeat_keys import Keyring
-from vipfarm.heartbeat_wire import (ROW_DRAINING, ROW_HANDING_OVER, ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
+from vipfarm.heartbeat_wire import (ROW_DRAINING, ROW_HANDING_OVER, ROW_RELEASED, ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
                                     WireError, decode, encode, node_id)
 from vipfarm.liveness import ACCEPTED, PeerTable
 
@@ -113,6 +113,7 @@ class _Farm:
     last_request_ns: int = 0
     said: Membership | None = None        # the last membership handed to on_membership
     peers_handing_over: bool = False      # in the last decision handed over
+    sent_released: bool = False           # ROW_RELEASED in the last heartbeat sent
 
 
 class HeartbeatEngine:
@@ -240,12 +241,17 @@ class HeartbeatEngine:
         self._sent_handing_over = handing_over
 
     def _renew_if_reprogrammed(self, now: int) -> None:
+        """After the main thread's programming: the lease withheld meanwhile, and a heartbeat at
+        once when the filter has just given up what it had to (the new owners wait for it)."""
         programmed = self._programmed
         if programmed is self._renewed_for:
             return
         self._renewed_for = programmed
         for f in self.farms.values():
             self._renew_lease(f, now)
+            released = self._released(f)
+            if released != f.sent_released:
+                f.next_send_ns = now
 
     def _raise_priority(self) -> None:
         """Real-time round-robin scheduling for this thread only: a CPU hog at normal priority
@@ -438,10 +444,15 @@ class HeartbeatEngine:
             return                              # starting: keep what the filter does until we know
         in_view = cfg.node in view
         agreed = in_view and self._agreed(f, now)
+        # Acquire late: not only once every member decided the same (agreed), but once every
+        # other member's filter has given up what this assignment takes from it (its row's
+        # ROW_RELEASED under this digest). Agreement alone left a few ms in which the old
+        # owner's main thread had not yet programmed its release and both answered SYNs.
+        may_acquire = agreed and self._released_everywhere(f, now)
         target: Assignment | None = None
         if in_view and cfg.base is not None:
             target = effective_assignment(cfg.base.assignment, serving_weights(cfg.weights, withdrawn, draining), view)
-        s: Serving = buckets_to_serve(cfg.node, target, f.current, agreed)
+        s: Serving = buckets_to_serve(cfg.node, target, f.current, may_acquire)
         handing_over = self._peers_handing_over(f, now)
         if s.buckets != f.current or not f.decided or handing_over != f.peers_handing_over:
             f.current, f.decided, f.peers_handing_over = s.buckets, True, handing_over
@@ -474,6 +485,16 @@ class HeartbeatEngine:
                 out.add(f.ids[i])
         return frozenset(out)
 
+    def _released_everywhere(self, f: _Farm, now: int) -> bool:
+        fresh = f.table.fresh_rows(now)
+        me = node_id(f.cfg.node)
+        return all(i == me or (i in fresh and fresh[i].agree == f.digest and fresh[i].flags & ROW_RELEASED)
+                   for i, n in f.ids.items() if n in f.view)
+
+    def _released(self, f: _Farm) -> bool:
+        held = self._programmed.get(f.cfg.farm)
+        return held is not None and held <= f.current
+
     def _agreed(self, f: _Farm, now: int) -> bool:
         ids = [i for i, n in f.ids.items() if n in f.view]
         return f.table.agrees(ids, f.digest, now)
@@ -488,6 +509,12 @@ class HeartbeatEngine:
             return
         held = self._programmed.get(f.cfg.farm)
         if f.cfg.node not in f.view or held is None or not held <= f.current:
+            return
+        if not f.decided:
+            # Starting: the adopted filter's buckets are what the previous agent held, which
+            # the peers may have taken since (a restart after a failover). Until the first
+            # decision says they are still this node's, the previous agent's lease runs out
+            # on its own instead of being extended under the peers' owners (two owners).
             return
         # Counted from the last contact with a quorum, not from now: the view outlives a cut
         # by up to a timeout (the rows age out), the peers' takeover does not wait for that.
@@ -524,8 +551,9 @@ class HeartbeatEngine:
         f.seq += 1
         heard = frozenset({me}) if goodbye else f.table.heard(now)
         flags = ((ROW_WITHDRAWN if f.cfg.withdrawn else 0) | (ROW_HEARS_WITNESS if self._hears_witness(f.cfg, now) else 0)
-                 | (ROW_DRAINING if f.cfg.draining else 0)
+                 | (ROW_DRAINING if f.cfg.draining else 0) | (ROW_RELEASED if self._released(f) else 0)
                  | (ROW_HANDING_OVER if f.cfg.farm in self._handing_over else 0))
+        f.sent_released = bool(flags & ROW_RELEASED)
         own = Row(me, f.boot, f.seq, 0, heard, f.digest, flags)
         rows = [own] + [Row(i, r.boot, r.seq, max(0, (now - r.origin_ns) // MS), r.heard, r.agree, r.flags)
                         for i, r in sorted(f.table.fresh_rows(now).items())]

@@ -139,8 +139,14 @@ class StandaloneAgent:
                          hb.port, hb.interval_ms, hb.timeout_ms, self.keyrings[farm.name], farm.buckets,
                          self.bases.get(farm.name), may_start_chain=True,
                          adopted=adopted.get(farm.name, frozenset()), interface=farm.interface,
-                         witness=hb.witness, withdrawn=self._withdrawn(farm),
+                         witness=hb.witness, withdrawn=self._withdrawn(farm) or self._unready(farm),
                          draining=any(n.name == self.node and n.drain for n in farm.nodes))
+
+    def _unready(self, farm: Farm) -> bool:
+        """A node that starts with no filter of its own for the farm (a join, a reboot) is
+        withdrawn until its filter is compiled and programmed: in the view its peers would
+        give it buckets at once, and nobody would answer for them while it compiles."""
+        return not self.programmed_once and not (self.adopted_at_start or {}).get(farm.name)
 
     def _withdrawn(self, farm: Farm) -> bool:
         """Whether the checkers keep this node from serving the farm. A checker that has not
@@ -275,6 +281,7 @@ class StandaloneAgent:
             return
         released_any = self.programmed_once and any(self._programmed.get(i.farm.name, frozenset()) - i.owned
                                                     for i in items)
+        first = not self.programmed_once
         self.programmed_once = True
         self._programmed = {i.farm.name: i.owned for i in items}
         self._moving = {i.farm.name: i.moving for i in items}
@@ -284,6 +291,8 @@ class StandaloneAgent:
             self.wake.set()
         for i in items:
             self.engine.programmed(i.farm.name, i.owned)
+        if first and any(not (self.adopted_at_start or {}).get(f.name) for f in self.farms):
+            self._tell_engine()                  # compiled: a node that started empty may take buckets now
         self.leases.publish({})          # every farm now has a started interface (set_lease)
         for farm in self.farms:
             d = decisions.get(farm.name)

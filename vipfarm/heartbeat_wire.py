@@ -77,13 +77,15 @@ ROW_WITHDRAWN = 1            # Row.flags: the member's checkers fail; it keeps i
 ROW_HEARS_WITNESS = 2        # Row.flags: the member hears the farm's witness (one more vote)
 ROW_DRAINING = 4             # Row.flags: the member drains: it keeps its vote, takes no new flows, keeps its old ones
 ROW_HANDING_OVER = 8         # Row.flags: the member still serves flows in buckets it no longer owns
-ROW_FLAGS = ROW_WITHDRAWN | ROW_HEARS_WITNESS | ROW_DRAINING | ROW_HANDING_OVER
+ROW_RELEASED = 16            # Row.flags: the member's filter holds no bucket its digest's assignment took away
+ROW_FLAGS = ROW_WITHDRAWN | ROW_HEARS_WITNESS | ROW_DRAINING | ROW_HANDING_OVER | ROW_RELEASED
 
 
 def _row_flags(r: "Row") -> int:
     if not isinstance(r.flags, int) or isinstance(r.flags, bool) or r.flags & ~ROW_FLAGS:
         raise ValueError(f"row of node {r.node_id}: flags must be a combination of ROW_WITHDRAWN, "
-                         f"ROW_HEARS_WITNESS, ROW_DRAINING and ROW_HANDING_OVER (0..{ROW_FLAGS}), got {r.flags!r}")
+                         f"ROW_HEARS_WITNESS, ROW_DRAINING, ROW_HANDING_OVER and ROW_RELEASED (0..{ROW_FLAGS}), "
+                         f"got {r.flags!r}")
     return r.flags
 
 
@@ -96,7 +98,7 @@ class Row:
     age_ms: int            # u32 how old the row was at the sender when sent (0 for its own row); encode clamps
     heard: frozenset[int]  # node ids that member counts as heard (it includes itself)
     agree: bytes           # 8 bytes: that member's agreement digest
-    flags: int = 0         # u8: ROW_WITHDRAWN | ROW_HEARS_WITNESS | ROW_DRAINING | ROW_HANDING_OVER (undefined bits 0)
+    flags: int = 0         # u8: ROW_* bits (undefined bits 0)
 
 
 @dataclass(frozen=True)

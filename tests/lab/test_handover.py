@@ -1,8 +1,8 @@
 """Lab tier: planned moves reset nothing (issue 9).
 
 One farm `ho` (203.0.113.70; TCP 9100 = the echo port for long-lived connections, 80 = the
-name port for new ones, both ClientIPPort) on 3 nodes, each with its own `serve --echo 9100
---tcp 80`. Heartbeats at 200/30000 ms: these tests make planned moves only, and a long
+name port for new ones, both ClientIPPort) on 3 nodes (a 4th joins in one test), each with
+its own `serve --echo 9100 --tcp 80`. Heartbeats at 200/30000 ms: these tests make planned moves only, and a long
 timeout keeps an agent restart from being a failover (its lease holds through it).
 
 Each test holds 200 long-lived connections exchanging a line every 100 ms and opens 50 new
@@ -59,8 +59,9 @@ class HandoverLab:
         with open(self.file, "w") as f:
             f.write(self.text())
         t = time.monotonic_ns()
-        for k in (1, 2, 3):
-            self.agents[k].send_signal(signal.SIGHUP)
+        for p in self.agents.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGHUP)
         return t
 
     def start_agent(self, k: int) -> None:
@@ -77,18 +78,19 @@ class HandoverLab:
             return all(o is not None and abs(len(o) - want[k]) <= 3 for k, o in owned.items())
         wait_for(by_weights, 60, f"the filters to hold shares by the weights {live}")
         idle = tuple(int(n[1:]) for n in self.drained)
-        return self.lab.wait_converged(FARM, [1, 2, 3], timeout=60, idle=idle)
+        return self.lab.wait_converged(FARM, sorted(want), timeout=60, idle=idle)
 
 
 @pytest.fixture(scope="module")
 def ho_lab():
-    with Lab(nodes=3, clients=len(CLIENTS)) as lab:
+    with Lab(nodes=4, clients=len(CLIENTS)) as lab:       # n4: the node that joins
         hl = HandoverLab(lab)
-        for k in (1, 2, 3):
+        for k in (1, 2, 3, 4):
             log = f"echo-n{k}.log"
             lab.spawn(lab.node(k), [sys.executable, "-m", "nodeagent.lab.traffic", "serve", "--name", f"n{k}",
                                     "--echo", str(ECHO), "--tcp", str(NAME)], log_name=log)
             wait_for(lambda log=log: "serving" in lab.log(log), 10, f"n{k}'s echo server")
+        for k in (1, 2, 3):
             hl.start_agent(k)
         for k in (1, 2, 3):
             lab.wait_agent_ready(k, hl.agents[k], timeout=180)
@@ -231,3 +233,50 @@ def test_an_agent_sigkilled_and_restarted_in_the_middle_of_a_handover_resets_not
     traffic.run_until(200, time.monotonic_ns())
     s, end = traffic.stop(t_kill)
     assert_nothing_broke(s, end, lab)
+
+
+def test_a_joining_node_takes_its_share_of_new_connections_and_resets_nothing(ho):
+    lab = ho.lab
+    ho.converged()
+    traffic = Traffic(lab)
+    t_join = ho.reconfigure({**EVEN, "n4": 1})
+    ho.start_agent(4)
+    try:
+        lab.wait_agent_ready(4, ho.agents[4], timeout=180, after=lab.agent_log(4).count("event=agent_ready"))
+        ho.converged()
+        t_joined = time.monotonic_ns()
+        traffic.run_until(300, t_joined)
+        s, end = traffic.stop(t_join)
+        assert_nothing_broke(s, end, lab)
+        after = traffic.holder.summary(t_joined).new_nodes_after
+        assert after["n4"] > 0.15 * sum(after.values()), after
+        assert all(f"event=handover_started node=n{k} farm=ho" in lab.agent_log(k) for k in (1, 2, 3))
+    finally:
+        ho.reconfigure(EVEN)
+        ho.agents[4].send_signal(signal.SIGTERM)
+        ho.agents[4].wait(30)
+        del ho.agents[4]
+        ho.converged()
+
+
+def test_a_node_rejoining_after_a_crash_resets_none_of_the_connections_its_peers_took_meanwhile(ho):
+    """n3's agent is SIGKILLed and n3 is out once its lease and the peers' timeout pass (a
+    failover: its own connections are gone with it, not counted here). Connections opened
+    while it is out land on n1 and n2, some in n3's buckets; when n3 rejoins and takes its
+    buckets back, n1 and n2 keep those connections to the end."""
+    lab = ho.lab
+    ho.converged()
+    ho.agents[3].send_signal(signal.SIGKILL)
+    ho.agents[3].wait(10)
+    wait_for(lambda: len(lab.owned(1, FARM) or ()) + len(lab.owned(2, FARM) or ()) == 1024, 60,
+             "n1 and n2 to take n3's buckets (the 30 s timeout)")
+    traffic = Traffic(lab)
+    assert set(traffic.up.nodes) == {"n1", "n2"}, traffic.up.describe()
+    t_rejoin = time.monotonic_ns()
+    ho.start_agent(3)
+    lab.wait_agent_ready(3, ho.agents[3], timeout=180, after=lab.agent_log(3).count("event=agent_ready"))
+    ho.converged()
+    traffic.run_until(300, time.monotonic_ns())
+    s, end = traffic.stop(t_rejoin)
+    assert_nothing_broke(s, end, lab)
+    assert s.new_nodes_after["n3"] > 0, s.new_nodes_after

@@ -50,6 +50,8 @@ class Net:
         self.decisions: dict[str, list] = {n: [] for n in names}
         self.leases = {n: FakeLeases() for n in names}
         self.history: list[tuple[int, dict[str, frozenset[int]]]] = []
+        self.slow: dict[str, int] = {}
+        self.programming: list = []
         for n in names:
             self.start(n)
 
@@ -70,9 +72,17 @@ class Net:
         return e
 
     def program(self, n, d):
-        """The main thread's part, done at once: record the decision, program it, say so."""
+        """The main thread's part, done at once (or `slow[n]` ms later): record the decision,
+        program it, say so."""
         self.decisions[n].append(d)
-        self.engines[n].programmed(d.farm, d.buckets)
+        if self.slow.get(n):
+            self.programming.append((self.now + self.slow[n] * MS, n, d))
+        else:
+            self.engines[n].programmed(d.farm, d.buckets)
+
+    def filters(self) -> dict[str, frozenset[int]]:
+        """What each live node's filter holds: what its main thread last programmed."""
+        return {n: e._programmed.get("web", frozenset()) for n, e in self.engines.items() if n not in self.down}
 
     def send(self, src, data, only):
         for dst in self.names:
@@ -96,6 +106,11 @@ class Net:
         end = self.now + ms * MS
         while self.now < end:
             self.now += MS
+            due = [p for p in self.programming if p[0] <= self.now]
+            self.programming = [p for p in self.programming if p[0] > self.now]
+            for _, n, d in due:
+                if n in self.engines and n not in self.down:
+                    self.engines[n].programmed(d.farm, d.buckets)
             while self.queue and self.queue[0][0] <= self.now:
                 _, _, dst, data = heapq.heappop(self.queue)
                 if dst in self.engines and dst not in self.down:
@@ -475,3 +490,51 @@ def test_a_node_handing_over_tells_its_peers_at_once_and_stops_telling_when_its_
     net.run(150)
     assert not net.decisions["c"][-1].peers_handing_over
     assert not net.decisions["b"][-1].peers_handing_over
+
+
+def test_a_restarted_agent_does_not_extend_the_lease_of_an_adopted_filter_its_peers_took_over():
+    """c is down past the timeout, a and b take its buckets; c's agent restarts over its pinned
+    filter (still holding its old buckets). Until its first decision, c must not renew that
+    filter's lease: the peers own those buckets now, and two owners answer SYNs twice."""
+    from dataclasses import replace
+    net = Net("abc")
+    net.run(500)
+    old = net.serving()["c"]
+    net.down.add("c")
+    net.run(600)
+    assert_exactly_one_owner(net, "ab")
+    lease_before = net.leases["c"].leases["web"]
+    net.down.discard("c")
+    e = net.start("c")
+    e.configure([replace(net.peers("c"), adopted=old)])
+    e._take_config()
+    e.programmed("web", old)
+    renewed_undecided = []
+    for _ in range(300):
+        net.run(1)
+        if not e.farms["web"].decided and net.leases["c"].leases["web"] != lease_before:
+            renewed_undecided.append(net.now)
+    assert renewed_undecided == [], "c renewed its stale filter's lease before deciding"
+    assert e.farms["web"].decided
+    assert_exactly_one_owner(net)
+
+
+def test_a_rejoining_node_acquires_only_after_the_old_owners_filters_gave_its_buckets_up():
+    """Acquire late means after the release is programmed, not only decided: with the old
+    owners' main threads 30 ms slow to program, no bucket is ever in two filters."""
+    net = Net("abc")
+    net.run(500)
+    net.down.add("c")
+    net.run(600)
+    net.down.discard("c")
+    net.slow = {"a": 30, "b": 30}
+    net.start("c")
+    doubles = []
+    for _ in range(800):
+        net.run(1)
+        f = net.filters()
+        if len(f) == 3 and (f["c"] & (f["a"] | f["b"]) or f["a"] & f["b"]):
+            doubles.append(net.now)
+    assert doubles == [], f"{len(doubles)} ms with a bucket in two filters"
+    assert_exactly_one_owner(net)
+    assert net.filters()["c"], "c got its buckets back"

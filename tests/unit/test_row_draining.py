@@ -14,7 +14,7 @@ import struct
 import pytest
 
 from vipfarm.heartbeat_keys import Key, Keyring
-from vipfarm.heartbeat_wire import (ROW_DRAINING, ROW_FLAGS, ROW_HANDING_OVER, ROW_HEARS_WITNESS, ROW_WITHDRAWN, Heartbeat, Row,
+from vipfarm.heartbeat_wire import (ROW_DRAINING, ROW_FLAGS, ROW_HANDING_OVER, ROW_RELEASED, ROW_HEARS_WITNESS, ROW_WITHDRAWN, Heartbeat, Row,
                                     WireError, decode, encode)
 
 KEY = Key(b"d" * 32)
@@ -40,8 +40,8 @@ def heartbeat(flags: int) -> Heartbeat:
 
 def test_row_draining_is_a_flag_bit_of_its_own():
     assert ROW_DRAINING == 4
-    assert ROW_DRAINING & (ROW_WITHDRAWN | ROW_HEARS_WITNESS | ROW_HANDING_OVER) == 0
-    assert ROW_FLAGS == ROW_WITHDRAWN | ROW_HEARS_WITNESS | ROW_DRAINING | ROW_HANDING_OVER
+    assert ROW_DRAINING & (ROW_WITHDRAWN | ROW_HEARS_WITNESS | ROW_HANDING_OVER | ROW_RELEASED) == 0
+    assert ROW_FLAGS == ROW_WITHDRAWN | ROW_HEARS_WITNESS | ROW_DRAINING | ROW_HANDING_OVER | ROW_RELEASED
 
 
 def test_a_row_flagged_draining_on_the_wire_decodes_as_draining():
@@ -49,23 +49,23 @@ def test_a_row_flagged_draining_on_the_wire_decodes_as_draining():
     assert msg.rows[0].flags == ROW_DRAINING
 
 
-@pytest.mark.parametrize("flags", [sum(c) for n in range(5)
+@pytest.mark.parametrize("flags", [sum(c) for n in range(6)
                                    for c in itertools.combinations((ROW_WITHDRAWN, ROW_HEARS_WITNESS, ROW_DRAINING,
-                                                                      ROW_HANDING_OVER), n)])
+                                                                      ROW_HANDING_OVER, ROW_RELEASED), n)])
 def test_every_combination_of_the_row_flags_encodes_to_the_documented_bytes_and_back(flags):
     wire = encode(heartbeat(flags), KEY)
     assert wire == datagram_with_row_flags(flags)
     assert decode(wire, KEYS).rows[0].flags == flags
 
 
-@pytest.mark.parametrize("flags", [16, 0x80, ROW_DRAINING | 16, ROW_HANDING_OVER | 0x20])
+@pytest.mark.parametrize("flags", [0x20, 0x80, ROW_DRAINING | 0x40, ROW_RELEASED | 0x20])
 def test_an_undefined_row_flag_is_refused_by_decode_as_malformed(flags):
     with pytest.raises(WireError) as info:
         decode(datagram_with_row_flags(flags), KEYS)
     assert info.value.reason == "malformed" and f"{flags:#04x}" in info.value.detail
 
 
-@pytest.mark.parametrize("flags", [16, -1, 256, True, "4"])
+@pytest.mark.parametrize("flags", [0x20, -1, 256, True, "4"])
 def test_encode_refuses_undefined_row_flags_naming_the_row_and_the_known_flags(flags):
     with pytest.raises(ValueError) as info:
         encode(heartbeat(flags), KEY)
