@@ -139,6 +139,14 @@ def restore(c: BenchCluster, k: int) -> None:
     c.wait_converged()
 
 
+def keep_logs(lab: Lab, dest: str) -> None:
+    os.makedirs(dest, exist_ok=True)
+    for name in ["operator-0.log"] + [f"agent-n{k}.log" for k in (1, 2, 3)]:
+        with open(os.path.join(dest, name), "w") as f:
+            f.write(lab.log(name))
+    print(f"operator and agent logs copied to {dest}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     failover.add_common_args(p)
@@ -172,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/failover_cluster.py: could not start the API server: {e}", file=sys.stderr)
         return 1
     with api, Lab(nodes=3, clients=a.clients) as lab:
+        if a.keep_logs:      # a teardown hook: it runs on Ctrl-C and SIGTERM too, before the logs go
+            lab.teardown_hooks.insert(0, lambda: keep_logs(lab, a.keep_logs))
         c = setup(api, lab, a)
         print(f"event=cluster_ready seconds={time.monotonic() - t_start:.1f}", flush=True)
         clients = client_ips(a.clients)
@@ -189,12 +199,6 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"agent n{j} exited ({c.agents[j].returncode}); stopping:\n{lab.agent_log(j)[-2000:]}")
                         return 1
         finally:
-            if a.keep_logs:
-                os.makedirs(a.keep_logs, exist_ok=True)
-                for name in ["operator-0.log"] + [f"agent-n{k}.log" for k in (1, 2, 3)]:
-                    with open(os.path.join(a.keep_logs, name), "w") as f:
-                        f.write(lab.log(name))
-                print(f"operator and agent logs copied to {a.keep_logs}")
             for k in (1, 2, 3):
                 api.stop_forward(lab.node(k))
     print()
