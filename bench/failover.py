@@ -4,6 +4,8 @@ clients, cut one of 3 nodes off (link down); time from the fault until every buc
 lost node accepts new connections again. Repeated over --trials (>= 20 for a p99).
 
     sudo .venv/bin/python bench/failover.py [--interval-ms 100 --timeout-ms 300] [--trials 20]
+    sudo .venv/bin/python bench/failover.py --cluster ...   # cluster mode, API server stopped
+                                                            # (bench/failover_cluster.py)
 
 Everything runs in a lab of network namespaces this script creates and deletes
 (nodeagent/lab; DESIGN.md "Lab network rules"): 3 node namespaces with real standalone agents
