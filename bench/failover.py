@@ -4,6 +4,8 @@ clients, cut one of 3 nodes off (link down); time from the fault until every buc
 lost node accepts new connections again. Repeated over --trials (>= 20 for a p99).
 
     sudo .venv/bin/python bench/failover.py [--interval-ms 100 --timeout-ms 300] [--trials 20]
+    sudo .venv/bin/python bench/failover.py --cluster ...   # cluster mode, API server stopped
+                                                            # (bench/failover_cluster.py)
 
 Everything runs in a lab of network namespaces this script creates and deletes
 (nodeagent/lab; DESIGN.md "Lab network rules"): 3 node namespaces with real standalone agents
@@ -88,10 +90,21 @@ def settled(recs, clients: list[str]) -> bool:
     return all(len(last.get(c, [])) >= 3 and all(last[c][-3:]) for c in clients)
 
 
-def run_trial(lab: Lab, n: int, k: int, clients: list[str], a) -> Trial:
+def link_down(lab: Lab, k: int) -> int:
+    """The standalone bench's fault: node k's link goes down; the fault time is when it is down."""
+    faults.link_down(lab, k)
+    return time.monotonic_ns()       # the link is down once link_down returns (its namespace
+    #                                  entry, ~40 ms, comes before the netlink call)
+
+
+def run_trial(lab: Lab, n: int, k: int, clients: list[str], a, *, fault=link_down, undo=faults.link_up,
+              farm: str = FARM, vip: str = VIP, port: int = PORT) -> Trial:
+    """One trial against `farm` (VIP:port, 1024 buckets): fault(lab, k) injects the fault and
+    returns its time (time.monotonic_ns()); undo(lab, k), if given, runs once the probe stopped.
+    Shared by this script and bench/failover_cluster.py."""
     out = os.path.join(lab.workdir, f"trial{n}.jsonl")
     stop = out + ".stop"
-    args = [sys.executable, "-m", "nodeagent.lab.prober", "--vip", VIP, "--port", str(PORT), "--out", out,
+    args = [sys.executable, "-m", "nodeagent.lab.prober", "--vip", vip, "--port", str(port), "--out", out,
             "--stop-file", stop, "--seconds", str(a.window_s + 30), "--interval-ms", str(a.probe_interval_ms),
             "--timeout-ms", str(a.probe_timeout_ms)]
     for c in clients:
@@ -102,14 +115,12 @@ def run_trial(lab: Lab, n: int, k: int, clients: list[str], a) -> Trial:
         return load_records(out) if os.path.exists(out) else []
     try:
         wait_for(lambda: settled(records(), clients), 30, "every client's last 3 attempts to succeed before the fault")
-        lab.wait_converged(FARM, [1, 2, 3])
-        lost = lab.owned(k, FARM)
-        watcher = OwnershipWatcher.for_lab(lab, FARM).start()
+        lab.wait_converged(farm, [1, 2, 3])
+        lost = lab.owned(k, farm)
+        watcher = OwnershipWatcher.for_lab(lab, farm).start()
         time.sleep(0.1)       # a little steady state in the watcher's record before the fault
         mine = clients_of(records(), f"n{k}", until=time.monotonic_ns())
-        faults.link_down(lab, k)
-        t_fault = time.monotonic_ns()       # the link is down once link_down returns (its namespace
-        #                                     entry, ~40 ms, comes before the netlink call)
+        t_fault = fault(lab, k)
         watcher.exclude(f"n{k}")
         deadline = time.monotonic() + a.window_s
         while time.monotonic() < deadline:       # stop early once both measures have recovered
@@ -126,7 +137,8 @@ def run_trial(lab: Lab, n: int, k: int, clients: list[str], a) -> Trial:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        faults.link_up(lab, k)
+        if undo is not None:
+            undo(lab, k)
     recs = records()
     client_ns = recovery_time(recs, mine, t_fault) if mine else None
     covered = report.covered_at(lost, t_fault)
@@ -150,8 +162,46 @@ def pct(values: list[float | None], q: float) -> str:
     return "never" if v is None else f"{v:.0f} ms"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def trial_line(t: Trial, **extra: str) -> str:
+    """One trial's progress line (`extra`: more key=value fields, such as the cluster bench's mode)."""
+    fmt = lambda v: "never" if v is None else f"{v:.0f}"   # noqa: E731
+    more = "".join(f" {k}={v}" for k, v in extra.items())
+    return (f"event=failover_trial n={t.n}{more} lost=n{t.node} lost_clients={t.clients} lost_buckets={t.buckets} "
+            f"failover_ms={fmt(t.ms)} clients_ms={fmt(t.client_ms)} buckets_ms={fmt(t.bucket_ms)} "
+            f"failed_attempts={t.failed} max_double_ms={t.max_double_ms:.1f}")
+
+
+def summarize(trials: list[Trial], a, title: str = "", baseline: str | None = None) -> bool:
+    """Print p50/p99/max over the trials, the clients' view, the bound and the baseline;
+    returns whether the p99 met the bound timeoutMs + intervalMs + 50 ms with every trial
+    recovered. `baseline` replaces the default baseline line (timeoutMs, the detection floor)."""
+    bound = a.timeout_ms + a.interval_ms + 50
+    if title:
+        print(f"-- {title}")
+    ms = [t.bucket_ms for t in trials]       # the issue's measure: every lost bucket accepts again
+    recovered = [v for v in ms if v is not None]
+    clients_ms = [t.client_ms for t in trials]
+    print(f"recovered: {len(recovered)}/{len(trials)} trials")
+    print(f"failover time (every lost bucket accepts again): p50 {pct(ms, 0.50)}, p99 {pct(ms, 0.99)}, "
+          f"max {pct(ms, 1.0)}" + (f", mean of recovered {statistics.mean(recovered):.0f} ms" if recovered else ""))
+    print(f"as the clients saw it (first success after which none failed; includes the probe's "
+          f"{a.probe_timeout_ms:g} ms timeout and {a.probe_interval_ms:g} ms interval): p50 {pct(clients_ms, 0.50)}, "
+          f"p99 {pct(clients_ms, 0.99)}, max {pct(clients_ms, 1.0)}")
+    print(f"bound: timeoutMs + intervalMs + 50 = {bound} ms")
+    print(baseline or f"baseline: timeoutMs = {a.timeout_ms} ms (no peer can be declared lost sooner); probe "
+          f"resolution ~{a.probe_interval_ms:g} ms")
+    print(f"double ownership max {max(t.max_double_ms for t in trials):.1f} ms; failed attempts "
+          f"{sum(t.failed for t in trials)} over {len(trials)} trials")
+    p99 = pct(ms, 0.99)
+    ok = len(recovered) == len(trials) and pct(ms, 0.99) != "never" and sorted(recovered)[
+        max(0, math.ceil(0.99 * len(recovered)) - 1)] <= bound
+    print(f"verdict: {'PASS' if ok else 'MISS'} (p99 {p99} against {bound} ms"
+          + ("" if recovered else "; no trial recovered: this build does not fail over") + ")")
+    return ok
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The options this script and bench/failover_cluster.py share."""
     p.add_argument("--interval-ms", type=int, default=100, help="spec.heartbeat.intervalMs")
     p.add_argument("--timeout-ms", type=int, default=300, help="spec.heartbeat.timeoutMs")
     p.add_argument("--trials", type=int, default=20)
@@ -161,6 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-s", type=float, default=0.0,
                    help="how long a trial waits for recovery (default max(2 s, 4 x the bound))")
     p.add_argument("--keep-logs", metavar="DIR", help="copy the agents' logs there before the lab is deleted")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--cluster" in argv:          # the same measure in cluster mode, API server stopped
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from failover_cluster import main as cluster_main
+        return cluster_main([x for x in argv if x != "--cluster"])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="--cluster: run bench/failover_cluster.py instead (see its --help)")
+    add_common_args(p)
     a = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/failover.py needs root (network namespaces, XDP)", file=sys.stderr)
@@ -184,10 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             k = (n - 1) % 3 + 1
             t = run_trial(lab, n, k, clients, a)
             trials.append(t)
-            fmt = lambda v: "never" if v is None else f"{v:.0f}"   # noqa: E731
-            print(f"event=failover_trial n={n} lost=n{k} lost_clients={t.clients} lost_buckets={t.buckets} "
-                  f"failover_ms={fmt(t.ms)} clients_ms={fmt(t.client_ms)} buckets_ms={fmt(t.bucket_ms)} "
-                  f"failed_attempts={t.failed} max_double_ms={t.max_double_ms:.1f}", flush=True)
+            print(trial_line(t), flush=True)
             for j, proc in agents.items():
                 if proc.poll() is not None:
                     print(f"agent n{j} exited ({proc.returncode}); stopping:\n{lab.agent_log(j)[-2000:]}")
@@ -198,24 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 with open(os.path.join(a.keep_logs, f"agent-n{k}.log"), "w") as f:
                     f.write(lab.agent_log(k))
             print(f"agent logs copied to {a.keep_logs}")
-    ms = [t.bucket_ms for t in trials]       # the issue's measure: every lost bucket accepts again
-    recovered = [v for v in ms if v is not None]
-    clients_ms = [t.client_ms for t in trials]
     print()
-    print(f"recovered: {len(recovered)}/{len(trials)} trials")
-    print(f"failover time (every lost bucket accepts again): p50 {pct(ms, 0.50)}, p99 {pct(ms, 0.99)}, "
-          f"max {pct(ms, 1.0)}" + (f", mean of recovered {statistics.mean(recovered):.0f} ms" if recovered else ""))
-    print(f"as the clients saw it (first success after which none failed; includes the probe's "
-          f"{a.probe_timeout_ms:g} ms timeout and {a.probe_interval_ms:g} ms interval): p50 {pct(clients_ms, 0.50)}, "
-          f"p99 {pct(clients_ms, 0.99)}, max {pct(clients_ms, 1.0)}")
-    print(f"bound: timeoutMs + intervalMs + 50 = {bound} ms")
-    print(f"baseline: timeoutMs = {a.timeout_ms} ms (no peer can be declared lost sooner); probe resolution "
-          f"~{a.probe_interval_ms:g} ms; double ownership max {max(t.max_double_ms for t in trials):.1f} ms")
-    p99 = pct(ms, 0.99)
-    ok = len(recovered) == len(trials) and pct(ms, 0.99) != "never" and sorted(recovered)[
-        max(0, math.ceil(0.99 * len(recovered)) - 1)] <= bound
-    print(f"verdict: {'PASS' if ok else 'MISS'} (p99 {p99} against {bound} ms"
-          + ("" if recovered else "; no trial recovered: this build does not fail over") + ")")
+    summarize(trials, a)
     return 0
 
 
