@@ -78,6 +78,7 @@ from . import netconfig
 from .backoff import Backoff
 from .bpf_program import DataplaneError
 from .checkers import CheckRunners
+from .handover_tracker import CENSUS_INTERVAL_S, HandoverTracker
 from .event_poster import EventPoster
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine, Membership
 from .leases import LeaseWriter
@@ -211,6 +212,7 @@ class ClusterAgent:
         self.engine = HeartbeatEngine(node, self._on_decision, self._on_base, self.leases,
                                       base_from_chunks=_decode_or_none, base_to_bytes=encode_base,
                                       on_membership=self._on_membership)
+        self.handover = HandoverTracker(node, self.engine)
         self.secret = secret_ref(os.environ)
         self.keyring: Keyring | None = None
         self.key_problem = "" if self.secret else (
@@ -488,12 +490,21 @@ class ClusterAgent:
                 owned[name] = d.buckets
             else:     # not decided yet: keep what the filter serves (adopted, or programmed before)
                 owned[name] = (serving_now if not self.programmed_once else self.programmed).get(name, frozenset())
-        w = pacing.with_buckets(w, owned)
+        served = [i.farm for i in w.serve if i.farm.name in owned]
+        if self.handover.active():
+            self.handover.census_due = True
+        census = self.handover.census(served) if self.handover.census_wanted(not self.programmed_once) else None
+        moving = self.handover.plan(served, owned, {n: d.peers_handing_over for n, d in decisions.items()},
+                                    self.programmed if self.programmed_once else None, census)
+        w = pacing.with_buckets(w, owned, moving)
         error = None
         try:
             self.dataplanes.program(list(w.serve))
+            released_any = self.programmed_once and any(self.programmed.get(i.farm.name, frozenset()) - i.owned
+                                                        for i in w.serve)
             self.programmed_once = True
             self.programmed = {i.farm.name: frozenset(i.owned) for i in w.serve}
+            self.handover.commit(released_any)
             for name, owned in self.programmed.items():
                 self.engine.programmed(name, owned)     # lease renewals need the filter to match
             self.leases.publish({})      # every served farm now has a started interface (set_lease)
@@ -598,6 +609,8 @@ class ClusterAgent:
     # -- main loop ------------------------------------------------------------------------
     def _next_wake(self) -> float:
         """How long the main loop may sleep waiting for a watch event."""
+        if self._inputs_complete() and self.handover.active():
+            return min(CENSUS_INTERVAL_S, max(0.05, self._report_delay()))
         if self._inputs_complete():
             return max(0.05, min(5.0, self._report_delay()))
         if self.labels is None:        # the Node read is failing: wake for its retry

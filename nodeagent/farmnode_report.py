@@ -91,11 +91,14 @@ def wanted(farms: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str], no
     return Wanted(tuple(serve), drafts, frozenset(deleting))
 
 
-def with_buckets(w: Wanted, owned: Mapping[str, frozenset[int]]) -> Wanted:
+def with_buckets(w: Wanted, owned: Mapping[str, frozenset[int]],
+                 moving: Mapping[str, frozenset[int]] | None = None) -> Wanted:
     """`w` with the buckets of the Farms in `owned` replaced (cluster mode: the heartbeat
-    engine's decisions, instead of the operator's assignment as it stands)."""
-    serve = tuple(FarmOwnership(i.farm, frozenset(owned[i.farm.name])) if i.farm.name in owned else i
-                  for i in w.serve)
+    engine's decisions, instead of the operator's assignment as it stands), and their moving
+    buckets (handover) from `moving`."""
+    moving = moving or {}
+    serve = tuple(FarmOwnership(i.farm, frozenset(owned[i.farm.name]), frozenset(moving.get(i.farm.name, ())))
+                  if i.farm.name in owned else i for i in w.serve)
     return Wanted(serve, w.drafts, w.deleting)
 
 

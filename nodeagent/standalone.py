@@ -19,7 +19,6 @@ import time
 from vipfarm.base_assignment import Base, decode_base, encode_base, first_base, next_base
 from vipfarm.checks import Health
 from vipfarm.conflicts import first_duplicate
-from vipfarm.handover import Drain, Pending, bucket_runs, drain_begin, drain_step, moving_buckets, pending_step
 from vipfarm.heartbeat_keys import HeartbeatKeyError, Keyring, parse_key_text
 from vipfarm.spec import Farm, FarmSpecError, load_farm_file
 
@@ -27,13 +26,12 @@ from .base_store import load_base, save_base
 from .bpf_program import DataplaneError
 from .checkers import CheckRunners
 from .filter_plan import FarmOwnership
-from .flow_census import count_flows, tcp_sockets
+from .handover_tracker import CENSUS_INTERVAL_S, HandoverTracker
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine
 from .leases import LeaseWriter
 from .node_dataplanes import NodeDataplanes, read_local_records
 
 log = logging.getLogger("vipfarm.agent")
-HANDOVER_CENSUS_S = 0.25      # while a handover runs: how often the socket table is counted again
 
 
 def load_farms(paths: list[str], node: str) -> list[Farm]:
@@ -107,11 +105,7 @@ class StandaloneAgent:
         self._programmed: dict[str, frozenset[int]] = {}
         self._moving: dict[str, frozenset[int]] = {}
         self._logged: dict[str, tuple] = {}
-        # Handover (vipfarm/handover.py): per farm, the buckets this node gave up and still
-        # serves flows in, and the ones it took while their old owner may still drain them.
-        self.drains: dict[str, Drain] = {}
-        self.pendings: dict[str, Pending] = {}
-        self._census_due = False
+        self.handover = HandoverTracker(node, self.engine)
 
     # -- heartbeat thread callbacks: queue and return --------------------------------------
     def _on_decision(self, d: Decision) -> None:
@@ -205,7 +199,7 @@ class StandaloneAgent:
         print(f"vipfarm-agent: node {self.node} serving {', '.join(f.name for f in farms)}", flush=True)
         last_counters = time.monotonic()
         while not self.stopping:
-            woken = self.wake.wait(HANDOVER_CENSUS_S if self._handover_active() else 30)
+            woken = self.wake.wait(CENSUS_INTERVAL_S if self.handover.active() else 30)
             self.wake.clear()
             if self.stopping:
                 break
@@ -213,8 +207,8 @@ class StandaloneAgent:
                 last_counters = time.monotonic()
                 self._log_counters()
             if not woken:
-                if self._handover_active():
-                    self._census_due = True
+                if self.handover.active():
+                    self.handover.census_due = True
                     self._program()
                 continue
             self._take_bases()
@@ -252,10 +246,8 @@ class StandaloneAgent:
         with self.lock:
             decisions = dict(self.decisions)
         now = self.dataplanes.serving_now() if not self.programmed_once else {}
-        census = self._census() if (self._census_due or not self.programmed_once) else None
-        self._census_due = False
-        now_ns = time.monotonic_ns()
-        items, steps = [], {}
+        census = self.handover.census(self.farms) if self.handover.census_wanted(not self.programmed_once) else None
+        owned_by, peers = {}, {}
         for farm in self.farms:
             d = decisions.get(farm.name)
             if d is not None:
@@ -264,13 +256,14 @@ class StandaloneAgent:
                 owned = now.get(farm.name, frozenset())   # keep what the adopted filter serves
             else:
                 owned = self._programmed.get(farm.name, frozenset())
-            owned = frozenset(owned)
-            steps[farm.name] = self._handover_step(farm, owned, d.peers_handing_over if d else False, now_ns,
-                                                   census.get(farm.name) if census is not None else None)
-            items.append(FarmOwnership(farm, owned, moving_buckets(*steps[farm.name])))
+            owned_by[farm.name] = frozenset(owned)
+            peers[farm.name] = d.peers_handing_over if d else False
+        moving = self.handover.plan(self.farms, owned_by, peers, self._programmed if self.programmed_once else None,
+                                    census)
+        items = [FarmOwnership(f, owned_by[f.name], moving[f.name]) for f in self.farms]
         if self.programmed_once and all(i.owned == self._programmed.get(i.farm.name)
                                         and i.moving == self._moving.get(i.farm.name) for i in items):
-            self._commit_handover(steps)
+            self.handover.commit(False)
             return                               # nothing to flip (a census that changed nothing)
         try:
             self.dataplanes.program(items)
@@ -285,10 +278,9 @@ class StandaloneAgent:
         self.programmed_once = True
         self._programmed = {i.farm.name: i.owned for i in items}
         self._moving = {i.farm.name: i.moving for i in items}
-        self._commit_handover(steps)
+        self.handover.commit(released_any)
         if released_any:
-            self._census_due = True              # the presumed drains get their census at once
-            self.wake.set()
+            self.wake.set()                      # the presumed drains get their census at once
         for i in items:
             self.engine.programmed(i.farm.name, i.owned)
         if first and any(not (self.adopted_at_start or {}).get(f.name) for f in self.farms):
@@ -301,60 +293,6 @@ class StandaloneAgent:
                 log.info("event=buckets_programmed node=%s farm=%s buckets=%d view=%s agreed=%s base_epoch=%d "
                          "released=%d withheld=%d", self.node, farm.name, len(d.buckets),
                          ",".join(sorted(d.view)) or "-", str(d.agreed).lower(), d.base_epoch, d.released, d.withheld)
-
-    # -- handover ------------------------------------------------------------------------------
-    def _handover_active(self) -> bool:
-        return any(d.since for d in self.drains.values()) or any(p.until for p in self.pendings.values())
-
-    def _census(self) -> dict[str, dict[int, int]]:
-        """Per farm, this node's flows per bucket, the buckets with none left out (one read of
-        the socket table for every farm). Owned buckets are counted too: which of them are
-        still owned after the programming at hand is for drain_step to say."""
-        try:
-            sockets = tcp_sockets()
-        except OSError as e:
-            log.error("event=flow_census_failed node=%s error=%r action=keep_draining", self.node, str(e))
-            return {}
-        out = {}
-        for farm in self.farms:
-            out[farm.name] = {b: n for b, n in count_flows(farm, sockets, range(farm.buckets)).items() if n}
-        return out
-
-    def _handover_step(self, farm: Farm, owned: frozenset[int], peers_handing_over: bool, now_ns: int,
-                       census: dict[int, int] | None) -> tuple[Drain, Pending]:
-        """This farm's drain and pending buckets for a programming of `owned` (not yet stored)."""
-        timeout_ns = farm.handover.drain_timeout_seconds * 1_000_000_000
-        guard_ns = farm.heartbeat.timeout_ms * 1_000_000
-        before = self._programmed.get(farm.name) if self.programmed_once else None
-        drain = self.drains.get(farm.name, Drain())
-        if before is not None:
-            drain = drain_begin(drain, before - owned, now_ns, timeout_ns)
-        if census is not None:
-            drain = drain_step(drain, owned, census, now_ns, timeout_ns)
-        if not timeout_ns:
-            return drain, Pending()              # handover off: a plain rehash
-        # A starting agent cannot tell what it acquired since its predecessor's last flip: every
-        # bucket it serves counts as just acquired (pending while a peer hands over).
-        pending = pending_step(self.pendings.get(farm.name, Pending()), before or frozenset(), owned, now_ns,
-                               guard_ns, peers_handing_over)
-        return drain, pending
-
-    def _commit_handover(self, steps: dict[str, tuple[Drain, Pending]]) -> None:
-        for name, (drain, pending) in steps.items():
-            old = self.drains.get(name, Drain())
-            if drain.cut:
-                log.warning("event=handover_cut node=%s farm=%s buckets=%d flows_cut=%d reason=drain_timeout",
-                            self.node, name, len(drain.cut), sum(drain.cut.values()))
-            if drain.since and not old.since:
-                log.info("event=handover_started node=%s farm=%s buckets=%d runs=%s", self.node, name,
-                         len(drain.since), _runs_text(drain.buckets))
-            elif old.since and not drain.since:
-                log.info("event=handover_finished node=%s farm=%s", self.node, name)
-            if drain.flows_left != old.flows_left and drain.since:
-                log.info("event=handover_progress node=%s farm=%s buckets=%d flows_left=%d", self.node, name,
-                         len(drain.since), drain.flows_left)
-            self.drains[name], self.pendings[name] = drain, pending
-            self.engine.handing_over(name, bool(drain.since))
 
     def _publish_adopted_leases(self) -> None:
         """Before compiling anything: where the previous agent's leases are, so the heartbeat
@@ -389,12 +327,6 @@ class StandaloneAgent:
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True
         self.wake.set()
-
-
-def _runs_text(buckets: frozenset[int], limit: int = 8) -> str:
-    runs = bucket_runs(buckets)
-    text = ",".join(f"{a}" if n == 1 else f"{a}-{a + n - 1}" for a, n in runs[:limit])
-    return text + (f",+{len(runs) - limit}" if len(runs) > limit else "")
 
 
 def _decode_or_none(data: bytes) -> Base | None:
