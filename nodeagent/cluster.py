@@ -520,6 +520,9 @@ class ClusterAgent:
         for name, entries in checks.items():
             if name in reports and entries:
                 reports[name]["checks"] = entries
+        for name in reports:
+            if self.handover.flows_left(name):
+                reports[name]["flowsLeft"] = self.handover.flows_left(name)
         for name in decided:
             d = decisions.get(name)
             if d is not None and self._logged.get(name) != (d.buckets, d.view, d.agreed):

@@ -117,10 +117,12 @@ def _condition(ctype: str, ok: bool, reason: str, message: str, generation: int,
 def _member_reason(node: NodeInfo, report: AgentReport | None, stale: bool = False) -> str:
     if not node.ready:
         return "NodeNotReady"
-    if node.unschedulable:
-        return "Cordoned"
-    if node.draining:
-        return "Draining"
+    if node.unschedulable or node.draining:
+        # Its agent still serves its established flows (handover) until they end: Draining
+        # while it reports some left, then Drained (a cordon says Cordoned once done).
+        if report is not None and report.flows_left:
+            return "Draining"
+        return "Drained" if node.draining else "Cordoned"
     if report is None:
         return "AgentMissing"
     if stale:
@@ -221,6 +223,8 @@ def decide(farm: Farm, generation: int, created: str, nodes: list[NodeInfo], oth
             entry["lastError"] = r.last_error
         if r and r.checks:
             entry["checks"] = dict(r.checks)
+        if r and r.flows_left:
+            entry["flowsLeft"] = r.flows_left
         member_status.append(entry)
 
     ready_n, total = len(live), len(candidates)

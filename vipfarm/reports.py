@@ -17,7 +17,8 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-DECISION_FIELDS = ("ready", "reason", "dataplaneMode", "lastError", "released", "checks", "address", "membership")
+DECISION_FIELDS = ("ready", "reason", "dataplaneMode", "lastError", "released", "checks", "address", "membership",
+                   "flowsLeft")
 REPORTED_AT = "reportedAt"     # added by the operator from the FarmNode's status.reportedAt
 
 
@@ -43,6 +44,7 @@ class AgentReport:
     address: str = ""
     membership: Membership | None = None
     reported_at: datetime.datetime | None = None
+    flows_left: int = 0      # flows it still serves in buckets it gave up (a drain or handover)
 
 
 def decision_view(farms: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
@@ -97,4 +99,8 @@ def agent_report(raw: Mapping[str, Any] | None) -> AgentReport | None:
         dataplane_mode=str(raw.get("dataplaneMode", "")), last_error=str(raw.get("lastError", "")),
         released=bool(raw.get("released")), checks=dict(raw.get("checks") or {}),
         address=str(raw.get("address", "") or ""), membership=membership(raw.get("membership")),
-        reported_at=parse_time(raw.get(REPORTED_AT)))
+        reported_at=parse_time(raw.get(REPORTED_AT)), flows_left=_count(raw.get("flowsLeft")))
+
+
+def _count(raw: Any) -> int:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0

@@ -87,7 +87,19 @@ def test_cordon_and_drain_annotation_take_a_node_out():
     for n2 in (NodeInfo("n2", unschedulable=True), NodeInfo("n2", draining=True)):
         d = decide(farm(), 1, "t1", [NodeInfo("n1"), n2], [], {}, reports("n1", "n2"), NOW)
         assert d.assignment.counts()["n2"] == 0
-        assert {m["node"]: m.get("reason") for m in d.status["members"]}["n2"] in ("Cordoned", "Draining")
+        assert {m["node"]: m.get("reason") for m in d.status["members"]}["n2"] in ("Cordoned", "Drained")
+
+
+def test_a_drained_member_says_draining_with_its_flows_left_and_then_drained():
+    for n2, done in ((NodeInfo("n2", unschedulable=True), "Cordoned"), (NodeInfo("n2", draining=True), "Drained")):
+        draining = reports("n1", "n2")
+        draining["n2"] = {**draining["n2"], "flowsLeft": 37}
+        d = decide(farm(), 1, "t1", [NodeInfo("n1"), n2], [], {}, draining, NOW)
+        member = {m["node"]: m for m in d.status["members"]}["n2"]
+        assert (member["reason"], member["flowsLeft"], member["buckets"]) == ("Draining", 37, 0)
+        d = decide(farm(), 1, "t1", [NodeInfo("n1"), n2], [], d.status, reports("n1", "n2"), NOW)
+        member = {m["node"]: m for m in d.status["members"]}["n2"]
+        assert member["reason"] == done and "flowsLeft" not in member
 
 
 def test_an_unchanged_world_keeps_the_epoch_and_emits_nothing():
