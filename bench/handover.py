@@ -25,7 +25,10 @@ One case = a move x a number of long-lived connections x handover on or off:
   * recorded, as the clients saw it: held connections reset, stalled (no echo for --stall-ms),
     moved (echoes from two nodes), new connections failed, SYN-ACK duplicates; and from the
     agents: the filter counters handover_kept / handover_unknown_dropped (deltas summed over
-    the nodes) and the flows the agents logged as cut (event=handover_cut flows_cut=).
+    the nodes), the flows the agents logged as cut (event=handover_cut flows_cut=; the census
+    counts TIME_WAIT sockets too, so this is not connections broken) and the agents' CPU time;
+    and the holder's longest late 1-s tick (the client itself off-CPU: a stall of every node's
+    connections at once is that, not the move).
   * the farm is restored (even, undrained) before the next case.
 
 Printed: one progress line per case (event=handover_case ...), then a table per move and size
@@ -284,14 +287,14 @@ def progress(c: Case) -> str:
             f"load={c.load_before:.2f}->{c.load_after:.2f}")
 
 
-def span(values: list) -> str:
-    """One value, or min/max over the trials."""
+def span(values: list, fmt: str = "") -> str:
+    """One value, or min–max over the trials (`fmt`: a format spec for the numbers)."""
     vals = [v for v in values if v is not None]
     if not vals:
         return "never"
-    fmt = (lambda v: f"{v:.0f}") if isinstance(vals[0], float) else str
-    lo, hi = min(vals), max(vals)
-    text = fmt(lo) if lo == hi else f"{fmt(lo)}–{fmt(hi)}"
+    fmt = fmt or (".0f" if isinstance(vals[0], float) else "d")
+    lo, hi = format(min(vals), fmt), format(max(vals), fmt)
+    text = lo if lo == hi else f"{lo}–{hi}"
     return text + (" (+never)" if len(vals) < len(values) else "")
 
 
@@ -301,6 +304,7 @@ def table(cases: list[Case], trials: int) -> str:
             ("duplicates", "dup SYN-ACK"),
             ("balance_ms", "balance ms"), ("flows_cut", "cut (logged)"), ("max_gap_ms", "max gap ms"),
             ("holder_late_ms", "holder late ms"), ("agent_cpu_s", "agents CPU s")]
+    fmts = {"agent_cpu_s": ".1f"}
     head = "| move | held connections | handover | " + " | ".join(t for _, t in cols) + " |"
     out = [head, "|" + "---|" * (3 + len(cols))]
     keys = []
@@ -314,7 +318,7 @@ def table(cases: list[Case], trials: int) -> str:
                 continue
             label = "**on** (300 s)" if on else "off (plain rehash)"
             out.append(f"| {MOVE_TEXT[move]} | {n} | {label} | "
-                       + " | ".join(span([getattr(c, k) for c in group]) for k, _ in cols) + " |")
+                       + " | ".join(span([getattr(c, k) for c in group], fmts.get(k, "")) for k, _ in cols) + " |")
     note = f"{trials} trial(s)" + ("; ranges are min–max over the trials" if trials > 1 else "")
     return "\n".join(out) + f"\n({note}; broken = reset, stalled or moved, each connection once)"
 

@@ -42,3 +42,5 @@ def test_a_move_that_never_balanced_shows_never_beside_the_trials_that_did():
     assert b.span([None, 62.0, 80.0]) == "62–80 (+never)"
     assert b.span([None]) == "never"
     assert b.span([0, 0]) == "0"
+    assert b.span([1.2, 1.4]) == "1", "equal as printed: one value, not 1–1"
+    assert b.span([1.2, 1.4], ".1f") == "1.2–1.4"
