@@ -6,8 +6,12 @@ at drainTimeoutSeconds. The kernel's socket table is the flow table (DESIGN.md "
 so the census reads it with sock_diag (netlink, NETLINK_SOCK_DIAG) in the calling thread's
 network namespace and counts every TCP socket whose local address is one of the farm's VIPs
 and that is past LISTEN: SYN_RECV (a handshake in flight, the kernel's request sockets),
-ESTABLISHED, the closing states and TIME_WAIT (a late segment of a closed connection must
-still reach the node that knows it, or it would be answered with a RST).
+ESTABLISHED and the closing states while data or a FIN may still be in flight (FIN_WAIT1/2,
+CLOSE_WAIT, LAST_ACK, CLOSING). Not TIME_WAIT: its connection is over on both ends (the
+peer sent its FIN and had it ACKed), and the only segment still to come, a retransmitted FIN
+after a lost last ACK, is harmless wherever it lands. Counting it kept every drain 60 s (the
+TIME_WAIT lifetime) past its last connection, with the owners' buckets on the filter's slow
+path that long, and the cut counts inflated by short connections' TIME_WAITs.
 
 A socket's bucket is the bucket the filter puts the packets of its peer into: the client is
 the remote end, and the affinity is that of the farm's first TCP rule whose ports hold the
@@ -38,9 +42,9 @@ STATE_NAMES = {TCP_ESTABLISHED: "ESTABLISHED", TCP_SYN_SENT: "SYN_SENT", TCP_SYN
                TCP_FIN_WAIT1: "FIN_WAIT1", TCP_FIN_WAIT2: "FIN_WAIT2", TCP_TIME_WAIT: "TIME_WAIT",
                TCP_CLOSE: "CLOSE", TCP_CLOSE_WAIT: "CLOSE_WAIT", TCP_LAST_ACK: "LAST_ACK",
                TCP_LISTEN: "LISTEN", TCP_CLOSING: "CLOSING"}
-# A flow: every state but LISTEN (no peer) and CLOSE (gone, or not connected yet).
-FLOW_STATES = frozenset(STATE_NAMES) - {TCP_LISTEN, TCP_CLOSE}
-_STATE_MASK = sum(1 << s for s in FLOW_STATES)   # idiag_states; the kernel adds request sockets for SYN_RECV
+# A flow: every state but LISTEN (no peer), CLOSE (gone, or not connected yet) and TIME_WAIT
+# (over on both ends; see above).
+FLOW_STATES = frozenset(STATE_NAMES) - {TCP_LISTEN, TCP_CLOSE, TCP_TIME_WAIT}
 
 
 @dataclass(frozen=True)
@@ -98,16 +102,20 @@ def count_flows(farm: Farm, sockets: Iterable[TcpSocket], buckets: Iterable[int]
     return counts
 
 
-def tcp_sockets() -> list[TcpSocket]:
-    """Every TCP socket in a flow state in the calling thread's network namespace, IPv4 and
-    IPv6 (dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d), read with sock_diag."""
+def tcp_sockets(states: frozenset[int] = FLOW_STATES) -> list[TcpSocket]:
+    """Every TCP socket in one of `states` (default: the flow states) in the calling thread's
+    network namespace, IPv4 and IPv6 (dual-stack sockets report IPv4 peers as
+    ::ffff:a.b.c.d), read with sock_diag. The kernel filters by state (idiag_states; it adds
+    the request sockets for SYN_RECV), so the TIME_WAITs of short connections are not even
+    read."""
+    mask = sum(1 << s for s in states)
     from pyroute2 import DiagSocket
     out: list[TcpSocket] = []
     with DiagSocket() as ds:
         ds.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ds.get_sock_stats(family=family, states=_STATE_MASK, protocol=socket.IPPROTO_TCP):
-                if msg["idiag_state"] not in FLOW_STATES:
+            for msg in ds.get_sock_stats(family=family, states=mask, protocol=socket.IPPROTO_TCP):
+                if msg["idiag_state"] not in states:
                     continue
                 out.append(TcpSocket(ipaddress.ip_address(msg["idiag_src"]), msg["idiag_sport"],
                                      ipaddress.ip_address(msg["idiag_dst"]), msg["idiag_dport"], msg["idiag_state"]))
