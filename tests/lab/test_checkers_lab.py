@@ -57,12 +57,15 @@ class CheckerLab:
                        f">/dev/null 2>&1 </dev/null &")
         specs = {
             "ck-tcp": (f"{{name: app, type: tcp, port: 9001, {TIMING}}}", [["sh", "-c", restart_tcp]]),
+            # The repairs take half a second, as a real one would: the node stays out long
+            # enough for its clients to be served by the others in between (an instant repair
+            # makes the withdrawal a ~200 ms blip that a 50 ms prober may see no attempt of).
             "ck-http": (f"{{name: app, type: http, port: 9002, path: /healthz, expectStatus: [200], {TIMING}}}",
-                        [["sh", "-c", f'rm -f "{flag}.http-down"']]),
+                        [["sh", "-c", f'sleep 0.5; rm -f "{flag}.http-down"']]),
             "ck-exec": (f'{{name: app, type: exec, command: [sh, -c, "test ! -e {flag}.exec-down"], {TIMING}}}',
-                        [["sh", "-c", f'rm -f "{flag}.exec-down"']]),
+                        [["sh", "-c", f'sleep 0.5; rm -f "{flag}.exec-down"']]),
             "ck-if": (f"{{name: app, type: interface, interface: app0, {TIMING}}}",
-                      [["ip", "link", "set", "app0", "up"]]),
+                      [["sh", "-c", "sleep 0.5; ip link set app0 up"]]),
             "ck-budget": (f'{{name: app, type: exec, command: [sh, -c, "test ! -e {flag}.budget-down"], {TIMING}}}',
                           [["false"]]),
         }

@@ -38,9 +38,13 @@ def test_600_tcp_connections_are_each_answered_by_exactly_one_node(farm_lab):
     after = {k: farm_lab.counters(k, "web") for k in (1, 2, 3)}
     assert len(results) == 600
     assert failures(results) == []
-    seen = {k: after[k]["accepted"] + after[k]["dropped"] - before[k]["accepted"] - before[k]["dropped"]
-            for k in (1, 2, 3)}
-    accepted = sum(after[k]["accepted"] - before[k]["accepted"] for k in (1, 2, 3))
+    # A bucket still on the handover slow path (moving: just after the agents started, a node's
+    # buckets are pending for a guard time) counts what it takes by state as handover_kept and
+    # what it drops as handover_unknown_dropped, instead of accepted/dropped.
+    taken_keys, dropped_keys = ("accepted", "handover_kept"), ("dropped", "handover_unknown_dropped")
+    delta = {k: {c: after[k][c] - before[k][c] for c in taken_keys + dropped_keys} for k in (1, 2, 3)}
+    seen = {k: sum(delta[k].values()) for k in (1, 2, 3)}
+    accepted = sum(delta[k][c] for k in (1, 2, 3) for c in taken_keys)
     # Every node's filter saw every packet to the VIP, and exactly one of them took each.
     assert seen[1] == seen[2] == seen[3] == accepted, (seen, accepted)
     assert accepted >= 600 * 3   # at least SYN, ACK, FIN-ish per connection
