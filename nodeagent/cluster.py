@@ -81,7 +81,7 @@ from .checkers import CheckRunners
 from .handover_tracker import CENSUS_INTERVAL_S, HandoverTracker
 from .event_poster import EventPoster
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine, Membership
-from .leases import LeaseWriter
+from .leases import LeaseWriter, adopted_lease_live
 from .netconfig import InterfaceError
 from .node_dataplanes import NodeDataplanes, read_local_records
 
@@ -245,9 +245,12 @@ class ClusterAgent:
             records = read_local_records(self.node, self.dataplanes.pin_root, self.dataplanes.state_root)
         except (OSError, AttributeError):
             return
+        now = time.monotonic_ns()
         for iface, state in records.states.items():
             for farm, slot in state.slots.items():
-                where[farm] = (os.path.join(self.dataplanes.pin_root, self.node, iface), slot)
+                pin_dir = os.path.join(self.dataplanes.pin_root, self.node, iface)
+                if adopted_lease_live(pin_dir, slot, now):       # else failed over meanwhile: see there
+                    where[farm] = (pin_dir, slot)
         self.leases.publish(where)
 
     # -- heartbeat thread callbacks: queue and return ---------------------------------------

@@ -25,7 +25,7 @@ import os
 import struct
 from typing import Mapping
 
-from .bpf_syscall import map_update, obj_get
+from .bpf_syscall import map_lookup, map_update, obj_get
 
 log = logging.getLogger("vipfarm.lease")
 
@@ -89,6 +89,26 @@ class LeaseWriter:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def adopted_lease_live(pin_dir: str, slot: int, now_ns: int) -> bool:
+    """Whether a previous agent's lease on an adopted filter still runs (its SYN stage not
+    past): the restart came before the peers could take the filter's buckets over, so the new
+    agent may go on renewing it. Past it, the peers may own those buckets now (a failover),
+    and the adopted filter, whose moving bits know nothing of their flows, must not be brought
+    back to life: it waits for the new agent's own first programming. Unreadable: not live."""
+    try:
+        fd = obj_get(os.path.join(pin_dir, LEASE_MAP))
+    except OSError:
+        return False
+    try:
+        value = map_lookup(fd, bytes(ctypes.c_uint32(slot)), 16)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    syn_deadline = int.from_bytes(value[:8], "little")
+    return syn_deadline == 0 or syn_deadline > now_ns
 
 
 def lease_value(syn_deadline_ns: int, deadline_ns: int) -> bytes:

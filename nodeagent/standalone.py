@@ -28,7 +28,7 @@ from .checkers import CheckRunners
 from .filter_plan import FarmOwnership
 from .handover_tracker import CENSUS_INTERVAL_S, HandoverTracker
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine
-from .leases import LeaseWriter
+from .leases import LeaseWriter, adopted_lease_live
 from .node_dataplanes import NodeDataplanes, read_local_records
 
 log = logging.getLogger("vipfarm.agent")
@@ -298,9 +298,15 @@ class StandaloneAgent:
         """Before compiling anything: where the previous agent's leases are, so the heartbeat
         thread renews them and the adopted filter keeps taking new flows through the restart."""
         where = {}
+        now = time.monotonic_ns()
         for iface, state in read_local_records(self.node, self.pin_root, self.state_root).states.items():
             for farm, slot in state.slots.items():
-                where[farm] = (os.path.join(self.pin_root, self.node, iface), slot)
+                pin_dir = os.path.join(self.pin_root, self.node, iface)
+                if adopted_lease_live(pin_dir, slot, now):
+                    where[farm] = (pin_dir, slot)
+                else:
+                    log.info("event=adopted_lease_expired node=%s farm=%s action=wait_for_own_programming",
+                             self.node, farm)
         self.leases.publish(where)
 
     def _reload(self) -> None:
