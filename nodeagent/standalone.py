@@ -106,6 +106,7 @@ class StandaloneAgent:
         self._moving: dict[str, frozenset[int]] = {}
         self._logged: dict[str, tuple] = {}
         self.handover = HandoverTracker(node, self.engine)
+        self._adopted_live: set[str] = set()     # farms whose adopted filter's lease still ran at start
 
     # -- heartbeat thread callbacks: queue and return --------------------------------------
     def _on_decision(self, d: Decision) -> None:
@@ -137,10 +138,11 @@ class StandaloneAgent:
                          draining=any(n.name == self.node and n.drain for n in farm.nodes))
 
     def _unready(self, farm: Farm) -> bool:
-        """A node that starts with no filter of its own for the farm (a join, a reboot) is
+        """A node that starts with no live filter of its own for the farm (a join, a reboot, a
+        restart after its peers failed it over: the adopted filter's lease had run out) is
         withdrawn until its filter is compiled and programmed: in the view its peers would
         give it buckets at once, and nobody would answer for them while it compiles."""
-        return not self.programmed_once and not (self.adopted_at_start or {}).get(farm.name)
+        return not self.programmed_once and farm.name not in self._adopted_live
 
     def _withdrawn(self, farm: Farm) -> bool:
         """Whether the checkers keep this node from serving the farm. A checker that has not
@@ -283,7 +285,7 @@ class StandaloneAgent:
             self.wake.set()                      # the presumed drains get their census at once
         for i in items:
             self.engine.programmed(i.farm.name, i.owned)
-        if first and any(not (self.adopted_at_start or {}).get(f.name) for f in self.farms):
+        if first and any(f.name not in self._adopted_live for f in self.farms):
             self._tell_engine()                  # compiled: a node that started empty may take buckets now
         self.leases.publish({})          # every farm now has a started interface (set_lease)
         for farm in self.farms:
@@ -304,6 +306,7 @@ class StandaloneAgent:
                 pin_dir = os.path.join(self.pin_root, self.node, iface)
                 if adopted_lease_live(pin_dir, slot, now):
                     where[farm] = (pin_dir, slot)
+                    self._adopted_live.add(farm)
                 else:
                     log.info("event=adopted_lease_expired node=%s farm=%s action=wait_for_own_programming",
                              self.node, farm)
