@@ -226,6 +226,7 @@ class ClusterAgent:
         self.programmed: dict[str, frozenset[int]] = {}
         self.programmed_once = False
         self.adopted_at_start: dict[str, frozenset[int]] | None = None
+        self._adopted_live: set[str] = set()     # farms whose adopted filter's lease still ran at start
         # Checkers (nodeagent/checkers.py): one CheckRunner per served Farm with checkers; its
         # Health withdraws this node, its transitions become the report's `checks` entries.
         self.runners = CheckRunners(node, self._on_health, self._checker_started, self._checker_removed)
@@ -251,6 +252,7 @@ class ClusterAgent:
                 pin_dir = os.path.join(self.dataplanes.pin_root, self.node, iface)
                 if adopted_lease_live(pin_dir, slot, now):       # else failed over meanwhile: see there
                     where[farm] = (pin_dir, slot)
+                    self._adopted_live.add(farm)
         self.leases.publish(where)
 
     # -- heartbeat thread callbacks: queue and return ---------------------------------------
@@ -479,7 +481,9 @@ class ClusterAgent:
         return {p.farm for p in peers}
 
     def _apply(self) -> None:
-        serving_now = self.dataplanes.serving_now() if not self.programmed_once else {}
+        # Adopted filters whose lease had run out at start serve nothing: see _publish_adopted_leases.
+        serving_now = ({f: b for f, b in self.dataplanes.serving_now().items() if f in self._adopted_live}
+                       if not self.programmed_once else {})
         w = pacing.wanted(self.farms, self.labels or {}, self.node, serving_now)
         decided = self._configure_heartbeats(w, serving_now)
         self._post_check_events()

@@ -137,6 +137,12 @@ class StandaloneAgent:
                          witness=hb.witness, withdrawn=self._withdrawn(farm) or self._unready(farm),
                          draining=any(n.name == self.node and n.drain for n in farm.nodes))
 
+    def _live_serving_now(self) -> dict[str, frozenset[int]]:
+        """What the adopted filters serve, for the farms whose lease still ran at start; the
+        others serve nothing (their lease is out) and count as holding nothing, so the peers
+        are not kept waiting for this node to "release" buckets it cannot answer for."""
+        return {f: b for f, b in self.dataplanes.serving_now().items() if f in self._adopted_live}
+
     def _unready(self, farm: Farm) -> bool:
         """A node that starts with no live filter of its own for the farm (a join, a reboot, a
         restart after its peers failed it over: the adopted filter's lease had run out) is
@@ -170,7 +176,7 @@ class StandaloneAgent:
             bases[farm.name] = base
         self.farms, self.keyrings, self.bases = farms, keyrings, bases
         if self.adopted_at_start is None:
-            self.adopted_at_start = self.dataplanes.serving_now()
+            self.adopted_at_start = self._live_serving_now()
         self.runners.update_farms(farms)
         self._tell_engine()
 
@@ -247,7 +253,7 @@ class StandaloneAgent:
     def _program(self) -> None:
         with self.lock:
             decisions = dict(self.decisions)
-        now = self.dataplanes.serving_now() if not self.programmed_once else {}
+        now = self._live_serving_now() if not self.programmed_once else {}
         census = self.handover.census(self.farms) if self.handover.census_wanted(not self.programmed_once) else None
         owned_by, peers = {}, {}
         for farm in self.farms:
