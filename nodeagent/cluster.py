@@ -500,7 +500,9 @@ class ClusterAgent:
         served = [i.farm for i in w.serve if i.farm.name in owned]
         if self.handover.active():
             self.handover.census_due = True
-        census = self.handover.census(served) if self.handover.census_wanted(not self.programmed_once) else None
+        releasing = self.programmed_once and any(self.programmed.get(n, frozenset()) - o for n, o in owned.items())
+        census = (self.handover.census(served)             # not before a flip that gives buckets up
+                  if self.handover.census_wanted(not self.programmed_once) and not releasing else None)
         moving = self.handover.plan(served, owned, {n: d.peers_handing_over for n, d in decisions.items()},
                                     self.programmed if self.programmed_once else None, census)
         w = pacing.with_buckets(w, owned, moving)

@@ -254,7 +254,6 @@ class StandaloneAgent:
         with self.lock:
             decisions = dict(self.decisions)
         now = self._live_serving_now() if not self.programmed_once else {}
-        census = self.handover.census(self.farms) if self.handover.census_wanted(not self.programmed_once) else None
         owned_by, peers = {}, {}
         for farm in self.farms:
             d = decisions.get(farm.name)
@@ -266,6 +265,12 @@ class StandaloneAgent:
                 owned = self._programmed.get(farm.name, frozenset())
             owned_by[farm.name] = frozenset(owned)
             peers[farm.name] = d.peers_handing_over if d else False
+        # No census before a flip that gives buckets up: the lease is not renewed while the
+        # filter holds them, and a census of a large socket table would delay that flip (the
+        # release presumes the drain; its census comes right after).
+        releasing = self.programmed_once and any(self._programmed.get(n, frozenset()) - o for n, o in owned_by.items())
+        census = (self.handover.census(self.farms)
+                  if self.handover.census_wanted(not self.programmed_once) and not releasing else None)
         moving = self.handover.plan(self.farms, owned_by, peers, self._programmed if self.programmed_once else None,
                                     census)
         items = [FarmOwnership(f, owned_by[f.name], moving[f.name]) for f in self.farms]
