@@ -285,14 +285,12 @@ class StandaloneAgent:
                 raise
             log.error("event=program_failed node=%s error=%r action=keep_serving_previous", self.node, str(e))
             return
-        released_any = self.programmed_once and any(self._programmed.get(i.farm.name, frozenset()) - i.owned
-                                                    for i in items)
         first = not self.programmed_once
         self.programmed_once = True
         self._programmed = {i.farm.name: i.owned for i in items}
         self._moving = {i.farm.name: i.moving for i in items}
-        self.handover.commit(released_any)
-        if released_any:
+        self.handover.commit(releasing)
+        if releasing:
             self.wake.set()                      # the presumed drains get their census at once
         for i in items:
             self.engine.programmed(i.farm.name, i.owned)
