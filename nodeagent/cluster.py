@@ -84,6 +84,7 @@ from .heartbeat import Decision, FarmPeers, HeartbeatEngine, Membership
 from .leases import LeaseWriter, adopted_lease_live
 from .netconfig import InterfaceError
 from .node_dataplanes import NodeDataplanes, read_local_records
+from .udp_handover import UdpHandover
 
 log = logging.getLogger("vipfarm.agent.cluster")
 
@@ -209,10 +210,11 @@ class ClusterAgent:
         self.decisions: dict[str, Decision] = {}
         self.memberships: dict[str, dict] = {}
         self.leases = LeaseWriter(self.dataplanes)
+        self.udp = UdpHandover(node, self.dataplanes)
         self.engine = HeartbeatEngine(node, self._on_decision, self._on_base, self.leases,
                                       base_from_chunks=_decode_or_none, base_to_bytes=encode_base,
-                                      on_membership=self._on_membership)
-        self.handover = HandoverTracker(node, self.engine)
+                                      on_membership=self._on_membership, udp_flows=self.udp)
+        self.handover = HandoverTracker(node, self.engine, self.udp)
         self.secret = secret_ref(os.environ)
         self.keyring: Keyring | None = None
         self.key_problem = "" if self.secret else (
@@ -508,7 +510,9 @@ class ClusterAgent:
         w = pacing.with_buckets(w, owned, moving)
         error = None
         try:
+            holds = self.udp.before_flip(served, self.programmed if self.programmed_once else None, owned, moving)
             self.dataplanes.program(list(w.serve))
+            self.udp.after_flip(served, holds, self.engine)
             released_any = self.programmed_once and any(self.programmed.get(i.farm.name, frozenset()) - i.owned
                                                         for i in w.serve)
             self.programmed_once = True
@@ -680,6 +684,7 @@ class ClusterAgent:
         self.k8s_events.stop()
         if self.leave_on_exit:
             self.dataplanes.stop()
+            self.udp.stop()
         self.leases.close()
         log.info("event=agent_stopped node=%s dataplane=%s", self.node,
                  "removed" if self.leave_on_exit else "left in place for the next agent")

@@ -404,6 +404,18 @@ class InterfaceDataplane:
                     return True
         return False
 
+    def with_farm_tables(self, farm_name: str, use):
+        """`use(tables, slot)` for the farm's slot, under the slot lock (as set_lease); returns
+        (True, its result), or (False, None) when the farm has no slot here. For the map writes
+        of UDP handover, from either thread; `use` must only touch that slot's entries."""
+        with self._slots_lock:
+            if self.tables is None:
+                return False, None
+            for f in self.plan.farms:
+                if f.name == farm_name:
+                    return True, use(self.tables, f.slot)
+        return False, None
+
     def counters(self) -> dict[str, Counters]:
         assert self.tables is not None
         return {f.name: self.tables.counters(f.slot) for f in self.plan.farms}

@@ -28,9 +28,10 @@ CENSUS_INTERVAL_S = 0.25      # while a handover runs: how often the socket tabl
 
 
 class HandoverTracker:
-    def __init__(self, node: str, engine):
+    def __init__(self, node: str, engine, udp=None):
         self.node = node
         self.engine = engine
+        self.udp = udp                   # UdpHandover: its own fresh UDP flows count like sockets
         self.drains: dict[str, Drain] = {}
         self.pendings: dict[str, Pending] = {}
         self.census_due = False
@@ -46,7 +47,7 @@ class HandoverTracker:
 
     def census(self, farms: list[Farm]) -> dict[str, dict[int, int]]:
         """Per farm, this node's flows per bucket, the buckets with none left out (one read of
-        the socket table for every farm). Owned buckets are counted too: which of them are
+        the socket table for every farm, plus its own fresh UDP flows, udp_handover.py). Owned buckets are counted too: which of them are
         still owned after the programming at hand is for drain_step to say."""
         self.census_due = False
         try:
@@ -54,7 +55,13 @@ class HandoverTracker:
         except OSError as e:
             log.error("event=flow_census_failed node=%s error=%r action=keep_draining", self.node, str(e))
             return {}
-        return {f.name: {b: n for b, n in count_flows(f, sockets, range(f.buckets)).items() if n} for f in farms}
+        out = {f.name: {b: n for b, n in count_flows(f, sockets, range(f.buckets)).items() if n} for f in farms}
+        if self.udp is not None:
+            for name, counts in self.udp.census(farms).items():
+                merged = out.setdefault(name, {})
+                for b, n in counts.items():
+                    merged[b] = merged.get(b, 0) + n
+        return out
 
     def plan(self, farms: list[Farm], owned: Mapping[str, frozenset[int]], peers_handing_over: Mapping[str, bool],
              before: Mapping[str, frozenset[int]] | None, census: Mapping[str, Mapping[int, int]] | None,

@@ -32,11 +32,13 @@ from vipfarm.agreement import (Serving, agreed_view, agreement_digest, buckets_t
 from vipfarm.assignment import Assignment
 from vipfarm.base_assignment import Base, config_digest, first_base
 from vipfarm.heartbeat_keys import Keyring
-from vipfarm.heartbeat_wire import (ROW_DRAINING, ROW_HANDING_OVER, ROW_RELEASED, ROW_HEARS_WITNESS, ROW_WITHDRAWN, BaseChunk, BaseRequest, Heartbeat, Row,
-                                    WireError, decode, encode, node_id)
+from vipfarm.heartbeat_wire import (ROW_DRAINING, ROW_HANDING_OVER, ROW_HEARS_WITNESS, ROW_RELEASED, ROW_WITHDRAWN,
+                                    BaseChunk, BaseRequest, FlowChunk, FlowRequest, Heartbeat, Row, WireError, decode,
+                                    encode, node_id)
 from vipfarm.liveness import ACCEPTED, PeerTable
 
 from .leases import LeaseWriter
+from .udp_list_exchange import UdpFlowPort, UdpListExchange
 from .witness import WitnessProbe
 
 log = logging.getLogger("vipfarm.heartbeat")
@@ -121,7 +123,8 @@ class HeartbeatEngine:
                  on_base: Callable[[str, Base], None], leases: LeaseWriter,
                  base_from_chunks: Callable[[bytes], Base | None], base_to_bytes: Callable[[Base], bytes],
                  clock: Callable[[], int] = time.monotonic_ns,
-                 on_membership: Callable[[Membership], None] | None = None):
+                 on_membership: Callable[[Membership], None] | None = None,
+                 udp_flows: UdpFlowPort | None = None):
         self.node = node
         self.on_decision = on_decision
         self.on_membership = on_membership      # every change of view, digest, agreement or withdrawals
@@ -150,6 +153,8 @@ class HeartbeatEngine:
         self._renewed_for: dict[str, frozenset[int]] | None = None   # the _programmed last renewed for
         self._handing_over: frozenset[str] = frozenset()    # farms whose drain is not over (handing_over())
         self._sent_handing_over: frozenset[str] = frozenset()
+        self.udp = UdpListExchange(node, udp_flows, self._count)     # UDP handover's flow lists
+        self._udp_wanted: dict[str, int] = {}      # farm -> hold deadline: ask the peers (want_udp_lists)
 
     # -- called from other threads -------------------------------------------------------
     def configure(self, farms: list[FarmPeers]) -> None:
@@ -173,6 +178,14 @@ class HeartbeatEngine:
         if still == now:
             return
         self._handing_over = (self._handing_over | {farm}) if still else (self._handing_over - {farm})
+        self._poke()
+
+    def want_udp_lists(self, farm: str, until_ns: int) -> None:
+        """The main thread has just put a hold on new UDP flows in buckets of `farm` it acquired
+        while they move: ask every other member of the view for the UDP flows it keeps, and end
+        the hold (UdpFlowPort.end_hold) when all have answered or at `until_ns`."""
+        with self._lock:
+            self._udp_wanted[farm] = until_ns
         self._poke()
 
     def start(self) -> None:
@@ -213,6 +226,7 @@ class HeartbeatEngine:
         try:
             while not self._stop:
                 self._take_config()
+                self._take_udp_wants()
                 for key, _ in self.selector.select(self._seconds_to_next(self.clock())):
                     if key.data is None:
                         try:
@@ -267,8 +281,18 @@ class HeartbeatEngine:
                         "run the agent with CAP_SYS_NICE (the chart's agent is privileged) so heartbeats "
                         "keep their pace when the CPUs are saturated")
 
+    def _take_udp_wants(self) -> None:
+        with self._lock:
+            wanted, self._udp_wanted = self._udp_wanted, {}
+        for name, until in wanted.items():
+            f = self.farms.get(name)
+            if f is not None:
+                self.udp.want(name, frozenset(f.view) - {f.cfg.node}, until)
+
     def _seconds_to_next(self, now: int) -> float:
         wake = [f.next_send_ns for f in self.farms.values()]
+        wake += [t for t in (self.udp.due_ns(f.cfg.farm, f.cfg.interval_ms * MS) for f in self.farms.values())
+                 if t is not None]
         wake += [t for t in (f.table.next_expiry_ns(now) for f in self.farms.values()) if t]
         wake += [f.started_ns + self._grace_ns(f) for f in self.farms.values() if not f.decided]
         return min(1.0, max(0.0, (min(wake) - now) / 1e9)) if wake else 1.0
@@ -276,6 +300,7 @@ class HeartbeatEngine:
     def tick(self, now: int) -> None:
         """Send what is due, re-decide every farm (expiries), renew leases. Public for tests."""
         for f in list(self.farms.values()):
+            self.udp.tick(f.cfg.farm, now, f.cfg.interval_ms * MS, lambda who, f=f: self._send_flow_request(f, who))
             if now >= f.next_send_ns:
                 late = now - f.next_send_ns
                 step = f.cfg.interval_ms * MS
@@ -306,6 +331,7 @@ class HeartbeatEngine:
         for name in list(self.farms):
             if name not in wanted:
                 del self.farms[name]
+                self.udp.drop_farm(name)
         for p in pending:
             ids = {node_id(n): n for n in p.weights}
             if len(ids) != len(p.weights):
@@ -413,6 +439,10 @@ class HeartbeatEngine:
         elif isinstance(msg, BaseChunk):
             self._count("base_chunk")
             self._take_chunk(f, msg)
+        elif isinstance(msg, FlowRequest):
+            self.udp.answer(f.cfg.farm, msg, lambda k, n, piece: self._send_flow_chunk(f, msg, k, n, piece))
+        elif isinstance(msg, FlowChunk):
+            self.udp.take(f.cfg.farm, f.ids.get(msg.sender_id), msg, f.boot)
 
     # -- deciding --------------------------------------------------------------------------
     def _evaluate(self, f: _Farm, now: int) -> None:
@@ -437,6 +467,8 @@ class HeartbeatEngine:
                 log.info("event=view_changed node=%s farm=%s view=%s size=%d votes_needed=%d base_epoch=%s",
                          cfg.node, cfg.farm, ",".join(sorted(view)) or "-", len(view), votes,
                          cfg.base.epoch if cfg.base else "-")
+            if view != f.view:
+                self.udp.view_changed(cfg.farm, view)
             f.view, f.digest = view, digest
             f.next_send_ns = now                # spread the news now, not in an interval
         if not f.decided and now < f.started_ns + self._grace_ns(f) \
@@ -571,6 +603,30 @@ class HeartbeatEngine:
                 self._count("sent")
             except OSError:
                 self._count("send_failed")      # no route / link down: the peer tables will tell
+
+    # -- UDP handover's flow lists (udp_list_exchange.py) -------------------------------------
+    def _send_flow_request(self, f: _Farm, who: frozenset[str]) -> int:
+        s = self._socket_for(f)
+        f.seq += 1
+        if s is None or f.cfg.keyring is None:
+            return f.seq
+        base = f.cfg.base
+        req = FlowRequest(f.cfg.farm, node_id(f.cfg.node), f.boot, f.seq, base.epoch if base else 0,
+                          base.digest if base else b"\0" * 8)
+        data = encode(req, f.cfg.keyring.signing)
+        for name in sorted(who):
+            self._send_all(f, s, data, only=name)
+        return req.seq
+
+    def _send_flow_chunk(self, f: _Farm, req: FlowRequest, index: int, count: int, piece: bytes) -> None:
+        s, asker = self._socket_for(f), f.ids.get(req.sender_id)
+        if s is None or asker is None or f.cfg.keyring is None:
+            return
+        f.seq += 1
+        base = f.cfg.base
+        msg = FlowChunk(f.cfg.farm, node_id(f.cfg.node), f.boot, f.seq, base.epoch if base else 0,
+                        base.digest if base else b"\0" * 8, req.boot, req.seq, index, count, piece)
+        self._send_all(f, s, encode(msg, f.cfg.keyring.signing), only=asker)
 
     # -- base sync -------------------------------------------------------------------------
     def _maybe_request_base(self, f: _Farm, msg: Heartbeat, now: int) -> None:

@@ -143,6 +143,15 @@ class NodeDataplanes:
                 return True
         return False
 
+    def with_farm_tables(self, farm_name: str, use):
+        """InterfaceDataplane.with_farm_tables on the interface that serves the farm; (False,
+        None) when none does. Safe from the heartbeat thread (a snapshot of the interfaces)."""
+        for dp in list(self.by_iface.values()):
+            found, result = dp.with_farm_tables(farm_name, use)
+            if found:
+                return True, result
+        return False, None
+
     def mode_of(self, iface: str) -> str:
         dp = self.by_iface.get(iface)
         return dp.mode if dp else ""

@@ -30,6 +30,7 @@ from .handover_tracker import CENSUS_INTERVAL_S, HandoverTracker
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine
 from .leases import LeaseWriter, adopted_lease_live
 from .node_dataplanes import NodeDataplanes, read_local_records
+from .udp_handover import UdpHandover
 
 log = logging.getLogger("vipfarm.agent")
 
@@ -86,8 +87,10 @@ class StandaloneAgent:
         self.state_root = state_root
         self.dataplanes = NodeDataplanes(node, pin_root, state_root)
         self.leases = LeaseWriter(self.dataplanes)
+        self.udp = UdpHandover(node, self.dataplanes)
         self.engine = HeartbeatEngine(node, self._on_decision, self._on_base, self.leases,
-                                      base_from_chunks=_decode_or_none, base_to_bytes=encode_base)
+                                      base_from_chunks=_decode_or_none, base_to_bytes=encode_base,
+                                      udp_flows=self.udp)
         self.farms: list[Farm] = []
         self.keyrings: dict[str, Keyring | None] = {}
         self.bases: dict[str, Base | None] = {}
@@ -105,7 +108,7 @@ class StandaloneAgent:
         self._programmed: dict[str, frozenset[int]] = {}
         self._moving: dict[str, frozenset[int]] = {}
         self._logged: dict[str, tuple] = {}
-        self.handover = HandoverTracker(node, self.engine)
+        self.handover = HandoverTracker(node, self.engine, self.udp)
         self._adopted_live: set[str] = set()     # farms whose adopted filter's lease still ran at start
 
     # -- heartbeat thread callbacks: queue and return --------------------------------------
@@ -231,6 +234,7 @@ class StandaloneAgent:
         self._release_all()                  # first give the buckets up,
         self.engine.stop(goodbye=True)       # then tell the peers, who take them at once,
         self.dataplanes.stop()               # then take the VIPs and the filter away
+        self.udp.stop()
         self.leases.close()
         log.info("event=agent_stopped node=%s", self.node)
         return 0
@@ -279,12 +283,15 @@ class StandaloneAgent:
             self.handover.commit(False)
             return                               # nothing to flip (a census that changed nothing)
         try:
+            holds = self.udp.before_flip(self.farms, self._programmed if self.programmed_once else None, owned_by,
+                                         moving)
             self.dataplanes.program(items)
         except DataplaneError as e:
             if not self.programmed_once:
                 raise
             log.error("event=program_failed node=%s error=%r action=keep_serving_previous", self.node, str(e))
             return
+        self.udp.after_flip(self.farms, holds, self.engine)
         first = not self.programmed_once
         self.programmed_once = True
         self._programmed = {i.farm.name: i.owned for i in items}

@@ -4,7 +4,7 @@ Every datagram (integers big-endian):
 
     magic        4   b"VFH1"
     version      1   1
-    kind         1   1 Heartbeat, 2 BaseRequest, 3 BaseChunk
+    kind         1   1 Heartbeat, 2 BaseRequest, 3 BaseChunk, 4 FlowRequest, 5 FlowChunk
     key id       4   Key.key_id of the key the MAC is made with
     body         ..  below
     mac         32   HMAC-SHA256 over every byte before it, under that key
@@ -27,6 +27,11 @@ so the heard sets of a 64-member farm cost 8 bytes a row. The first row is the s
 A BaseChunk's body goes on with index u16, count u16 (index < count), data_len u16
 (<= MAX_CHUNK_DATA), data (ASCII). A BaseRequest has the envelope only.
 
+UDP handover (vipfarm/udp_flows.py): a FlowRequest ("send me the UDP flows you keep") has the
+envelope only; each FlowChunk that answers it goes on with request_boot u64 and request_seq
+u64 (the request's boot and seq: an answer to an earlier agent or an earlier request is never
+taken for the current one), then a chunk exactly as a BaseChunk's (index, count, data_len, data: whole lines of the flow list).
+
 The encoding is canonical: decode accepts exactly the bytes encode produces, so a datagram
 that decodes re-encodes to itself. decode checks the cheap things first (length, magic,
 version, kind, key id) and the MAC before it reads the body, and raises only WireError, whose
@@ -47,7 +52,9 @@ VERSION = 1
 KIND_HEARTBEAT = 1
 KIND_BASE_REQUEST = 2
 KIND_BASE_CHUNK = 3
-KINDS = (KIND_HEARTBEAT, KIND_BASE_REQUEST, KIND_BASE_CHUNK)
+KIND_FLOW_REQUEST = 4
+KIND_FLOW_CHUNK = 5
+KINDS = (KIND_HEARTBEAT, KIND_BASE_REQUEST, KIND_BASE_CHUNK, KIND_FLOW_REQUEST, KIND_FLOW_CHUNK)
 REASONS = ("truncated", "too_large", "bad_magic", "bad_version", "bad_kind", "unknown_key", "bad_mac", "malformed")
 
 MAX_MEMBERS = 64          # ids one heartbeat can name: the largest farm
@@ -63,12 +70,13 @@ _ENVELOPE = struct.Struct(f">IQQQ{DIGEST_BYTES}s")
 _ECHO = struct.Struct(">BQ")
 _ROW = struct.Struct(f">BQQI{DIGEST_BYTES}sB")
 _CHUNK = struct.Struct(">HHH")
+_REQUEST_ID = struct.Struct(">QQ")
 
 _ENVELOPE_MAX = 1 + MAX_FARM_NAME_BYTES + _ENVELOPE.size
 _BITMAP_MAX = (MAX_MEMBERS + 7) // 8
 _HEARTBEAT_MAX = (_HEADER.size + _ENVELOPE_MAX + 1 + 4 * MAX_MEMBERS + 1 + _ECHO.size * MAX_MEMBERS
                   + 1 + (_ROW.size + _BITMAP_MAX) * MAX_MEMBERS + MAC_BYTES)
-_CHUNK_MAX = _HEADER.size + _ENVELOPE_MAX + _CHUNK.size + MAX_CHUNK_DATA + MAC_BYTES
+_CHUNK_MAX = _HEADER.size + _ENVELOPE_MAX + _REQUEST_ID.size + _CHUNK.size + MAX_CHUNK_DATA + MAC_BYTES
 MAX_DATAGRAM = max(_HEARTBEAT_MAX, _CHUNK_MAX)
 MIN_DATAGRAM = _HEADER.size + 1 + 1 + _ENVELOPE.size + MAC_BYTES     # a BaseRequest of a 1-byte farm name
 
@@ -138,7 +146,35 @@ class BaseChunk:
     data: bytes
 
 
-Message = Heartbeat | BaseRequest | BaseChunk
+@dataclass(frozen=True)
+class FlowRequest:
+    """"Send me the UDP flows you keep" (UDP handover); its seq names the answer."""
+    farm: str
+    sender_id: int
+    boot: int
+    seq: int
+    base_epoch: int
+    base_digest: bytes
+
+
+@dataclass(frozen=True)
+class FlowChunk:
+    """One piece of the answer to the FlowRequest of (request_boot, request_seq): whole lines of
+    vipfarm/udp_flows.py's flow list (ASCII); index < count."""
+    farm: str
+    sender_id: int
+    boot: int
+    seq: int
+    base_epoch: int
+    base_digest: bytes
+    request_boot: int
+    request_seq: int
+    index: int
+    count: int
+    data: bytes
+
+
+Message = Heartbeat | BaseRequest | BaseChunk | FlowRequest | FlowChunk
 
 
 class WireError(ValueError):
@@ -231,13 +267,13 @@ def _heartbeat_body(msg: Heartbeat) -> bytes:
     return b"".join(out)
 
 
-def _chunk_body(msg: BaseChunk) -> bytes:
+def _chunk_body(msg: BaseChunk | FlowChunk) -> bytes:
     if not isinstance(msg.data, bytes) or len(msg.data) > MAX_CHUNK_DATA or not msg.data.isascii():
-        raise ValueError(f"base chunk {msg.index}/{msg.count} of farm {msg.farm!r}: data must be ASCII bytes, at "
+        raise ValueError(f"{'flow' if isinstance(msg, FlowChunk) else 'base'} chunk {msg.index}/{msg.count} of farm {msg.farm!r}: data must be ASCII bytes, at "
                          f"most {MAX_CHUNK_DATA}, got {type(msg.data).__name__} of {len(msg.data)}")
     count = _uint("chunk count", msg.count, 0xFFFF)
     if not 0 <= _uint("chunk index", msg.index, 0xFFFF) < count:
-        raise ValueError(f"base chunk of farm {msg.farm!r}: index {msg.index} must be below count {msg.count}")
+        raise ValueError(f"chunk of farm {msg.farm!r}: index {msg.index} must be below count {msg.count}")
     return _CHUNK.pack(msg.index, count, len(msg.data)) + msg.data
 
 
@@ -255,8 +291,15 @@ def encode(msg: Message, key: Key) -> bytes:
         kind, body = KIND_BASE_CHUNK, _envelope(msg) + _chunk_body(msg)
     elif isinstance(msg, BaseRequest):
         kind, body = KIND_BASE_REQUEST, _envelope(msg)
+    elif isinstance(msg, FlowRequest):
+        kind, body = KIND_FLOW_REQUEST, _envelope(msg)
+    elif isinstance(msg, FlowChunk):
+        kind, body = KIND_FLOW_CHUNK, (_envelope(msg) + _REQUEST_ID.pack(_uint("request_boot", msg.request_boot, U64),
+                                                                          _uint("request_seq", msg.request_seq, U64))
+                                       + _chunk_body(msg))
     else:
-        raise TypeError(f"encode takes a Heartbeat, BaseRequest or BaseChunk, got {type(msg).__name__}")
+        raise TypeError(f"encode takes a Heartbeat, BaseRequest, BaseChunk, FlowRequest or FlowChunk, "
+                        f"got {type(msg).__name__}")
     out = seal(kind, body, key)
     if len(out) > MAX_DATAGRAM:
         raise ValueError(f"{type(msg).__name__} of farm {msg.farm!r} encodes to {len(out)} bytes, "
@@ -335,16 +378,25 @@ def _parse(r: _Reader, kind: int) -> Message:
     if kind == KIND_BASE_REQUEST:
         return BaseRequest(*env)
     if kind == KIND_BASE_CHUNK:
-        index, count, size = r.unpack(_CHUNK, "chunk header")
-        if index >= count:
-            raise WireError("malformed", f"chunk index {index} is not below count {count}")
-        if size > MAX_CHUNK_DATA:
-            raise WireError("malformed", f"chunk data of {size} bytes, at most {MAX_CHUNK_DATA}")
-        chunk = r.take(size, "chunk data")
-        if not chunk.isascii():
-            raise WireError("malformed", "chunk data is not ASCII")
-        return BaseChunk(*env, index, count, chunk)
+        return BaseChunk(*env, *_parse_chunk(r))
+    if kind == KIND_FLOW_REQUEST:
+        return FlowRequest(*env)
+    if kind == KIND_FLOW_CHUNK:
+        request_boot, request_seq = r.unpack(_REQUEST_ID, "request id")
+        return FlowChunk(*env, request_boot, request_seq, *_parse_chunk(r))
     return _parse_heartbeat(r, env)
+
+
+def _parse_chunk(r: _Reader) -> tuple[int, int, bytes]:
+    index, count, size = r.unpack(_CHUNK, "chunk header")
+    if index >= count:
+        raise WireError("malformed", f"chunk index {index} is not below count {count}")
+    if size > MAX_CHUNK_DATA:
+        raise WireError("malformed", f"chunk data of {size} bytes, at most {MAX_CHUNK_DATA}")
+    chunk = r.take(size, "chunk data")
+    if not chunk.isascii():
+        raise WireError("malformed", "chunk data is not ASCII")
+    return index, count, chunk
 
 
 def _parse_heartbeat(r: _Reader, env: tuple) -> Heartbeat:

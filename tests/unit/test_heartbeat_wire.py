@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from vipfarm.heartbeat_keys import Key, Keyring
 from vipfarm.heartbeat_wire import (MAX_CHUNK_DATA, MAX_DATAGRAM, MAX_MEMBERS, MIN_DATAGRAM, REASONS, BaseChunk,
-                                    BaseRequest, Heartbeat, Row, WireError, decode, digest8, encode, node_id)
+                                    BaseRequest, FlowChunk, FlowRequest, Heartbeat, Row, WireError, decode, digest8,
+                                    encode, node_id)
 
 KEY = Key(b"k" * 32)
 KEYS = Keyring.of(KEY)
@@ -68,6 +69,8 @@ SAMPLES = [
     Heartbeat("web", 10, 100, 7, 5, b"d" * 8, ((20, 200), (40, 400)), SAMPLE_ROWS),
     BaseRequest("web", 10, 100, 8, 5, b"d" * 8),
     BaseChunk("web", 10, 100, 9, 5, b"d" * 8, 1, 3, b"0,1,2,0,1,2"),
+    FlowRequest("web", 10, 100, 10, 5, b"d" * 8),
+    FlowChunk("web", 10, 100, 11, 5, b"d" * 8, 300, 77, 0, 2, b"198.51.100.7 5000 203.0.113.10 53 120\n"),
 ]
 
 
@@ -100,8 +103,15 @@ def chunks(draw):
                      draw(st.integers(0, count - 1)), count, data)
 
 
+@st.composite
+def flow_chunks(draw):
+    c = draw(chunks())
+    return FlowChunk(c.farm, c.sender_id, c.boot, c.seq, c.base_epoch, c.base_digest, draw(u64), draw(u64), c.index, c.count, c.data)
+
+
 requests = st.builds(BaseRequest, farms, u32, u64, u64, u64, digests)
-messages = st.one_of(heartbeats(), requests, chunks())
+flow_requests = st.builds(FlowRequest, farms, u32, u64, u64, u64, digests)
+messages = st.one_of(heartbeats(), requests, chunks(), flow_requests, flow_chunks())
 
 
 def refused(data, keys=KEYS) -> str:
@@ -136,7 +146,7 @@ def test_every_kind_of_message_round_trips(msg):
 
 
 def test_the_layout_is_the_one_the_module_docstring_describes():
-    hb, req, chunk = SAMPLES
+    hb, req, chunk, freq, fchunk = SAMPLES
     ids = [10, 20, 30, 40]
     expected = body_heartbeat(ids, [(1, 200), (3, 400)], [(0, 100, 7, 0, b"a" * 8, 0b0111), (1, 200, 9, 350, b"b" * 8, 0b0010)],
                               sender=10, boot=100, seq=7, epoch=5, digest=b"d" * 8)
@@ -144,6 +154,11 @@ def test_the_layout_is_the_one_the_module_docstring_describes():
     assert encode(req, KEY) == sign(2, envelope(sender=10, boot=100, seq=8, epoch=5, digest=b"d" * 8))
     assert encode(chunk, KEY) == sign(3, body_chunk(1, 3, b"0,1,2,0,1,2", sender=10, boot=100, seq=9, epoch=5,
                                                     digest=b"d" * 8))
+    assert encode(freq, KEY) == sign(4, envelope(sender=10, boot=100, seq=10, epoch=5, digest=b"d" * 8))
+    line = b"198.51.100.7 5000 203.0.113.10 53 120\n"
+    flow_body = body_chunk(0, 2, line, sender=10, boot=100, seq=11, epoch=5, digest=b"d" * 8)
+    split = len(envelope(sender=10, boot=100, seq=11, epoch=5, digest=b"d" * 8))
+    assert encode(fchunk, KEY) == sign(5, flow_body[:split] + struct.pack(">QQ", 300, 77) + flow_body[split:])
 
 
 def test_a_heartbeat_keeps_the_order_of_its_rows_and_echoes():
@@ -286,7 +301,7 @@ def test_a_header_this_agent_does_not_speak_is_refused_with_its_reason(frame, re
     assert refused(sign(2, envelope(), **frame)) == reason
 
 
-@pytest.mark.parametrize("kind", [0, 4, 255])
+@pytest.mark.parametrize("kind", [0, 6, 255])
 def test_an_unknown_kind_is_bad_kind(kind):
     assert refused(sign(kind, envelope())) == "bad_kind"
 
