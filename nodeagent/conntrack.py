@@ -11,7 +11,7 @@ but the counter.
 
 A flow's age is read from its entry: the timeout the kernel set at the flow's last packet
 (nf_conntrack_udp_timeout, or nf_conntrack_udp_timeout_stream once the flow is ASSURED) minus the
-time left. Both are whole seconds, so an age is known to within a second.
+time left. Both are whole seconds, so an age is known to within a second (entry_age_s).
 """
 from __future__ import annotations
 
@@ -78,9 +78,12 @@ def udp_timeouts() -> tuple[int, int]:
 
 
 def entry_age_s(timeout_left_s: int, status: int, timeouts: tuple[int, int]) -> int:
-    """Seconds since the flow's last packet, from its entry (see the module docstring)."""
+    """Seconds since the flow's last packet, from its entry, rounded down: the kernel reports
+    the time left rounded down, so the true age lies in (full - left - 1, full - left]; the
+    lower end is taken, so a flow active within udpIdleSeconds is never left out (one up to a
+    second older may be kept: the peers get the same age, so every node ages it alike)."""
     full = timeouts[1] if status & IPS_ASSURED else timeouts[0]
-    return max(0, full - timeout_left_s)
+    return max(0, full - timeout_left_s - 1)
 
 
 def udp_flows(vips: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> list[tuple[UdpFlow, int]]:
