@@ -465,7 +465,8 @@ class ClusterAgent:
         for item in w.serve:
             status = (self.farms.get(item.farm.name) or {}).get("status")
             adopted = (serving_now if not self.programmed_once else self.programmed).get(item.farm.name, frozenset())
-            out = checks_withdraw(health.get(item.farm.name), self.adopted_at_start.get(item.farm.name, frozenset()))
+            out = (checks_withdraw(health.get(item.farm.name), self.adopted_at_start.get(item.farm.name, frozenset()))
+                   or self._unready(item.farm.name))
             p = farm_peers(item.farm, status, self.node, self._address(item.farm.interface), self.keyring, adopted,
                            checks_fail=out)
             if p is not None:
@@ -481,6 +482,13 @@ class ClusterAgent:
                          self.node, p.farm, ",".join(sorted(p.weights)), len(p.addresses), p.base.epoch,
                          "yes" if p.keyring else "none")
         return {p.farm for p in peers}
+
+    def _unready(self, farm: str) -> bool:
+        """As in standalone mode: a node with no live filter of its own for the Farm (a restart
+        after its peers failed it over: the adopted filter's lease had run out) is withdrawn
+        until its filter is compiled and programmed, or its peers would give it buckets that
+        nobody answers for while it compiles."""
+        return not self.programmed_once and farm not in self._adopted_live
 
     def _apply(self) -> None:
         # Adopted filters whose lease had run out at start serve nothing: see _publish_adopted_leases.
@@ -515,12 +523,15 @@ class ClusterAgent:
             self.udp.after_flip(served, holds, self.engine)
             released_any = self.programmed_once and any(self.programmed.get(i.farm.name, frozenset()) - i.owned
                                                         for i in w.serve)
+            first = not self.programmed_once
             self.programmed_once = True
             self.programmed = {i.farm.name: frozenset(i.owned) for i in w.serve}
             self.handover.commit(released_any)
             for name, owned in self.programmed.items():
                 self.engine.programmed(name, owned)     # lease renewals need the filter to match
             self.leases.publish({})      # every served farm now has a started interface (set_lease)
+            if first and any(name not in self._adopted_live for name in decided):
+                self._configure_heartbeats(w, serving_now)   # compiled: a node that started empty may serve now
         except (DataplaneError, InterfaceError, ValueError, OSError) as e:
             log.error("event=program_failed node=%s error=%s", self.node, e)
             error = str(e)

@@ -448,6 +448,9 @@ def test_the_key_is_read_from_the_secret_reread_every_30s_and_a_rotation_reconfi
     agent._apply()
     assert api.calls[-2:] != [] and "read_secret vipfarm-system/vipfarm-heartbeat" in api.calls
     assert agent.configured[-1][0].keyring.signing.secret == KEY
+    # It started with no filter of its own: withdrawn until its first programming, then not.
+    assert [c[0].withdrawn for c in agent.configured] == [True, False]
+    agent.configured.clear()
     agent.clock.t += 10
     agent._refresh_key()
     assert api.secret_reads == 1                          # not before 30 s
@@ -458,13 +461,13 @@ def test_the_key_is_read_from_the_secret_reread_every_30s_and_a_rotation_reconfi
     agent._apply()
     ring = agent.configured[-1][0].keyring
     assert ring.signing.secret == KEY and {k.secret for k in ring.accepted} == {KEY, NEW_KEY}
-    assert len(agent.configured) == 2
+    assert len(agent.configured) == 1
     # The API server away: the key in use stays (the heartbeats must not stop).
     api.secret_data = "down"
     agent.clock.t += 31
     agent._refresh_key()
     agent._apply()
-    assert agent.keyring is ring and len(agent.configured) == 2
+    assert agent.keyring is ring and len(agent.configured) == 1
 
 
 def test_a_missing_key_is_said_once_with_the_fix_and_the_node_serves_no_multi_node_farm(keyed_agent, caplog):
