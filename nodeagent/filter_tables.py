@@ -27,7 +27,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterable
 
-from vipfarm.udp_flows import UdpFlow, UdpRecord
+from vipfarm.udp_flows import UdpFlow, UdpRecord, flow_order
 
 from .bpf_consts import (COUNTER_NAMES, FAMILY_V4, FAMILY_V6, GLOBAL_SLOT, MAX_BUCKETS, MAX_FARMS,
                          MAX_UDP_FLOWS, NCOUNTERS, TABLE_WORDS)
@@ -127,11 +127,22 @@ class FilterTables:
         return leaf.idle_ns, leaf.hold_until
 
     def udp_records(self, slot: int) -> list[UdpRecord]:
-        """Every entry of the slot in the UDP flow table, stale ones too, sorted by flow."""
+        """Every entry of the slot in the UDP flow table, stale ones too, sorted by flow
+        (vipfarm.udp_flows.flow_order)."""
         _check_slot(slot)
         out = [UdpRecord(_udp_flow(k), v.last, bool(v.mine), v.bucket)
                for k, v in self._udp_entries() if k.farm == slot]
-        return sorted(out, key=lambda r: r.flow)
+        return sorted(out, key=lambda r: flow_order(r.flow))
+
+    def udp_record(self, slot: int, flow: UdpFlow) -> UdpRecord | None:
+        """The slot's record of one flow (one lookup), or None."""
+        _check_slot(slot)
+        _check_udp_flow(slot, flow)
+        try:
+            v = self.udp_flows[self._udp_key(slot, flow)]
+        except KeyError:
+            return None
+        return UdpRecord(flow, v.last, bool(v.mine), v.bucket)
 
     def _udp_entries(self) -> list:
         """(key, leaf) of every entry of the table: one batch syscall where the kernel has it."""
@@ -219,9 +230,7 @@ class FilterTables:
         _check_slot(slot)
         flows = list(flows)
         for f in flows:
-            if not isinstance(f, UdpFlow):
-                raise ValueError(f"UDP flow to delete from farm slot {slot}: {f!r} is not a UdpFlow; "
-                                 f"pass vipfarm.udp_flows.UdpFlow values (a record's .flow)")
+            _check_udp_flow(slot, f)
         self._delete_udp_keys([self._udp_key(slot, f) for f in flows])
 
     def _delete_udp_keys(self, keys: list) -> None:
@@ -356,6 +365,12 @@ def check_udp_record(slot: int, record: UdpRecord) -> None:
     if isinstance(record.bucket, bool) or not isinstance(record.bucket, int) or not 0 <= record.bucket < MAX_BUCKETS:
         raise ValueError(f"UDP record {record.flow} for farm slot {slot}: bucket {record.bucket!r} is outside "
                          f"0..{MAX_BUCKETS - 1}; pass vipfarm.udp_flows.udp_bucket(farm, flow)")
+
+
+def _check_udp_flow(slot: int, flow: UdpFlow) -> None:
+    if not isinstance(flow, UdpFlow):
+        raise ValueError(f"UDP flow for farm slot {slot}: {flow!r} is not a UdpFlow; pass "
+                         f"vipfarm.udp_flows.UdpFlow values (a record's .flow)")
 
 
 def _udp_flow(key) -> UdpFlow:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from vipfarm.hashing import client_hash
-from vipfarm.udp_flows import UdpFlow, UdpRecord
+from vipfarm.udp_flows import UdpFlow, UdpRecord, flow_order
 
 from nodeagent import neighbour
 from nodeagent.bpf_consts import (AFF_CLIENTIP, AFF_CLIENTIPPORT, CNT_ACCEPTED, CNT_DROPPED,
@@ -127,7 +127,7 @@ class FilterModel:
             self.udp_flows[(slot, r.flow)] = r
 
     def udp_records(self, slot: int) -> list[UdpRecord]:
-        return sorted((r for (s, _), r in self.udp_flows.items() if s == slot), key=lambda r: r.flow)
+        return sorted((r for (s, _), r in self.udp_flows.items() if s == slot), key=lambda r: flow_order(r.flow))
 
     def udp_handover(self, slot: int, flow: "_Flow", now_ns: int) -> int | None:
         """The counter a UDP packet in a moving bucket is decided under by the UDP flow table
