@@ -80,13 +80,16 @@ def tcp_frame(flow: UdpFlow, flags: int) -> bytes:
     return framegen.eth(OWN_MAC, framegen.CLIENT_MAC, 0x86DD) + framegen.ipv6(flow.client.packed, flow.vip.packed, 6, l4)
 
 
-def random_flow(rng: random.Random, vips: tuple[str, ...], ports: tuple[int, ...] = PORTS) -> UdpFlow:
+def random_flow(rng: random.Random, vips: tuple[str, ...], ports: tuple[int, ...] = PORTS,
+                any_port: float = 0.15) -> UdpFlow:
+    """A flow from a lab client to one of `vips`, to one of `ports` (or, with probability
+    `any_port`, to any port)."""
     vip = ipaddress.ip_address(rng.choice(vips))
     if vip.version == 4:
         client = ipaddress.IPv4Address(bytes([198, 51, 100, rng.randrange(1, 255)]))
     else:
         client = ipaddress.IPv6Address(ipaddress.ip_address("2001:db8:1::").packed[:12] + rng.randbytes(4))
-    port = rng.choice(ports) if rng.random() < 0.85 else rng.randrange(1, 65536)
+    port = rng.randrange(1, 65536) if rng.random() < any_port else rng.choice(ports)
     return UdpFlow(client, rng.randrange(1024, 65536), vip, port)
 
 
@@ -137,8 +140,9 @@ def node():
 
 
 def flow_in(node, slot: int, seed: int, ports=(5000,)) -> UdpFlow:
+    """A flow to one of the slot's VIPs (either family, by seed) and one of `ports`."""
     vips = WEB_VIPS if slot == WEB else DNS_VIPS
-    return random_flow(random.Random(seed), vips, ports)
+    return random_flow(random.Random(seed), vips, ports, any_port=0)
 
 
 def record(node, slot: int, flow: UdpFlow, age_ns: int, mine: bool) -> UdpRecord:
@@ -185,8 +189,9 @@ def sync_record(node, slot: int, flow: UdpFlow, t0: int, t1: int) -> None:
 
 def test_a_fresh_entry_of_mine_is_taken_in_a_moving_bucket_not_owned_and_with_the_lease_lapsed(node):
     """The old owner keeps its UDP flow: neither ownership nor the lease decides it."""
-    for seed, fam_ports in ((1, (5000,)), (2, (6000,)), (3, (7000,))):
-        flow = flow_in(node, WEB, seed, fam_ports)
+    # A ClientIPPort rule, a ClientIP rule, no rule (ClientIP); IPv4 and IPv6 by seed.
+    for seed, ports in ((1, (5000,)), (10, (5000,)), (2, (6000,)), (5, (6000,)), (3, (7000,)), (6, (7000,))):
+        flow = flow_in(node, WEB, seed, ports)
         b = node.bucket(WEB, flow)
         rec = record(node, WEB, flow, SECOND, mine=True)
         node.program(owned={WEB: set()}, moving={WEB: {b}}, udp={WEB: (IDLE_NS, 0)},
@@ -201,7 +206,7 @@ def test_a_fresh_entry_of_mine_is_taken_in_a_moving_bucket_not_owned_and_with_th
 
 def test_a_fresh_entry_of_another_node_is_dropped_in_a_moving_bucket_this_node_owns(node):
     """The new owner leaves the old owner's flow alone, and still refreshes its entry."""
-    flow = flow_in(node, WEB, 4)
+    flow = flow_in(node, WEB, 5)            # IPv6
     b = node.bucket(WEB, flow)
     rec = record(node, WEB, flow, SECOND, mine=False)
     node.program(owned={WEB: {b}}, moving={WEB: {b}}, udp={WEB: (IDLE_NS, 0)}, records={WEB: [rec]})
@@ -276,8 +281,9 @@ def test_an_entry_whose_last_is_ahead_of_now_is_fresh_and_not_moved_back(node):
 
 def test_tcp_and_other_farms_never_read_the_udp_table(node):
     """A TCP segment with a UDP entry's addresses and ports is a TCP segment; an entry under
-    another farm slot is not this farm's."""
-    flow = flow_in(node, WEB, 10)
+    another farm slot is not this farm's. (Port 6000: UDP there is ClientIP, as TCP to a port
+    no rule names, so the segment falls in the same moving bucket.)"""
+    flow = flow_in(node, WEB, 10, ports=(6000,))
     b = node.bucket(WEB, flow)
     mine = record(node, WEB, flow, SECOND, mine=True)
     node.program(owned={WEB: set()}, moving={WEB: {b}}, udp={WEB: (IDLE_NS, 0), DNS: (IDLE_NS, 0)},
