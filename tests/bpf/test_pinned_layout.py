@@ -5,6 +5,7 @@ bcc itself adopts a pin of any size (pinned_layout.py says what was seen), so th
 maps of the old shapes by hand, then compile the real filter against them."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -12,13 +13,14 @@ import uuid
 
 import pytest
 
-from nodeagent.bpf_consts import GLOBAL_SLOT, MAX_FARMS, NCOUNTERS
+from nodeagent.bpf_consts import GLOBAL_SLOT, MAX_FARMS, MAX_UDP_FLOWS, NCOUNTERS
 from nodeagent.bpf_program import DataplaneError, compile_filter, import_bcc
 from nodeagent.bpf_syscall import obj_get
 from nodeagent.dataplane import is_bpffs
 from nodeagent.filter_tables import FilterTables
 from nodeagent.pinned_layout import fd_shape
 from tests.bpf.test_filter_vs_model import OWN_MAC
+from vipfarm.udp_flows import UdpFlow, UdpRecord
 
 OLD_NCOUNTERS = 6                       # vf_stats before lease_expired
 OLD_LEASE_VALUE = "__u64"               # vf_lease before the second stage (struct vf_lease)
@@ -165,7 +167,6 @@ def test_vipfarm_stats_reads_owned_and_moving_buckets_from_the_pins(pin_dir):
 def test_an_adopted_udp_flow_table_of_another_shape_is_recreated_losing_only_the_udp_handovers(pin_dir, caplog):
     """vf_udp_flows and vf_udp_farm may restart empty: that ends the UDP handovers in progress
     (their flows go to the owners) and nothing else."""
-    from nodeagent.bpf_consts import MAX_UDP_FLOWS
     old = os.path.join(pin_dir, "vf_udp_flows")
     pin_map(old, "lru_hash", "__u64", 1024)
     with caplog.at_level(logging.WARNING, logger="vipfarm.pins"):
@@ -185,8 +186,6 @@ def test_an_adopted_udp_flow_table_of_another_shape_is_recreated_losing_only_the
 
 
 def test_udp_records_and_settings_survive_a_restart_and_pins_from_before_udp_handover_get_them(pin_dir):
-    import ipaddress
-    from vipfarm.udp_flows import UdpFlow, UdpRecord
     flow = UdpFlow(ipaddress.ip_address("2001:db8:1::7"), 40000, ipaddress.ip_address("2001:db8::10"), 5000)
     rec = UdpRecord(flow, 12345, True, 77)
     first = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
