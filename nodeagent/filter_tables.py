@@ -197,7 +197,9 @@ class FilterTables:
         """Set the slot's UDP handover: idle_ns (a record is fresh while now - last_ns <= idle_ns;
         0 turns UDP handover off for the farm) and hold_until_ns (CLOCK_MONOTONIC ns: until
         then, a UDP packet in a moving bucket with no fresh record is dropped; 0 = no hold).
-        One map update; a packet reads both fields of one write or of the one before."""
+        One map update. The kernel copies the 16 bytes without a lock, so a packet may read one
+        field of this write and the other of the previous one: write the hold before turning
+        idle on, and idle off before clearing the hold, when the order matters."""
         _check_slot(slot)
         check_udp_config(slot, idle_ns, hold_until_ns)
         leaf = self.udp_farm.Leaf()
