@@ -6,24 +6,30 @@ against a bare `return XDP_DROP` program compiled with bcc in the same run, on t
 frames, on the same pinned CPU, interleaved call by call so drift hits both alike.
 
 Cases (one farm "web": VIPs 203.0.113.10 and 2001:db8::10, 1024 buckets, this node owns a
-third of them, rule TCP/80 ClientIPPort so the hash covers address + source port):
+third of them, rules TCP/80 and UDP/5000 ClientIPPort so the hash covers address + source port):
   v4-owned      TCP SYN to 203.0.113.10:80 from a client we own  -> XDP_PASS + dst MAC rewrite
   v4-not-owned  same, from a client another node owns           -> XDP_DROP
   v6-owned      TCP SYN to [2001:db8::10]:80, owned              -> XDP_PASS + dst MAC rewrite
   v6-not-owned  same, not owned                                  -> XDP_DROP
   v4-owned-est  an ACK (an established flow's segment) to 203.0.113.10:80, owned -> XDP_PASS
   v6-owned-est  the same over IPv6                                  -> XDP_PASS
+  v4-udp-owned  a UDP datagram to 203.0.113.10:5000, owned         -> XDP_PASS
 Handover (moving buckets, bpf/vipfarm_xdp.c): a few buckets are moving, none of the cases
 above falls in one, and these cases do (ACKs, so the socket lookup runs):
   v4-mov-known   an ACK of a real established connection to 203.0.113.10:80 -> XDP_PASS (state)
   v6-mov-known   the same over IPv6                                          -> XDP_PASS (state)
   v4-mov-unknown an ACK of a 4-tuple no socket has (the listener matches)     -> XDP_DROP
   v6-mov-unknown the same over IPv6                                          -> XDP_DROP
+UDP handover (the farm's UDP idle time set, no hold): a UDP datagram in a moving bucket this
+node does not own, whose flow has a fresh entry of its own in vf_udp_flows (refreshed by every
+run, as by a live flow's packets):
+  v4-udp-mov-mine  to 203.0.113.10:5000 -> XDP_PASS (udp_kept)
+  v6-udp-mov-mine  to [2001:db8::10]:5000 -> XDP_PASS
 The connections are real: the whole run happens on a thread inside a network namespace of its
 own (tests/support/netns_thread.py), where bpf_skc_lookup_tcp finds them. The fast path's bound
 (issue 9: at most 5 ns more than without handover) is checked against the `no-handover` build
-(-DVF_NO_HANDOVER, this tree's bpf/ with the moving rules compiled out), interleaved in the same
-calls, on the six cases above.
+(-DVF_NO_HANDOVER, this tree's bpf/ with the moving rules, TCP and UDP, compiled out),
+interleaved in the same calls, on the seven cases not in a moving bucket.
 
 A valid lease is written (both stages well in the future, as a renewing agent keeps them), so
 every owned case pays the lease check: the SYN cases its first stage (a vf_lease read and
@@ -69,6 +75,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -84,10 +91,14 @@ from tests.support.netns_thread import NetnsThread  # noqa: E402
 from tests.support.real_flows import RealFlows  # noqa: E402
 from vipfarm.hashing import bucket_of  # noqa: E402
 from vipfarm.spec import parse_farm  # noqa: E402
+from vipfarm.udp_flows import UdpFlow, UdpRecord, udp_bucket  # noqa: E402
 
 TARGET_RATIO = 1.3
 HANDOVER_BOUND_NS = 5.0          # issue 9: the fast path with handover vs without, per packet
-HANDOVER_CASES = ("v4-mov-known", "v6-mov-known", "v4-mov-unknown", "v6-mov-unknown")
+UDP_MOVING_CASES = ("v4-udp-mov-mine", "v6-udp-mov-mine")
+HANDOVER_CASES = ("v4-mov-known", "v6-mov-known", "v4-mov-unknown", "v6-mov-unknown") + UDP_MOVING_CASES
+UDP_PORT = 5000
+UDP_IDLE_NS = 30 * 10**9
 NO_HANDOVER = ("no-handover", "before")      # builds without the moving rules
 OWN_MAC = bytes.fromhex("02aa00000001")
 VIP4 = ipaddress.ip_address("203.0.113.10")
@@ -162,7 +173,28 @@ def compile_from(bcc, src_dir: str, extra: tuple[str, ...] = ()):
     return bpf, bpf.load_func(PROGRAM_FUNCTION.encode(), bcc.BPF.XDP)
 
 
-class OldOwnerTables(FilterTables):
+def has_map(bpf, name: bytes) -> bool:
+    try:
+        bpf[name]
+    except KeyError:
+        return False
+    return True
+
+
+class PreUdpTables(FilterTables):
+    """A filter from before UDP handover (--before REV): no vf_udp_* maps, which FilterTables
+    looks up last; programming the plan and the lease needs none of them."""
+
+    def __init__(self, bpf):
+        try:
+            super().__init__(bpf)
+        except KeyError:
+            if has_map(bpf, b"vf_udp_flows") and has_map(bpf, b"vf_udp_farm"):
+                raise
+            self.udp_flows = self.udp_farm = None
+
+
+class OldOwnerTables(PreUdpTables):
     """A filter from before handover: vf_owner words are one u64 of owned bits."""
 
     def swap_ownership(self, slot, seed, buckets, owned, moving=frozenset()):
@@ -176,12 +208,16 @@ class OldOwnerTables(FilterTables):
         return True
 
 
-def write_valid_lease(bpf, plan, syn_deadline: int) -> None:
-    """Program `plan` and a lease valid for the whole run; a one-u64 vf_lease (an old filter)
-    gets the SYN deadline, which is what its single deadline meant."""
+def write_valid_lease(bpf, plan, syn_deadline: int, udp_records) -> None:
+    """Program `plan`, a lease valid for the whole run and, where the filter has UDP handover,
+    the UDP cases' settings and records; a one-u64 vf_lease (an old filter) gets the SYN
+    deadline, which is what its single deadline meant."""
     old_owner = not hasattr(bpf[b"vf_owner"].Leaf, "_fields_")
-    tables = (OldOwnerTables if old_owner else FilterTables)(bpf)
+    udp = has_map(bpf, b"vf_udp_flows")
+    tables = (OldOwnerTables if old_owner else FilterTables if udp else PreUdpTables)(bpf)
     tables.apply(plan)
+    if udp:
+        write_udp_state(tables, udp_records)
     leaf = tables.lease.Leaf
     if hasattr(leaf, "_fields_") and "syn_deadline" in dict(leaf._fields_):
         tables.write_lease(0, syn_deadline, syn_deadline + INTERVAL_NS)
@@ -195,20 +231,22 @@ def make_farm():
         "spec": {"virtualIPs": [str(VIP4), str(VIP6)], "buckets": 1024, "rules": [
             {"protocol": "TCP", "ports": "80", "affinity": "ClientIPPort"},
             {"protocol": "TCP", "ports": "443", "affinity": "ClientIP"},
+            {"protocol": "UDP", "ports": str(UDP_PORT), "affinity": "ClientIPPort"},
         ]},
     })
 
 
 def find_client(rng: random.Random, family: int, owned: frozenset[int], farm, want_owned: bool,
                 avoid: frozenset[int] = frozenset()):
-    """A (client address bytes, source port) whose bucket is (not) in `owned`, and not in `avoid`."""
+    """A (client address bytes, source port) whose bucket is (not) in `owned`, and not in `avoid`
+    (TCP/80 and UDP/5000 are both ClientIPPort: the same bucket for either)."""
     for _ in range(100_000):
         if family == 4:
             client = bytes([198, 51, 100, rng.randrange(1, 255)])
         else:
             client = ipaddress.ip_address("2001:db8:1::").packed[:12] + rng.randbytes(4)
         sport = rng.randrange(1024, 65536)
-        b = bucket_of(client, sport, farm.seed, farm.buckets)   # TCP/80 is ClientIPPort
+        b = bucket_of(client, sport, farm.seed, farm.buckets)
         if (b in owned) == want_owned and b not in avoid:
             return client, sport
     raise RuntimeError("no suitable client found")
@@ -224,16 +262,45 @@ def tcp_frame(vmac: bytes, family: int, client: bytes, vip, sport: int, flags: i
     return framegen.eth(vmac, framegen.CLIENT_MAC, 0x86DD) + framegen.ipv6(client, vip.packed, 6, l4)
 
 
+def udp_frame(vmac: bytes, family: int, client: bytes, vip, sport: int) -> bytes:
+    l4 = framegen.udp(sport, UDP_PORT, b"q" * 32)
+    if family == 4:
+        return framegen.eth(vmac, framegen.CLIENT_MAC, 0x0800) + framegen.ipv4(client, vip.packed, 17, l4)
+    return framegen.eth(vmac, framegen.CLIENT_MAC, 0x86DD) + framegen.ipv6(client, vip.packed, 17, l4)
+
+
 def build_frames(farm, owned, vmac: bytes, rng, moving: frozenset[int]):
-    """TCP SYNs to each VIP, owned and not, and owned ACKs (established flows), none in a
-    moving bucket; addressed to the farm's virtual MAC, as real traffic to a farm is."""
+    """TCP SYNs to each VIP, owned and not, owned ACKs (established flows) and an owned UDP
+    datagram, none in a moving bucket; addressed to the farm's virtual MAC, as real traffic to
+    a farm is."""
     frames = {}
     for family, vip in ((4, VIP4), (6, VIP6)):
         for want, flags, suffix in ((True, TCP_SYN, ""), (False, TCP_SYN, ""), (True, TCP_ACK, "-est")):
             client, sport = find_client(rng, family, owned, farm, want, moving)
             name = f"v{family}-{'owned' if want else 'not-owned'}{suffix}"
             frames[name] = (tcp_frame(vmac, family, client, vip, sport, flags), XDP_PASS if want else XDP_DROP)
+    client, sport = find_client(rng, 4, owned, farm, True, moving)
+    frames["v4-udp-owned"] = (udp_frame(vmac, 4, client, VIP4, sport), XDP_PASS)
     return frames
+
+
+def udp_moving_flows(farm, owned, rng, avoid: frozenset[int]) -> dict[str, UdpRecord]:
+    """The UDP handover cases' flows (in buckets this node does not own, not in `avoid`) and
+    their records, this node's own (write_udp_state makes them fresh)."""
+    out = {}
+    for family, vip in ((4, VIP4), (6, VIP6)):
+        client, sport = find_client(rng, family, owned, farm, False, avoid)
+        flow = UdpFlow(ipaddress.ip_address(client), sport, vip, UDP_PORT)
+        out[f"v{family}-udp-mov-mine"] = UdpRecord(flow, time.monotonic_ns(), True, udp_bucket(farm, flow))
+    return out
+
+
+def write_udp_state(tables: FilterTables, records) -> None:
+    """UDP handover on for the farm (no hold) and the UDP cases' records, their last packet
+    now (every run of a case refreshes it from then on)."""
+    tables.write_udp_config(0, UDP_IDLE_NS, 0)
+    now = time.monotonic_ns()
+    tables.put_udp_records(0, [replace(r, last_ns=now) for r in records])
 
 
 def handover_flows(farm, rng) -> tuple[dict[str, tuple[int, bytes, int, int]], frozenset[int], RealFlows]:
@@ -286,6 +353,8 @@ def run(args, cpu: int) -> int:
     owned = frozenset(b for b in range(farm.buckets) if b % 3 == 0)     # one node of three
     rng = random.Random(args.seed)
     ho_flows, moving, real_flows = handover_flows(farm, rng)
+    udp_cases = udp_moving_flows(farm, owned, rng, moving)
+    moving |= {r.bucket for r in udp_cases.values()}
     plan = build_plan([FarmOwnership(farm, owned, moving)], {"web": 0})
 
     print(f"compiling the filter and the bare program with bcc (kernel {platform.release()}, "
@@ -306,7 +375,8 @@ def run(args, cpu: int) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for vbpf, _ in variants.values():
-        write_valid_lease(vbpf, plan, syn_deadline)
+        write_valid_lease(vbpf, plan, syn_deadline, udp_cases.values())
+    write_udp_state(tables, udp_cases.values())     # after the compiles: the records are fresh
     bare_bpf = bcc.BPF(text=BARE_SOURCE.encode())
     bare = bare_bpf.load_func(b"p", bcc.BPF.XDP)
 
@@ -324,6 +394,9 @@ def run(args, cpu: int) -> int:
     cases = build_frames(farm, owned, vmac, rng, moving)
     for name, (fam, client, sport, want) in sorted(ho_flows.items()):
         cases[name] = (tcp_frame(vmac, fam, client, VIP4 if fam == 4 else VIP6, sport, TCP_ACK), want)
+    for name, rec in sorted(udp_cases.items()):
+        fam = rec.flow.client.version
+        cases[name] = (udp_frame(vmac, fam, rec.flow.client.packed, rec.flow.vip, rec.flow.client_port), XDP_PASS)
     for name, (frame, want) in cases.items():
         frames[name] = (frame, want)
         for prog, pfd in (("filter", fn.fd), *((v, f.fd) for v, (_, f) in variants.items())):
@@ -423,12 +496,16 @@ def run(args, cpu: int) -> int:
         ho_misses += not ok
         print(f"  {case:<14} {n:11.2f} {f:8.2f} {f - n:+8.2f} {'PASS' if ok else 'MISS':>7}")
     print()
-    print("Moving buckets (the socket lookup runs; same calls, median ns/pkt):")
-    ref = statistics.median(samples[("v4-not-owned-est" if "v4-not-owned-est" in frames else "v4-owned-est", "filter")])
+    print("Moving buckets (TCP: the socket lookup runs; UDP: the flow table lookup and the refresh of its")
+    print("entry; same calls, median ns/pkt):")
     for case in HANDOVER_CASES:
+        # Each against the fast path's packet of its kind: an owned ACK, an owned UDP datagram.
+        fast_ref = "v4-udp-owned" if case in UDP_MOVING_CASES else "v4-owned-est"
+        ref = statistics.median(samples[(fast_ref, "filter")])
         f = statistics.median(samples[(case, "filter")])
         b = statistics.median(samples[(case, "bare")])
-        print(f"  {case:<14} {f:8.2f} ns  (bare {b:5.2f}; +{f - ref:6.2f} ns over v4-owned-est, the fast path's ACK)")
+        print(f"  {case:<15} {f:8.2f} ns  (bare {b:5.2f}; {f - ref:+6.2f} ns over {fast_ref}, the fast path's "
+              f"{'datagram' if case in UDP_MOVING_CASES else 'ACK'})")
     print()
     if misses:
         print(f"VERDICT: MISS on {misses} of {len(fast)} cases (target: filter <= "

@@ -9,6 +9,7 @@
 #define VF_MAX_BUCKETS      65536
 #define VF_TABLE_WORDS      (VF_MAX_BUCKETS / 64)   /* u64 words in one owner bitmap */
 #define VF_GLOBAL_SLOT      VF_MAX_FARMS            /* counters of traffic that has no farm */
+#define VF_MAX_UDP_FLOWS    65536       /* UDP handover flow entries per interface, all farms together */
 
 /* Counter indices; the stats map holds (VF_MAX_FARMS + 1) * VF_NCOUNTERS per-CPU u64s. */
 #define VF_CNT_ACCEPTED       0   /* owned VIP packet, passed up with our MAC */
@@ -21,7 +22,10 @@
 #define VF_CNT_LEASE_LAPSED   7   /* any other packet to an owned bucket, dropped: the lease's deadline past */
 #define VF_CNT_HANDOVER_KEPT  8   /* TCP packet in a moving bucket taken because this kernel knows its 4-tuple */
 #define VF_CNT_HANDOVER_UNKNOWN_DROPPED 9   /* non-SYN TCP in a moving bucket, 4-tuple unknown here: dropped */
-#define VF_NCOUNTERS          10
+#define VF_CNT_UDP_KEPT       10  /* UDP packet in a moving bucket taken: a fresh entry of vf_udp_flows says it is mine */
+#define VF_CNT_UDP_ELSEWHERE  11  /* UDP packet in a moving bucket dropped: a fresh entry says another node serves it */
+#define VF_CNT_UDP_HELD       12  /* UDP packet in a moving bucket, no fresh entry, dropped: the farm's hold is on */
+#define VF_NCOUNTERS          13
 
 /* TCP flag bits (byte 13 of the TCP header). */
 #define VF_TCP_SYN            0x02

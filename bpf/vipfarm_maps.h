@@ -25,6 +25,13 @@ VF_TABLE("array", __u32, struct vf_bits, vf_owner, VF_MAX_FARMS * 2 * VF_TABLE_W
  * Past syn_deadline, new TCP flows (SYN without ACK) to this node's buckets are dropped; past
  * deadline, every packet to them is (the node is out). */
 VF_TABLE("array", __u32, struct vf_lease, vf_lease, VF_MAX_FARMS);
+/* UDP handover (a moving bucket's UDP packets are decided by these first; vipfarm_xdp.c).
+ * (slot, 4-tuple) -> the flow's last packet, owner (mine or not) and bucket; one LRU table for
+ * all farms of the interface, filled by user space; the filter moves `last` forward and never
+ * deletes (user space removes stale entries, the LRU evicts the oldest when full). */
+VF_TABLE("lru_hash", struct vf_udp_key, struct vf_udp_flow, vf_udp_flows, VF_MAX_UDP_FLOWS);
+/* farm slot -> its UDP handover settings (idle_ns 0 = off). */
+VF_TABLE("array", __u32, struct vf_udp_farm, vf_udp_farm, VF_MAX_FARMS);
 /* (slot * VF_NCOUNTERS + counter) -> per-CPU count; slot VF_GLOBAL_SLOT has no farm. */
 VF_TABLE("percpu_array", __u32, __u64, vf_stats, (VF_MAX_FARMS + 1) * VF_NCOUNTERS);
 

@@ -24,12 +24,24 @@
  * The lease does not apply to packets taken by state: it guards new flows and the successor's
  * flows, and a flow this kernel holds is neither.
  *
+ * UDP handover: UDP has no socket per flow, so user space keeps the state instead, in
+ * vf_udp_flows (vipfarm/udp_flows.py): the old owner writes the UDP flows it served in the
+ * buckets it gives up as its own (mine), its peers write the same list as someone else's. For a
+ * farm whose vf_udp_farm idle_ns is set, a UDP packet in a moving bucket with a fresh entry
+ * (now - last <= idle_ns; a `last` in the future counts as fresh) is taken if the entry is mine
+ * (no lease check, as for TCP state) and dropped if not; either way `last` moves forward to
+ * now, so every node (every node sees every packet) ages the entry out at the same time. A UDP
+ * packet with no fresh entry is dropped while the farm's hold is on (now < hold_until: a new
+ * owner waiting for its peers' lists), else it goes to the owner, subject to the lease. The
+ * filter never deletes an entry: user space removes stale ones, the LRU evicts when full.
+ *
  * Compile-time defines (passed as -D flags by nodeagent/bpf_program.py):
  *   VF_IFACE_MAC0..5 the NIC's own MAC, one byte each
  *   VF_ANSWER_NEIGH  1: answer ARP/NS here with XDP_TX; 0: pass them up to the agent
  *   VF_PIN_DIR       bpffs directory where the maps are pinned (absent in tests)
  *   VF_TRACE_BUCKET  test builds: record each computed bucket in vf_trace
- *   VF_NO_HANDOVER   benchmarks: compile the moving-bucket rules out (the fast path's baseline)
+ *   VF_NO_HANDOVER   benchmarks: compile the moving-bucket rules (TCP and UDP) out (the fast
+ *                    path's baseline; the maps stay declared, unread)
  */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
@@ -199,6 +211,50 @@ static __always_inline int vf_take(struct ethhdr *eth, __u32 farm, __u32 counter
     return XDP_PASS;
 }
 
+#ifndef VF_NO_HANDOVER
+/* The UDP flow table's verdict on a UDP packet in a moving bucket: an XDP action, or -1 when
+ * it has none (UDP handover off for the farm, or no fresh entry and no hold), and the packet
+ * goes on to the owned bit and the lease. One clock read and two lookups, on the slow path
+ * only. */
+static __always_inline int vf_udp_handover(struct ethhdr *eth, __u32 farm, const struct vf_flow *flow)
+{
+    struct vf_udp_farm *u = vf_udp_farm.lookup(&farm);
+    if (!u)
+        return -1;
+    __u64 idle_ns = u->idle_ns;
+    if (!idle_ns)
+        return -1;
+    __u64 now = bpf_ktime_get_ns();
+    struct vf_udp_key key = { .farm = farm, .sport = flow->sport, .dport = flow->dport };
+    if (flow->nwords == 1) {
+        key.family = VF_FAMILY_V4;
+        __builtin_memcpy(key.client, flow->client, 4);
+        __builtin_memcpy(key.vip, flow->local, 4);
+    } else {
+        key.family = VF_FAMILY_V6;
+        __builtin_memcpy(key.client, flow->client, 16);
+        __builtin_memcpy(key.vip, flow->local, 16);
+    }
+    struct vf_udp_flow *fl = vf_udp_flows.lookup(&key);
+    if (fl) {
+        __u64 last = fl->last;
+        if ((__s64)(now - last) <= (__s64)idle_ns) {
+            if (now > last)
+                fl->last = now;
+            if (fl->mine)
+                return vf_take(eth, farm, VF_CNT_UDP_KEPT);
+            vf_count(farm, VF_CNT_UDP_ELSEWHERE);
+            return XDP_DROP;
+        }
+    }
+    if (now < u->hold_until) {
+        vf_count(farm, VF_CNT_UDP_HELD);
+        return XDP_DROP;
+    }
+    return -1;
+}
+#endif
+
 static __always_inline int vf_decide(struct xdp_md *ctx, struct ethhdr *eth, __u32 farm,
                                      const struct vf_vip *vip, const struct vf_flow *flow)
 {
@@ -211,14 +267,20 @@ static __always_inline int vf_decide(struct xdp_md *ctx, struct ethhdr *eth, __u
     __u64 bit = 1ULL << (bucket & 63);
 #ifndef VF_NO_HANDOVER
     /* proto is set only when the ports were read (never for a fragment). */
-    if ((bits->moving & bit) && flow->proto == IPPROTO_TCP) {
-        int state = vf_sock_state(ctx, flow);
-        if (state >= 0 && state != BPF_TCP_LISTEN &&
-            !(state == BPF_TCP_TIME_WAIT && vf_opens_flow(flow)))
-            return vf_take(eth, farm, VF_CNT_HANDOVER_KEPT);
-        if (!vf_opens_flow(flow)) {
-            vf_count(farm, VF_CNT_HANDOVER_UNKNOWN_DROPPED);
-            return XDP_DROP;
+    if (bits->moving & bit) {
+        if (flow->proto == IPPROTO_TCP) {
+            int state = vf_sock_state(ctx, flow);
+            if (state >= 0 && state != BPF_TCP_LISTEN &&
+                !(state == BPF_TCP_TIME_WAIT && vf_opens_flow(flow)))
+                return vf_take(eth, farm, VF_CNT_HANDOVER_KEPT);
+            if (!vf_opens_flow(flow)) {
+                vf_count(farm, VF_CNT_HANDOVER_UNKNOWN_DROPPED);
+                return XDP_DROP;
+            }
+        } else if (flow->proto == IPPROTO_UDP) {
+            int verdict = vf_udp_handover(eth, farm, flow);
+            if (verdict >= 0)
+                return verdict;
         }
     }
 #endif

@@ -7,6 +7,7 @@ MAX_RULES = 8
 MAX_BUCKETS = 65536
 TABLE_WORDS = MAX_BUCKETS // 64
 GLOBAL_SLOT = MAX_FARMS
+MAX_UDP_FLOWS = 65536
 
 CNT_ACCEPTED = 0
 CNT_DROPPED = 1
@@ -18,9 +19,13 @@ CNT_LEASE_EXPIRED = 6
 CNT_LEASE_LAPSED = 7
 CNT_HANDOVER_KEPT = 8
 CNT_HANDOVER_UNKNOWN_DROPPED = 9
-NCOUNTERS = 10
+CNT_UDP_KEPT = 10
+CNT_UDP_ELSEWHERE = 11
+CNT_UDP_HELD = 12
+NCOUNTERS = 13
 COUNTER_NAMES = ("accepted", "dropped", "neigh_replied", "neigh_punted", "malformed", "passed",
-                 "lease_expired", "lease_lapsed", "handover_kept", "handover_unknown_dropped")
+                 "lease_expired", "lease_lapsed", "handover_kept", "handover_unknown_dropped",
+                 "udp_kept", "udp_elsewhere", "udp_held")
 
 TCP_SYN = 0x02
 TCP_ACK = 0x10

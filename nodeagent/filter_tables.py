@@ -11,13 +11,26 @@ then one aligned 4-byte write to vf_active flips the farm to it. A packet reads 
 once, so it sees the old table or the new one, never a mix. Each word of a half holds 64
 buckets' owned bits and their moving bits (handover) side by side (struct vf_bits), so owned
 and moving change together in the same flip: there is no half-applied handover state.
+
+UDP handover (vipfarm/udp_flows.py has the design): per farm slot, vf_udp_farm holds
+(idle_ns, hold_until) (write_udp_config; idle 0 = off), and vf_udp_flows, one LRU table for
+all farms of the interface, the UdpRecords user space hands the filter (put_udp_records,
+udp_records, delete_udp_flows). The filter moves a record's last_ns forward on each packet of
+the flow in a moving bucket and never deletes one: removing stale records is the caller's job
+(the LRU evicts the least recently used when the table is full).
 """
 from __future__ import annotations
 
 import ctypes
+import ipaddress
+import socket
 from dataclasses import dataclass
+from typing import Iterable
 
-from .bpf_consts import GLOBAL_SLOT, MAX_FARMS, NCOUNTERS, COUNTER_NAMES, TABLE_WORDS
+from vipfarm.udp_flows import UdpFlow, UdpRecord, flow_order
+
+from .bpf_consts import (COUNTER_NAMES, FAMILY_V4, FAMILY_V6, GLOBAL_SLOT, MAX_BUCKETS, MAX_FARMS,
+                         MAX_UDP_FLOWS, NCOUNTERS, TABLE_WORDS)
 from .filter_plan import FarmEntry, FilterPlan, VipEntry
 
 
@@ -55,6 +68,9 @@ class Counters:
     lease_lapsed: int = 0
     handover_kept: int = 0
     handover_unknown_dropped: int = 0
+    udp_kept: int = 0
+    udp_elsewhere: int = 0
+    udp_held: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {n: getattr(self, n) for n in COUNTER_NAMES}
@@ -71,6 +87,8 @@ class FilterTables:
         self.owner = bpf[b"vf_owner"]
         self.stats = bpf[b"vf_stats"]
         self.lease = bpf[b"vf_lease"]
+        self.udp_flows = bpf[b"vf_udp_flows"]
+        self.udp_farm = bpf[b"vf_udp_farm"]
 
     # -- reading ------------------------------------------------------------------------
     def vip_keys(self) -> set[tuple[int, bytes]]:
@@ -101,6 +119,37 @@ class FilterTables:
         _check_slot(slot)
         leaf = self.lease[ctypes.c_uint32(slot)]
         return leaf.syn_deadline, leaf.deadline
+
+    def read_udp_config(self, slot: int) -> tuple[int, int]:
+        """The slot's UDP handover settings, (idle_ns, hold_until_ns); idle 0 = off."""
+        _check_slot(slot)
+        leaf = self.udp_farm[ctypes.c_uint32(slot)]
+        return leaf.idle_ns, leaf.hold_until
+
+    def udp_records(self, slot: int) -> list[UdpRecord]:
+        """Every entry of the slot in the UDP flow table, stale ones too, sorted by flow
+        (vipfarm.udp_flows.flow_order)."""
+        _check_slot(slot)
+        out = [UdpRecord(_udp_flow(k), v.last, bool(v.mine), v.bucket)
+               for k, v in self._udp_entries() if k.farm == slot]
+        return sorted(out, key=lambda r: flow_order(r.flow))
+
+    def udp_record(self, slot: int, flow: UdpFlow) -> UdpRecord | None:
+        """The slot's record of one flow (one lookup), or None."""
+        _check_slot(slot)
+        _check_udp_flow(slot, flow)
+        try:
+            v = self.udp_flows[self._udp_key(slot, flow)]
+        except KeyError:
+            return None
+        return UdpRecord(flow, v.last, bool(v.mine), v.bucket)
+
+    def _udp_entries(self) -> list:
+        """(key, leaf) of every entry of the table: one batch syscall where the kernel has it."""
+        try:
+            return list(self.udp_flows.items_lookup_batch())
+        except Exception:  # older kernels/bcc without batch ops
+            return list(self.udp_flows.items())
 
     def counters(self, slot: int) -> Counters:
         c = Counters()
@@ -143,6 +192,73 @@ class FilterTables:
         leaf.syn_deadline = syn_deadline_ns
         leaf.deadline = deadline_ns
         self.lease[ctypes.c_uint32(slot)] = leaf
+
+    def write_udp_config(self, slot: int, idle_ns: int, hold_until_ns: int) -> None:
+        """Set the slot's UDP handover: idle_ns (a record is fresh while now - last_ns <= idle_ns;
+        0 turns UDP handover off for the farm) and hold_until_ns (CLOCK_MONOTONIC ns: until
+        then, a UDP packet in a moving bucket with no fresh record is dropped; 0 = no hold).
+        One map update. The kernel copies the 16 bytes without a lock, so a packet may read one
+        field of this write and the other of the previous one: write the hold before turning
+        idle on, and idle off before clearing the hold, when the order matters."""
+        _check_slot(slot)
+        check_udp_config(slot, idle_ns, hold_until_ns)
+        leaf = self.udp_farm.Leaf()
+        leaf.idle_ns = idle_ns
+        leaf.hold_until = hold_until_ns
+        self.udp_farm[ctypes.c_uint32(slot)] = leaf
+
+    def put_udp_records(self, slot: int, records: Iterable[UdpRecord]) -> None:
+        """Insert or overwrite the slot's records (keyed by flow). Every record is checked
+        before the first is written, so a bad one writes nothing."""
+        _check_slot(slot)
+        records = list(records)
+        for r in records:
+            check_udp_record(slot, r)
+        if not records:
+            return
+        Key, Leaf = self.udp_flows.Key, self.udp_flows.Leaf
+        keys = [self._udp_key(slot, r.flow) for r in records]
+        leaves = [Leaf(r.last_ns, int(r.mine), r.bucket) for r in records]
+        for start in range(0, len(keys), MAX_UDP_FLOWS):
+            k, v = keys[start:start + MAX_UDP_FLOWS], leaves[start:start + MAX_UDP_FLOWS]
+            try:
+                self.udp_flows.items_update_batch((Key * len(k))(*k), (Leaf * len(v))(*v))
+            except Exception:  # older kernels/bcc without batch ops
+                for key, leaf in zip(k, v):
+                    self.udp_flows[key] = leaf
+
+    def delete_udp_flows(self, slot: int, flows: Iterable[UdpFlow]) -> None:
+        """Remove the slot's records of `flows`; flows without a record are ignored."""
+        _check_slot(slot)
+        flows = list(flows)
+        for f in flows:
+            _check_udp_flow(slot, f)
+        self._delete_udp_keys([self._udp_key(slot, f) for f in flows])
+
+    def _delete_udp_keys(self, keys: list) -> None:
+        if not keys:
+            return
+        try:
+            for start in range(0, len(keys), MAX_UDP_FLOWS):
+                chunk = keys[start:start + MAX_UDP_FLOWS]
+                self.udp_flows.items_delete_batch((self.udp_flows.Key * len(chunk))(*chunk))
+        except Exception:   # a missing key stops the batch (ENOENT), or no batch ops: one by one
+            for key in keys:
+                try:
+                    del self.udp_flows[key]
+                except KeyError:
+                    pass
+
+    def _udp_key(self, slot: int, flow: UdpFlow):
+        k = self.udp_flows.Key()
+        k.farm = slot
+        k.family = FAMILY_V4 if flow.client.version == 4 else FAMILY_V6
+        client, vip = flow.client.packed, flow.vip.packed
+        k.client[:len(client)] = client
+        k.vip[:len(vip)] = vip
+        k.sport = socket.htons(flow.client_port)     # network order in memory, as in the packet
+        k.dport = socket.htons(flow.vip_port)
+        return k
 
     def write_farm(self, f: FarmEntry) -> None:
         """Farm MAC, then the idle table half, then the flip. Idempotent."""
@@ -205,11 +321,14 @@ class FilterTables:
             self.clear_farm(slot)
 
     def clear_farm(self, slot: int) -> None:
-        """Empty the slot: no buckets, no MAC, no lease (the next farm in it starts without one)."""
+        """Empty the slot: no buckets, no MAC, no lease, no UDP handover settings and no UDP
+        records (the next farm in it starts without any)."""
         _check_slot(slot)
         self.swap_ownership(slot, 0, 1, frozenset())
         self.farms[ctypes.c_uint32(slot)] = self.farms.Leaf()
         self.write_lease(slot, 0, 0)
+        self.write_udp_config(slot, 0, 0)
+        self._delete_udp_keys([k for k, _ in self._udp_entries() if k.farm == slot])
 
 
 def check_lease(slot: int, syn_deadline_ns: int, deadline_ns: int) -> None:
@@ -222,6 +341,48 @@ def check_lease(slot: int, syn_deadline_ns: int, deadline_ns: int) -> None:
         raise ValueError(f"lease for farm slot {slot}: syn_deadline {syn_deadline_ns} is after deadline "
                          f"{deadline_ns}, so the node would drop every packet before it stopped taking "
                          f"new flows; pass deadline = syn_deadline + the heartbeat interval")
+
+
+def check_udp_config(slot: int, idle_ns: int, hold_until_ns: int) -> None:
+    """Pure: raise ValueError unless (idle_ns, hold_until_ns) is a UDP setting the filter can hold.
+    idle_ns must fit an s64: the filter compares now - last with it as signed numbers."""
+    if isinstance(idle_ns, bool) or not isinstance(idle_ns, int) or not 0 <= idle_ns < 1 << 63:
+        raise ValueError(f"UDP idle_ns {idle_ns!r} for farm slot {slot} is not a duration in ns "
+                         f"0..2**63-1; pass udpIdleSeconds * 10**9 (vipfarm.udp_flows.idle_ns), or 0 for off")
+    if isinstance(hold_until_ns, bool) or not isinstance(hold_until_ns, int) or not 0 <= hold_until_ns < 1 << 64:
+        raise ValueError(f"UDP hold_until {hold_until_ns!r} for farm slot {slot} is not a u64 nanosecond "
+                         f"time; pass time.monotonic_ns() + the hold, or 0 for none")
+
+
+def check_udp_record(slot: int, record: UdpRecord) -> None:
+    """Pure: raise ValueError unless `record` is a UdpRecord the filter's table can hold."""
+    if not isinstance(record, UdpRecord) or not isinstance(record.flow, UdpFlow):
+        raise ValueError(f"UDP record for farm slot {slot}: {record!r} is not a UdpRecord of a UdpFlow; "
+                         f"build it with vipfarm.udp_flows.UdpRecord(UdpFlow(...), last_ns, mine, bucket)")
+    if isinstance(record.last_ns, bool) or not isinstance(record.last_ns, int) or not 0 <= record.last_ns < 1 << 64:
+        raise ValueError(f"UDP record {record.flow} for farm slot {slot}: last_ns {record.last_ns!r} is not a "
+                         f"u64 CLOCK_MONOTONIC time; pass time.monotonic_ns() less the flow's age")
+    if not isinstance(record.mine, bool):
+        raise ValueError(f"UDP record {record.flow} for farm slot {slot}: mine {record.mine!r} is not True or False")
+    if isinstance(record.bucket, bool) or not isinstance(record.bucket, int) or not 0 <= record.bucket < MAX_BUCKETS:
+        raise ValueError(f"UDP record {record.flow} for farm slot {slot}: bucket {record.bucket!r} is outside "
+                         f"0..{MAX_BUCKETS - 1}; pass vipfarm.udp_flows.udp_bucket(farm, flow)")
+
+
+def _check_udp_flow(slot: int, flow: UdpFlow) -> None:
+    if not isinstance(flow, UdpFlow):
+        raise ValueError(f"UDP flow for farm slot {slot}: {flow!r} is not a UdpFlow; pass "
+                         f"vipfarm.udp_flows.UdpFlow values (a record's .flow)")
+
+
+def _udp_flow(key) -> UdpFlow:
+    """The UdpFlow of a vf_udp_flows key (the inverse of FilterTables._udp_key)."""
+    if key.family == FAMILY_V4:
+        make, size = ipaddress.IPv4Address, 4
+    else:
+        make, size = ipaddress.IPv6Address, 16
+    return UdpFlow(make(bytes(key.client[:size])), socket.ntohs(key.sport),
+                   make(bytes(key.vip[:size])), socket.ntohs(key.dport))
 
 
 def _check_slot(slot: int) -> None:

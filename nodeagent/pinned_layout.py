@@ -8,7 +8,8 @@ vf_stats growing by a counter, would then count into the wrong cells or not at a
 
 So after bcc opened the maps and before the program is loaded, each adopted pin is compared with
 its declaration. A map that only observes or can restart empty (the counters; the lease, where 0
-means none) is re-created, with the loss logged. A map that holds what the node serves
+means none; the UDP handover table and settings, whose loss only ends the UDP handovers in
+progress) is re-created, with the loss logged. A map that holds what the node serves
 (ownership, VIPs, farms) is never thrown away behind the operator's back: the agent stops with
 an error that names the pin and the fix, unless the change is a known one this module migrates:
 vf_owner, whose value grew from one u64 of owned bits to struct vf_bits (owned, then moving) for
@@ -27,11 +28,15 @@ from dataclasses import dataclass, replace
 
 log = logging.getLogger("vipfarm.pins")
 
-# Maps that may be re-created empty: counters restart at 0; a lease of (0, 0) is "no lease" (the
-# heartbeat thread writes the next one within an interval). Both have changed shape: vf_stats by
-# counters (lease_expired, lease_lapsed; then handover_kept, handover_unknown_dropped), vf_lease
-# from one u64 to struct vf_lease (two stages).
-RECREATABLE = frozenset({"vf_stats", "vf_lease"})
+# Maps that may be re-created empty, and what is lost (logged): counters restart at 0; a lease of
+# (0, 0) is "no lease" (the heartbeat thread writes the next one within an interval); an empty UDP
+# flow table and UDP settings of (0, 0) only end the UDP handovers in progress (their flows go to
+# the buckets' owners, as without UDP handover). vf_stats has changed shape by counters
+# (lease_expired, lease_lapsed; then handover_kept, handover_unknown_dropped; then udp_kept,
+# udp_elsewhere, udp_held), vf_lease from one u64 to struct vf_lease (two stages).
+LOST_ON_RECREATION = {"vf_stats": "counters", "vf_lease": "lease", "vf_udp_flows": "udp_flows",
+                      "vf_udp_farm": "udp_config"}
+RECREATABLE = frozenset(LOST_ON_RECREATION)
 FIELDS = ("map_type", "key_size", "value_size", "max_entries")
 OLD_OWNER_VALUE_SIZE = 8      # vf_owner before handover: one u64 of owned bits per 64 buckets
 
@@ -147,5 +152,5 @@ def remove_for_recreation(mismatches: list[Mismatch]) -> None:
         log.warning("event=pin_recreated path=%s reason=shape_differs %s lost=%s", m.path,
                     " ".join(f"{f}={getattr(m.pinned, f)}->{getattr(m.declared, f)}"
                              for f in FIELDS if getattr(m.pinned, f) != getattr(m.declared, f)),
-                    "counters" if m.name == "vf_stats" else "lease")
+                    LOST_ON_RECREATION[m.name])
         os.unlink(m.path)

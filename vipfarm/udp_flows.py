@@ -46,6 +46,12 @@ class UdpFlow:
                 raise ValueError(f"UDP flow: {name} {port!r} is not a port number 0..65535")
 
 
+def flow_order(flow: UdpFlow) -> tuple:
+    """A sort key for flows of both families (UdpFlow's own order compares the addresses,
+    which raises TypeError between an IPv4 and an IPv6 flow): IPv4 first, then the flow."""
+    return (flow.client.version, flow)
+
+
 @dataclass(frozen=True)
 class UdpRecord:
     """One entry of the filter's UDP flow table: the flow, the CLOCK_MONOTONIC time of its

@@ -5,6 +5,7 @@ bcc itself adopts a pin of any size (pinned_layout.py says what was seen), so th
 maps of the old shapes by hand, then compile the real filter against them."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -12,13 +13,14 @@ import uuid
 
 import pytest
 
-from nodeagent.bpf_consts import GLOBAL_SLOT, MAX_FARMS, NCOUNTERS
+from nodeagent.bpf_consts import GLOBAL_SLOT, MAX_FARMS, MAX_UDP_FLOWS, NCOUNTERS
 from nodeagent.bpf_program import DataplaneError, compile_filter, import_bcc
 from nodeagent.bpf_syscall import obj_get
 from nodeagent.dataplane import is_bpffs
 from nodeagent.filter_tables import FilterTables
 from nodeagent.pinned_layout import fd_shape
 from tests.bpf.test_filter_vs_model import OWN_MAC
+from vipfarm.udp_flows import UdpFlow, UdpRecord
 
 OLD_NCOUNTERS = 6                       # vf_stats before lease_expired
 OLD_LEASE_VALUE = "__u64"               # vf_lease before the second stage (struct vf_lease)
@@ -160,3 +162,50 @@ def test_vipfarm_stats_reads_owned_and_moving_buckets_from_the_pins(pin_dir):
         assert read_moving(pin_dir, 3) == {1, 64, 200}
     finally:
         bpf.cleanup()
+
+
+def test_an_adopted_udp_flow_table_of_another_shape_is_recreated_losing_only_the_udp_handovers(pin_dir, caplog):
+    """vf_udp_flows and vf_udp_farm may restart empty: that ends the UDP handovers in progress
+    (their flows go to the owners) and nothing else."""
+    old = os.path.join(pin_dir, "vf_udp_flows")
+    pin_map(old, "lru_hash", "__u64", 1024)
+    with caplog.at_level(logging.WARNING, logger="vipfarm.pins"):
+        bpf = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
+    try:
+        shape = fd_shape(bpf[b"vf_udp_flows"].map_fd)
+        assert (shape.key_size, shape.value_size, shape.max_entries) == (44, 16, MAX_UDP_FLOWS)
+        fd = obj_get(old)
+        try:
+            assert fd_shape(fd).key_size == 44, "the pin still is the old table"
+        finally:
+            os.close(fd)
+    finally:
+        bpf.cleanup()
+    lines = [r.getMessage() for r in caplog.records if "event=pin_recreated" in r.getMessage()]
+    assert len(lines) == 1 and f"path={old}" in lines[0] and "lost=udp_flows" in lines[0], lines
+
+
+def test_udp_records_and_settings_survive_a_restart_and_pins_from_before_udp_handover_get_them(pin_dir):
+    flow = UdpFlow(ipaddress.ip_address("2001:db8:1::7"), 40000, ipaddress.ip_address("2001:db8::10"), 5000)
+    rec = UdpRecord(flow, 12345, True, 77)
+    first = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
+    t = FilterTables(first)
+    t.write_udp_config(3, 30 * 10**9, 42)
+    t.put_udp_records(3, [rec])
+    first.cleanup()
+    second = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
+    try:
+        t = FilterTables(second)
+        assert t.read_udp_config(3) == (30 * 10**9, 42) and t.udp_records(3) == [rec]
+    finally:
+        second.cleanup()
+    # An agent from before UDP handover left no vf_udp_* pins: the new filter pins them, empty.
+    for name in ("vf_udp_flows", "vf_udp_farm"):
+        os.unlink(os.path.join(pin_dir, name))
+    third = compile_filter(OWN_MAC, True, pin_dir=pin_dir)
+    try:
+        t = FilterTables(third)
+        assert t.udp_records(3) == [] and t.read_udp_config(3) == (0, 0)
+        assert all(os.path.exists(os.path.join(pin_dir, n)) for n in ("vf_udp_flows", "vf_udp_farm"))
+    finally:
+        third.cleanup()

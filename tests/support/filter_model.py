@@ -16,20 +16,31 @@ this node's kernel socket table (bpf_skc_lookup_tcp): called with a SocketQuery 
 4-tuple, the VIP as the local end), it returns the BPF_TCP_* state of the socket the kernel
 would find, or None. The default knows no 4-tuple. A test that runs the program in a namespace
 with real sockets passes the predicate of the sockets it made.
+
+UDP handover: `udp_config` maps a farm slot to (idle_ns, hold_until_ns) (absent = (0, 0), off)
+and `udp_flows` maps (slot, UdpFlow) to the UdpRecord the kernel's vf_udp_flows holds; the
+tests fill both through the same calls as FilterTables (write_udp_config, put_udp_records).
+A UDP packet in a moving bucket of a slot with idle_ns set is decided by its record first, with
+now_ns (the filter reads bpf_ktime_get_ns). Like the filter, decide() moves a fresh record's
+last_ns forward to now_ns: the model has state, and a test that compares it with the kernel
+syncs the kernel's refreshed value back (the two clocks are read a few microseconds apart).
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
 
 from vipfarm.hashing import client_hash
+from vipfarm.udp_flows import UdpFlow, UdpRecord, flow_order
 
 from nodeagent import neighbour
 from nodeagent.bpf_consts import (AFF_CLIENTIP, AFF_CLIENTIPPORT, CNT_ACCEPTED, CNT_DROPPED,
                          CNT_HANDOVER_KEPT, CNT_HANDOVER_UNKNOWN_DROPPED,
                          CNT_LEASE_EXPIRED, CNT_LEASE_LAPSED, CNT_MALFORMED, CNT_NEIGH_PUNTED, CNT_NEIGH_REPLIED, CNT_PASSED,
+                         CNT_UDP_ELSEWHERE, CNT_UDP_HELD, CNT_UDP_KEPT,
                          FAMILY_V4, FAMILY_V6, GLOBAL_SLOT, MAX_EXT_HDRS, MAX_EXT_OFFSET,
                          TCP_ACK, TCP_SYN, XDP_DROP, XDP_PASS, XDP_TX)
 from nodeagent.filter_plan import FilterPlan
@@ -82,17 +93,58 @@ class _Flow:
         """SYN without ACK: a segment that opens a TCP flow."""
         return self.proto == IPPROTO_TCP and self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 
+    def udp_flow(self) -> UdpFlow:
+        """The flow as vf_udp_flows keys it (the client is the remote end, the VIP the local)."""
+        return UdpFlow(ipaddress.ip_address(self.client), self.sport, ipaddress.ip_address(self.local), self.dport)
+
+
+def _s64(value: int) -> int:
+    """`value` as the C cast (__s64) of a __u64 sees it."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >> 63 else value
+
 
 class FilterModel:
     def __init__(self, plan: FilterPlan, own_mac: bytes, answer_neigh: bool = True,
                  leases: dict[int, tuple[int, int]] | None = None,
-                 sockets: Callable[[SocketQuery], int | None] = no_sockets):
+                 sockets: Callable[[SocketQuery], int | None] = no_sockets,
+                 udp_config: dict[int, tuple[int, int]] | None = None):
         self.vips = plan.vip_by_key()
         self.farms = plan.farm_by_slot()
         self.own_mac = own_mac
         self.answer_neigh = answer_neigh
         self.leases = dict(leases or {})     # farm slot -> (syn_deadline, deadline) ns; 0 = stage off
         self.sockets = sockets
+        self.udp_config = dict(udp_config or {})     # farm slot -> (idle_ns, hold_until_ns); 0 idle = off
+        self.udp_flows: dict[tuple[int, UdpFlow], UdpRecord] = {}
+
+    # -- the UDP state, set as FilterTables sets the kernel's ------------------------------
+    def write_udp_config(self, slot: int, idle_ns: int, hold_until_ns: int) -> None:
+        self.udp_config[slot] = (idle_ns, hold_until_ns)
+
+    def put_udp_records(self, slot: int, records: Iterable[UdpRecord]) -> None:
+        for r in records:
+            self.udp_flows[(slot, r.flow)] = r
+
+    def udp_records(self, slot: int) -> list[UdpRecord]:
+        return sorted((r for (s, _), r in self.udp_flows.items() if s == slot), key=lambda r: flow_order(r.flow))
+
+    def udp_handover(self, slot: int, flow: "_Flow", now_ns: int) -> int | None:
+        """The counter a UDP packet in a moving bucket is decided under by the UDP flow table
+        (CNT_UDP_KEPT is taken, the others dropped), or None: on to the owned bit and the lease.
+        Refreshes a fresh record's last_ns, as the filter does."""
+        idle_ns, hold_until = self.udp_config.get(slot, (0, 0))
+        if not idle_ns:
+            return None
+        key = (slot, flow.udp_flow())
+        record = self.udp_flows.get(key)
+        if record is not None and _s64(now_ns - record.last_ns) <= _s64(idle_ns):
+            if now_ns > record.last_ns:
+                self.udp_flows[key] = replace(record, last_ns=now_ns)
+            return CNT_UDP_KEPT if record.mine else CNT_UDP_ELSEWHERE
+        if now_ns < hold_until:
+            return CNT_UDP_HELD
+        return None
 
     def lease_drop(self, slot: int, flow: "_Flow", now_ns: int, coarse_ns: int) -> int | None:
         """The counter an owned packet is dropped under by the lease, or None (taken)."""
@@ -228,6 +280,12 @@ class FilterModel:
                 return Outcome(XDP_PASS, vip.slot, CNT_HANDOVER_KEPT, self.own_mac + frame[6:], bucket)
             if not flow.opens_flow:
                 return Outcome(XDP_DROP, vip.slot, CNT_HANDOVER_UNKNOWN_DROPPED, frame, bucket)
+        elif bucket in farm.moving and flow.proto == IPPROTO_UDP:
+            counter = self.udp_handover(vip.slot, flow, now[0])
+            if counter == CNT_UDP_KEPT:
+                return Outcome(XDP_PASS, vip.slot, counter, self.own_mac + frame[6:], bucket)
+            if counter is not None:
+                return Outcome(XDP_DROP, vip.slot, counter, frame, bucket)
         if bucket in farm.owned:
             reason = self.lease_drop(vip.slot, flow, *now)
             if reason is not None:

@@ -57,6 +57,7 @@ def header_constants() -> dict[str, int]:
 
 CONSTS = header_constants()
 MIRRORED = ["MAX_FARMS", "MAX_VIPS_PER_IFACE", "MAX_RULES", "MAX_BUCKETS", "TABLE_WORDS", "GLOBAL_SLOT",
+            "MAX_UDP_FLOWS",
             "NCOUNTERS", "AFF_CLIENTIP", "AFF_CLIENTIPPORT", "FAMILY_V4", "FAMILY_V6",
             "MAX_EXT_HDRS", "MAX_EXT_OFFSET", "NA_FRAME_LEN", "TCP_SYN", "TCP_ACK"] + sorted(n for n in CONSTS if n.startswith("CNT_"))
 # Defined in the header but, by design, not a value the agent mirrors.

@@ -39,3 +39,14 @@ def test_the_ownership_pin_from_before_handover_is_migrated_not_refused():
     other = mismatch("vf_owner", "/p/n1/eth0/vf_owner", new_owner, Shape(2, 4, 8, 1024))
     assert not migratable(other)
     assert "/p/n1/eth0/vf_owner: value_size pinned=8 declared=16, max_entries pinned=1024" in unusable([other])
+
+
+def test_the_udp_handover_maps_of_another_shape_may_be_recreated_and_say_what_is_lost():
+    """Losing the UDP flow table or the UDP settings only ends the UDP handovers in progress."""
+    from nodeagent.pinned_layout import LOST_ON_RECREATION, RECREATABLE
+    flows = Shape(map_type=9, key_size=44, value_size=16, max_entries=65536)
+    found = [mismatch("vf_udp_flows", "/p/n1/eth0/vf_udp_flows", flows, Shape(9, 40, 16, 65536)),
+             mismatch("vf_udp_farm", "/p/n1/eth0/vf_udp_farm", Shape(2, 4, 16, 32), Shape(2, 4, 8, 32))]
+    assert unusable(found) is None
+    assert LOST_ON_RECREATION["vf_udp_flows"] == "udp_flows" and LOST_ON_RECREATION["vf_udp_farm"] == "udp_config"
+    assert set(LOST_ON_RECREATION) == RECREATABLE
