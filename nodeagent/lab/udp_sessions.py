@@ -1,6 +1,6 @@
 """A bounded UDP client for the lab: many UDP flows, each a socket of its own, each sending a
 datagram every --interval-ms while its plan says it is active, and the node that answered each
-one (traffic.py `serve --udp` answers every datagram with its node's name).
+one (traffic.py `serve --udp` answers every datagram with a first line holding its node's name).
 
 Run inside the lab's client namespace (spawned, so it measures while a test moves buckets):
 
@@ -72,7 +72,7 @@ def run(vip: str, port: int, plan: dict, out: str) -> int:
                     break
                 except OSError:
                     break
-                f["answers"].append([time.monotonic_ns(), data.decode(errors="replace").strip()])
+                f["answers"].append([time.monotonic_ns(), data.decode(errors="replace").split("\n", 1)[0].strip()])
     result = {"start_ns": start, "end_ns": time.monotonic_ns(),
               "flows": [{k: v for k, v in f.items() if k not in ("sock", "next_ns", "active")} for f in flows]}
     with open(out + ".tmp", "w") as fh:
