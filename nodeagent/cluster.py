@@ -114,6 +114,11 @@ def secret_ref(env: Mapping[str, str]) -> SecretRef | None:
                      env.get("POD_NAMESPACE") or env.get("VIPFARM_NAMESPACE") or "default")
 
 
+# The operator's reasons for a member whose Node is cordoned or annotated vipfarm.io/drain
+# (vipfarm/decisions.py): a draining member, which keeps its vote.
+DRAIN_REASONS = frozenset({"Cordoned", "Draining", "Drained"})
+
+
 def member_eligible(m: Mapping) -> bool:
     """status.members[].eligible, absent meaning the same as ready (vipfarm/decisions.py)."""
     return bool(m.get("eligible", m.get("ready")))
@@ -127,12 +132,21 @@ def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | Non
     The voters are the members the operator counts eligible (weight from status.members,
     absent = 1), and this node (a candidate: the Farm selects it); the addresses are the ones
     their agents reported (this node's from `address`). Another agent's view of who votes is
-    the same status, so every eligible member computes the same base and digest. When the
-    operator does not count this node eligible (its Node NotReady, cordoned, drained, or its
-    report not seen yet), it is `withdrawn`: it gives up its buckets at once (the others
-    already deal them without it) instead of when its peers' rows expire, and it agrees with
-    nobody until the operator counts it again. checks_fail: this node's checkers keep it
-    out (`checks_withdraw`): it stays in the view and serves nothing."""
+    the same status, so every eligible member computes the same base and digest.
+
+    A draining member (its Node cordoned or annotated vipfarm.io/drain: the operator's reason
+    Cordoned, Draining or Drained) keeps its vote at weight 0, as a drained member does in
+    standalone mode (README "Drain"): it gets no bucket, and its peers keep hearing it, so
+    they take its buckets only once its filter released them (ROW_RELEASED) and keep them on
+    the slow path while it says it still serves flows there (ROW_HANDING_OVER). Left out of
+    their weights, it was not heard: its held connections were reset by the takers' stacks
+    once their guard time (timeoutMs) ran out.
+
+    When the operator does not count this node eligible for another reason (its Node
+    NotReady, its report not seen yet), it is `withdrawn`: it gives up its buckets at once
+    (the others already deal them without it) instead of when its peers' rows expire, and it
+    agrees with nobody until the operator counts it again. checks_fail: this node's checkers
+    keep it out (`checks_withdraw`): it stays in the view and serves nothing."""
     status = status or {}
     if status.get("phase") == "Conflict":
         return None
@@ -144,6 +158,7 @@ def farm_peers(farm: Farm, status: Mapping | None, node: str, address: str | Non
         return None
     members = [m for m in status.get("members") or [] if isinstance(m, Mapping) and m.get("node")]
     weights = {m["node"]: int(m.get("weight", 1)) for m in members if member_eligible(m)}
+    weights.update({m["node"]: 0 for m in members if not member_eligible(m) and m.get("reason") in DRAIN_REASONS})
     eligible = node in weights
     if not eligible:
         own = next((m for m in members if m["node"] == node), {})

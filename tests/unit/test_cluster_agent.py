@@ -381,6 +381,20 @@ def test_a_member_the_operator_does_not_count_eligible_withdraws_and_votes_only_
     assert p.base.digest != other.base.digest
 
 
+def test_a_draining_member_keeps_its_vote_at_weight_0_so_its_peers_hear_its_handover():
+    """Cordoned, Draining or Drained (vipfarm/decisions.py): it stays a voter everywhere, with
+    weight 0 (no bucket) and its address, and is not withdrawn; every member computes the same
+    base, so the takers wait for its release and keep its buckets moving while it hands over."""
+    for reason in ("Cordoned", "Draining", "Drained"):
+        body = served_farm(not_eligible=("n3",))
+        next(m for m in body["status"]["members"] if m["node"] == "n3")["reason"] = reason
+        own = farm_peers(parse_farm(body), body["status"], "n3", "198.51.100.3", None)
+        other = farm_peers(parse_farm(body), body["status"], "n1", "198.51.100.1", None)
+        assert dict(own.weights) == dict(other.weights) == {"n1": 1, "n2": 2, "n3": 0}, reason
+        assert other.addresses["n3"] == "198.51.100.3" and own.withdrawn is False
+        assert own.base.digest == other.base.digest
+
+
 def test_a_farm_without_an_assignment_or_in_conflict_has_no_heartbeat_decisions():
     body = farm_body()
     assert farm_peers(parse_farm(body), {}, "n1", "198.51.100.1", None) is None
