@@ -108,7 +108,7 @@ def encode_list(records: Iterable[UdpRecord], now_ns: int) -> bytes:
     """The fresh list as text; each record's age (ms since its last packet) instead of its
     clock, which means nothing on another machine."""
     lines = [f"{r.flow.client} {r.flow.client_port} {r.flow.vip} {r.flow.vip_port} {max(0, now_ns - r.last_ns) // 1_000_000}"
-             for r in sorted(records, key=lambda r: r.flow)]
+             for r in sorted(records, key=lambda r: flow_order(r.flow))]
     return "".join(line + "\n" for line in lines).encode("ascii")
 
 
