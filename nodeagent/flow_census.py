@@ -33,6 +33,7 @@ from typing import Iterable
 
 from vipfarm.addresses import IPAddress
 from vipfarm.hashing import bucket_of
+from vipfarm.udp_flows import rule_affinity
 from vipfarm.spec import Farm
 
 # The kernel's TCP states (include/net/tcp_states.h), as sock_diag reports them.
@@ -66,16 +67,9 @@ def plain_address(text_or_ip) -> IPAddress:
     return ip
 
 
-def _tcp_affinity(farm: Farm, vip_port: int) -> str:
-    for rule in farm.rules:
-        if rule.protocol == "TCP" and rule.ports.contains(vip_port):
-            return rule.affinity
-    return "ClientIP"
-
-
 def flow_bucket(farm: Farm, sock: TcpSocket) -> int:
     """The bucket of the farm the packets of `sock`'s peer hash to."""
-    port = sock.remote_port if _tcp_affinity(farm, sock.local_port) == "ClientIPPort" else None
+    port = sock.remote_port if rule_affinity(farm, "TCP", sock.local_port) == "ClientIPPort" else None
     return bucket_of(plain_address(sock.remote).packed, port, farm.seed, farm.buckets)
 
 

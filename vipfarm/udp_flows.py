@@ -62,17 +62,17 @@ class UdpRecord:
     bucket: int
 
 
-def udp_affinity(farm: Farm, vip_port: int) -> str:
-    """The affinity of UDP traffic to `vip_port`: the first UDP rule that covers the port, else
-    ClientIP (the filter's rule for traffic no rule matches)."""
+def rule_affinity(farm: Farm, protocol: str, vip_port: int) -> str:
+    """The affinity of `protocol` ("TCP" | "UDP") traffic to `vip_port`: the first rule of that
+    protocol that covers the port, else ClientIP (the filter's rule for traffic no rule matches)."""
     for rule in farm.rules:
-        if rule.protocol == "UDP" and rule.ports.contains(vip_port):
+        if rule.protocol == protocol and rule.ports.contains(vip_port):
             return rule.affinity
     return "ClientIP"
 
 
 def udp_bucket(farm: Farm, flow: UdpFlow) -> int:
-    port = flow.client_port if udp_affinity(farm, flow.vip_port) == "ClientIPPort" else None
+    port = flow.client_port if rule_affinity(farm, "UDP", flow.vip_port) == "ClientIPPort" else None
     return bucket_of(flow.client.packed, port, farm.seed, farm.buckets)
 
 
