@@ -1,20 +1,23 @@
 """Duplicate SYN-ACK detection on the client's side of the farm, and its pure analysis.
 
 Every node sees every packet, so a handshake in flight at a bucket move could be answered by
-two nodes' stacks: the client then sees two SYN-ACKs for one 4-tuple with different initial
-sequence numbers (a retransmission repeats its ISN). This watcher captures, in the lab's
-client namespace, every TCP SYN-ACK that arrives from a VIP (AF_PACKET on the client's eth0,
-where the bridge delivers the nodes' frames; a classic BPF socket filter keeps everything but
-SYN-ACKs in the kernel), and reports every 4-tuple answered with two different ISNs within
---window-ms, with the source MACs seen (which node's stack answered).
+two nodes' stacks: the client then sees two SYN-ACKs for one connection attempt with different
+initial sequence numbers (a retransmission repeats its ISN). A connection attempt is the
+4-tuple and the client's ISN, which every SYN-ACK acknowledges (its ack number is that ISN + 1):
+a client port reused by a new connection a moment later is a new attempt, and the server's
+TIME_WAIT socket may well answer it with another ISN; that is not a duplicate. This watcher
+captures, in the lab's client namespace, every TCP SYN-ACK that arrives from a VIP (AF_PACKET
+on the client's eth0, where the bridge delivers the nodes' frames; a classic BPF socket filter
+keeps everything but SYN-ACKs in the kernel), and reports every attempt answered with two
+different ISNs within --window-ms, with the source MACs seen (which node's stack answered).
 
   python -m nodeagent.lab.synack_watch --vip 203.0.113.10 [--vip ...] --out synack.jsonl \
       --seconds 20 [--iface eth0] [--window-ms 5000] [--stop-file PATH]
 
 Output (JSONL, flushed every 100 ms, CLOCK_MONOTONIC ns):
   {"type": "start", ...}
-  {"type": "synack", "t_ns", "src", "sport", "dst", "dport", "isn", "mac"}   one per SYN-ACK
-  {"type": "duplicate", "t_ns", "src", "sport", "dst", "dport", "isns", "macs"}   when seen
+  {"type": "synack", "t_ns", "src", "sport", "dst", "dport", "isn", "ack", "mac"}   one per SYN-ACK
+  {"type": "duplicate", "t_ns", "src", "sport", "dst", "dport", "ack", "isns", "macs"}   when seen
   {"type": "end", "t_ns", "synacks", "duplicates", "kernel_drops"}
 kernel_drops (the socket's PACKET_STATISTICS) must be 0 for "no duplicate" to mean anything.
 """
@@ -52,24 +55,32 @@ class SynAck:
     dst: str          # the client
     dport: int
     isn: int
+    ack: int          # the client's ISN + 1: which connection attempt this answers
     mac: str          # the frame's source MAC
 
     @property
     def flow(self) -> tuple[str, int, str, int]:
         return (self.src, self.sport, self.dst, self.dport)
 
+    @property
+    def attempt(self) -> tuple[str, int, str, int, int]:
+        return (*self.flow, self.ack)
+
 
 @dataclass(frozen=True)
 class Duplicate:
-    """One 4-tuple answered by two or more different SYN-ACKs (ISNs) within the window."""
+    """One connection attempt (4-tuple and client ISN) answered by two or more different
+    SYN-ACKs (ISNs) within the window."""
     flow: tuple[str, int, str, int]
+    ack: int                   # the attempt's client ISN + 1
     t_ns: int                  # the first different SYN-ACK's arrival
     isns: tuple[int, ...]
     macs: tuple[str, ...]
 
     def __str__(self) -> str:
         src, sport, dst, dport = self.flow
-        return (f"{dst}:{dport} -> {src}:{sport} got {len(self.isns)} SYN-ACKs, ISNs "
+        return (f"{dst}:{dport} -> {src}:{sport} (client ISN {self.ack - 1 & 0xFFFFFFFF:#x}) got "
+                f"{len(self.isns)} SYN-ACKs, ISNs "
                 f"{', '.join(hex(i) for i in self.isns)} from MACs {', '.join(self.macs)} (t_ns={self.t_ns})")
 
 
@@ -96,40 +107,42 @@ def parse_synack(frame: bytes, t_ns: int, vips: set[str] | None = None) -> SynAc
         return None
     if len(frame) < tcp + 14:
         return None
-    sport, dport, seq = struct.unpack_from("!HHI", frame, tcp)
+    sport, dport, seq, ack = struct.unpack_from("!HHII", frame, tcp)
     flags = frame[tcp + 13]
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK:
         return None
     if vips is not None and src not in vips:
         return None
-    return SynAck(t_ns, src, sport, dst, dport, seq, frame[6:12].hex(":"))
+    return SynAck(t_ns, src, sport, dst, dport, seq, ack, frame[6:12].hex(":"))
 
 
 def duplicates(synacks: Iterable[SynAck], window_ns: int = 5_000 * MS) -> list[Duplicate]:
-    """Every 4-tuple answered by SYN-ACKs with different ISNs less than window_ns apart (a
-    retransmission repeats its ISN; a tuple reused much later by a new connection is not a
-    duplicate)."""
-    by_flow: dict[tuple, list[SynAck]] = {}
+    """Every connection attempt (4-tuple and the client ISN the SYN-ACK acknowledges) answered
+    by SYN-ACKs with different ISNs less than window_ns apart. A retransmission repeats its ISN,
+    and a new connection on a reused client port acknowledges another client ISN: neither is a
+    duplicate."""
+    by_attempt: dict[tuple, list[SynAck]] = {}
     for s in sorted(synacks, key=lambda s: s.t_ns):
-        by_flow.setdefault(s.flow, []).append(s)
+        by_attempt.setdefault(s.attempt, []).append(s)
     out = []
-    for flow, seen in by_flow.items():
+    for seen in by_attempt.values():
         group: list[SynAck] = []
         for s in seen:
             if group and s.t_ns - group[-1].t_ns >= window_ns:
-                out += _duplicate(flow, group)
+                out += _duplicate(group)
                 group = []
             group.append(s)
-        out += _duplicate(flow, group)
+        out += _duplicate(group)
     return sorted(out, key=lambda d: d.t_ns)
 
 
-def _duplicate(flow, group: list[SynAck]) -> list[Duplicate]:
+def _duplicate(group: list[SynAck]) -> list[Duplicate]:
     isns = list(dict.fromkeys(s.isn for s in group))
     if len(isns) < 2:
         return []
-    second = next(s for s in group if s.isn != group[0].isn)
-    return [Duplicate(flow, second.t_ns, tuple(isns), tuple(dict.fromkeys(s.mac for s in group)))]
+    first = group[0]
+    second = next(s for s in group if s.isn != first.isn)
+    return [Duplicate(first.flow, first.ack, second.t_ns, tuple(isns), tuple(dict.fromkeys(s.mac for s in group)))]
 
 
 def _csum(data: bytes) -> int:
@@ -173,7 +186,8 @@ def load_synacks(path: str) -> list[SynAck]:
                 except json.JSONDecodeError:
                     continue
                 if d.get("type") == "synack":
-                    out.append(SynAck(d["t_ns"], d["src"], d["sport"], d["dst"], d["dport"], d["isn"], d["mac"]))
+                    out.append(SynAck(d["t_ns"], d["src"], d["sport"], d["dst"], d["dport"], d["isn"], d["ack"],
+                                      d["mac"]))
     except FileNotFoundError:
         pass
     return out
@@ -277,17 +291,18 @@ def watch(vips: list[str], out_path: str, seconds: float, iface: str = "eth0", w
                 if s is not None:
                     count += 1
                     pending.append(json.dumps({"type": "synack", "t_ns": s.t_ns, "src": s.src, "sport": s.sport,
-                                               "dst": s.dst, "dport": s.dport, "isn": s.isn, "mac": s.mac}))
-                    seen = [x for x in recent.get(s.flow, []) if now - x.t_ns < window] + [s]
-                    recent[s.flow] = seen
+                                               "dst": s.dst, "dport": s.dport, "isn": s.isn, "ack": s.ack,
+                                               "mac": s.mac}))
+                    seen = [x for x in recent.get(s.attempt, []) if now - x.t_ns < window] + [s]
+                    recent[s.attempt] = seen
                     for d in duplicates(seen, window):
-                        key = (d.flow, d.isns)
+                        key = (d.flow, d.ack, d.isns)
                         if key not in reported:
                             reported.add(key)
                             found.append(d)
                             src, sport, dst, dport = d.flow
                             pending.append(json.dumps({"type": "duplicate", "t_ns": d.t_ns, "src": src,
-                                                       "sport": sport, "dst": dst, "dport": dport,
+                                                       "sport": sport, "dst": dst, "dport": dport, "ack": d.ack,
                                                        "isns": list(d.isns), "macs": list(d.macs)}))
             if now - last_flush >= 100 * MS:
                 if len(recent) > 50_000:       # bounded memory: forget flows older than the window
@@ -310,13 +325,14 @@ def watch(vips: list[str], out_path: str, seconds: float, iface: str = "eth0", w
     return found
 
 
-def inject_synack(iface: str, dst_mac: str, src: str, sport: int, dst: str, dport: int, isn: int) -> bytes:
-    """Send one crafted SYN-ACK out of `iface` (from its own MAC): a second stack answering a
-    handshake, for proving the watch reports it. Returns the frame sent."""
+def inject_synack(iface: str, dst_mac: str, src: str, sport: int, dst: str, dport: int, isn: int,
+                  ack: int) -> bytes:
+    """Send one crafted SYN-ACK out of `iface` (from its own MAC): a second stack answering the
+    handshake whose client ISN is ack - 1, for proving the watch reports it. Returns the frame."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
         s.bind((iface, 0))
         mac = s.getsockname()[4].hex(":")
-        frame = synack_frame(mac, dst_mac, src, sport, dst, dport, isn)
+        frame = synack_frame(mac, dst_mac, src, sport, dst, dport, isn, ack)
         s.send(frame)
     return frame
 
@@ -378,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--iface", default="eth0", help="the client's interface (the lab client's eth0)")
     p.add_argument("--window-ms", type=float, default=5000.0,
-                   help="two ISNs for one 4-tuple within this time are a duplicate")
+                   help="two ISNs for one connection attempt within this time are a duplicate")
     p.add_argument("--stop-file")
     a = p.parse_args(argv)
     found = watch(a.vip, a.out, a.seconds, a.iface, a.window_ms, a.stop_file)

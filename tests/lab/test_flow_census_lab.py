@@ -24,6 +24,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from nodeagent.flow_census import TCP_TIME_WAIT, flow_census, tcp_sockets
+from nodeagent.lab.loopback import add_loopback_addresses
 from vipfarm.hashing import bucket_of
 from vipfarm.spec import parse_farm
 
@@ -60,12 +61,7 @@ class CensusNetns:
         netns.create(self.name)
         try:
             with IPRoute(netns=self.name) as ip:
-                lo = ip.link_lookup(ifname="lo")[0]
-                ip.link("set", index=lo, state="up")
-                for a in ["203.0.113.10", NODE_ADDR] + CLIENTS4:
-                    ip.addr("add", index=lo, address=a, prefixlen=32)
-                for a in ["2001:db8::10"] + CLIENTS6:
-                    ip.addr("add", index=lo, address=a, prefixlen=128, flags=0x02)    # IFA_F_NODAD
+                add_loopback_addresses(ip, ["203.0.113.10", NODE_ADDR] + CLIENTS4, ["2001:db8::10"] + CLIENTS6)
             self.worker = ThreadPoolExecutor(1, thread_name_prefix=self.name, initializer=_enter,
                                              initargs=(self.name,))
         except BaseException:

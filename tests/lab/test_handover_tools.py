@@ -157,15 +157,20 @@ def test_synack_watch_reports_a_second_synack_with_another_isn_for_a_held_connec
         other = next(k for k in (1, 2, 3) if f"n{k}" != served["node"])
         code = ("import sys; from nodeagent.lab.synack_watch import inject_synack; "
                 "inject_synack('eth0', sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), "
-                "int(sys.argv[6]))")
+                "int(sys.argv[6]), int(sys.argv[7]))")
+
+        def inject(isn: int, ack: int) -> None:
+            lab.run(lab.node(other), [sys.executable, "-c", code, farm.client_mac(), VIP, str(ECHO), opened["src"],
+                                      str(opened["sport"]), str(isn), str(ack)])
+        # Another attempt on the same 4-tuple (another client ISN acknowledged): not a duplicate.
+        inject((real.isn + 0x20000000) & 0xFFFFFFFF, (real.ack + 0x01000000) & 0xFFFFFFFF)
         fake_isn = (real.isn + 0x10000000) & 0xFFFFFFFF
-        lab.run(lab.node(other), [sys.executable, "-c", code, farm.client_mac(), VIP, str(ECHO), opened["src"],
-                                  str(opened["sport"]), str(fake_isn)])
+        inject(fake_isn, real.ack)                   # a second answer to the held connection's SYN
         [dup] = wait_for(lambda: watch.duplicates(), 5, "the watch to report the duplicate SYN-ACK")
         s = holder.stop()
     finally:
         end = watch.stop()
-    assert dup.flow == (VIP, ECHO, opened["src"], opened["sport"])
+    assert dup.flow == (VIP, ECHO, opened["src"], opened["sport"]) and dup.ack == real.ack
     assert dup.isns == (real.isn, fake_isn)
     assert len(dup.macs) == 2 and dup.macs[0] == real.mac, dup
     assert end["duplicates"] == 1, end               # the watch itself said so, live

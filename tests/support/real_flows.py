@@ -15,6 +15,7 @@ import time
 from pyroute2 import IPRoute
 
 from nodeagent.bpf_consts import FAMILY_V4, FAMILY_V6
+from nodeagent.lab.loopback import add_loopback_addresses
 from tests.support.filter_model import TCP_ESTABLISHED, TCP_TIME_WAIT, SocketQuery
 
 VIP4, VIP6 = "203.0.113.10", "2001:db8::10"
@@ -62,12 +63,7 @@ class RealFlows:
 
     def build(self) -> "RealFlows":
         with IPRoute() as ipr:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.link("set", index=lo, state="up")
-            for addr in (VIP4, CLIENT4):
-                ipr.addr("add", index=lo, address=addr, prefixlen=32)
-            for addr in (VIP6, CLIENT6):
-                ipr.addr("add", index=lo, address=addr, prefixlen=128, flags=0x02)    # IFA_F_NODAD
+            add_loopback_addresses(ipr, [VIP4, CLIENT4], [VIP6, CLIENT6])
         for family, vip, client in ((socket.AF_INET, VIP4, CLIENT4), (socket.AF_INET6, VIP6, CLIENT6)):
             n_est, n_tw = self.counts[family]
             lst = socket.socket(family, socket.SOCK_STREAM)

@@ -42,9 +42,9 @@ def run_cbpf(prog: bytes, pkt: bytes) -> int:
 
 def test_parse_synack_reads_the_tuple_isn_and_source_mac_of_ipv4_and_ipv6_frames():
     s = parse_synack(synack_frame(N2, C, VIP, 9100, CLIENT, 40001, 0xDEADBEEF), 5)
-    assert s == SynAck(5, VIP, 9100, CLIENT, 40001, 0xDEADBEEF, N2)
-    s6 = parse_synack(synack_frame(N1, C, VIP6, 80, CLIENT6, 40002, 7), 6)
-    assert s6 == SynAck(6, VIP6, 80, CLIENT6, 40002, 7, N1)
+    assert s == SynAck(5, VIP, 9100, CLIENT, 40001, 0xDEADBEEF, 1, N2)
+    s6 = parse_synack(synack_frame(N1, C, VIP6, 80, CLIENT6, 40002, 7, ack=0xFFFFFFFF), 6)
+    assert s6 == SynAck(6, VIP6, 80, CLIENT6, 40002, 7, 0xFFFFFFFF, N1)
 
 
 def test_parse_synack_ignores_other_flags_other_sources_and_short_frames():
@@ -68,22 +68,34 @@ def test_synack_frame_checksums_verify():
 
 
 def test_two_isns_for_one_tuple_are_a_duplicate_with_both_macs_and_a_retransmission_is_not():
-    a = SynAck(0, VIP, 9100, CLIENT, 40001, 111, N1)
-    retrans = SynAck(1000 * MS, VIP, 9100, CLIENT, 40001, 111, N1)
-    other_flow = SynAck(10 * MS, VIP, 9100, CLIENT, 40002, 999, N2)
+    a = SynAck(0, VIP, 9100, CLIENT, 40001, 111, 501, N1)
+    retrans = SynAck(1000 * MS, VIP, 9100, CLIENT, 40001, 111, 501, N1)
+    other_flow = SynAck(10 * MS, VIP, 9100, CLIENT, 40002, 999, 501, N2)
     assert duplicates([a, retrans, other_flow]) == []
-    second = SynAck(20 * MS, VIP, 9100, CLIENT, 40001, 222, N2)
+    second = SynAck(20 * MS, VIP, 9100, CLIENT, 40001, 222, 501, N2)
     [d] = duplicates([a, retrans, second, other_flow])
     assert d.flow == (VIP, 9100, CLIENT, 40001)
-    assert d.isns == (111, 222) and d.macs == (N1, N2) and d.t_ns == 20 * MS
+    assert d.isns == (111, 222) and d.macs == (N1, N2) and d.t_ns == 20 * MS and d.ack == 501
     assert "0x6f" in str(d) and N2 in str(d)
 
 
 def test_a_tuple_reused_by_a_later_connection_beyond_the_window_is_not_a_duplicate():
-    first = SynAck(0, VIP, 9100, CLIENT, 40001, 111, N1)
-    later = SynAck(6000 * MS, VIP, 9100, CLIENT, 40001, 222, N1)
+    first = SynAck(0, VIP, 9100, CLIENT, 40001, 111, 501, N1)
+    later = SynAck(6000 * MS, VIP, 9100, CLIENT, 40001, 222, 501, N1)
     assert duplicates([first, later], window_ns=5000 * MS) == []
     assert len(duplicates([first, later], window_ns=7000 * MS)) == 1
+
+
+def test_a_reused_client_port_answered_with_another_isn_is_a_new_attempt_not_a_duplicate():
+    """A client reuses a port 3.2 s later; the server's TIME_WAIT socket answers the new SYN with
+    its old ISN + 65542. The SYN-ACKs acknowledge two client ISNs: two attempts, one answer each."""
+    first = SynAck(0, VIP, 9100, CLIENT, 40001, 0x1000, 0xAAAA0001, N1)
+    reused = SynAck(3200 * MS, VIP, 9100, CLIENT, 40001, 0x1000 + 65542, 0xBBBB0001, N1)
+    assert duplicates([first, reused]) == []
+    forged = SynAck(3201 * MS, VIP, 9100, CLIENT, 40001, 0x7777, 0xBBBB0001, N2)   # same attempt, other stack
+    [d] = duplicates([first, reused, forged])
+    assert d.ack == 0xBBBB0001 and d.isns == (0x1000 + 65542, 0x7777) and d.macs == (N1, N2)
+    assert "0xbbbb0000" in str(d)
 
 
 def test_the_socket_filter_keeps_every_frame_parse_synack_accepts_and_drops_other_tcp_udp_and_fragments():
