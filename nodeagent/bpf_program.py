@@ -45,9 +45,10 @@ def compile_filter(own_mac: bytes, answer_neigh: bool, pin_dir: str | None = Non
                    trace_bucket: bool = False, handover: bool = True):
     """Compile the filter; returns the bcc BPF object.
 
-    pin_dir: pin the maps there, adopting maps a previous agent left (a counter or lease map
-    of another shape is re-created; an ownership map from before handover is migrated; any
-    other map of another shape is a DataplaneError).
+    pin_dir: pin the maps there, adopting maps a previous agent left (a map of another shape
+    that holds nothing the agent cannot rebuild, pinned_layout.RECREATABLE: counters, lease,
+    UDP flows and UDP config, is re-created; an ownership map from before handover is migrated;
+    any other map of another shape is a DataplaneError).
     trace_bucket: test builds record each computed bucket in the vf_trace map.
     handover: False compiles the moving-bucket rules out (-DVF_NO_HANDOVER): benchmarks only,
     the baseline of the fast path's cost.

@@ -49,7 +49,8 @@ class FarmEntry:
     owned: frozenset[int]       # the buckets this node owns
     # The buckets in handover (the same set on every node while some node still drains flows
     # from them): there the filter takes a TCP packet of a flow this kernel knows, whoever owns
-    # the bucket, and drops an unknown non-SYN (bpf/vipfarm_xdp.c, "Handover").
+    # the bucket, and drops an unknown non-SYN; a UDP packet follows the filter's UDP flow
+    # table when the farm has UDP handover (bpf/vipfarm_xdp.c, "Handover"; README, "Planned moves").
     moving: frozenset[int] = frozenset()
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from nodeagent.bpf_consts import TABLE_WORDS
 from nodeagent.bpf_syscall import map_lookup, obj_get
+from nodeagent.pinned_maps import OWNER_VALUE_SIZE
 
 LEASE_MAP = "vf_lease"
 LEASE_VALUE_BYTES = 16       # struct vf_lease (bpf/vipfarm_structs.h): syn_deadline, deadline
@@ -149,7 +150,9 @@ class _NodeReader:
         mask = int.from_bytes(self._lookup("vf_tables", half, 8)[4:8], "little")
         bits = 0
         for w in range((mask + 64) // 64):
-            bits |= int.from_bytes(self._lookup("vf_owner", half * TABLE_WORDS + w, 8), "little") << (64 * w)
+            # struct vf_bits {u64 owned; u64 moving}: the whole value, the owned half of it
+            word = self._lookup("vf_owner", half * TABLE_WORDS + w, OWNER_VALUE_SIZE)[:8]
+            bits |= int.from_bytes(word, "little") << (64 * w)
         return bits
 
 
