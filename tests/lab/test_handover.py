@@ -13,6 +13,7 @@ connections.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -56,13 +57,24 @@ class HandoverLab:
             self.weights = dict(weights)
         if drained is not None:
             self.drained = drained
-        with open(self.file, "w") as f:
+        with open(self.file + ".new", "w") as f:   # replaced whole: an agent never reads half a file
             f.write(self.text())
+        os.replace(self.file + ".new", self.file)
         t = time.monotonic_ns()
         for p in self.agents.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGHUP)
         return t
+
+    def decision_log(self, lines: int = 12) -> str:
+        """Each agent's last configuration, base, view and programming events: what a stuck
+        move needs to be diagnosed from a CI log."""
+        keys = ("event=reload", "event=base_", "event=view_changed", "event=buckets_programmed", "event=program_failed")
+        out = []
+        for k in sorted(self.agents):
+            picked = [ln for ln in self.lab.agent_log(k).splitlines() if any(key in ln for key in keys)]
+            out.append(f"--- n{k}:\n" + "\n".join(picked[-lines:]))
+        return "\n".join(out)
 
     def start_agent(self, k: int) -> None:
         self.agents[k] = self.lab.start_agent(k, [self.file])
@@ -73,10 +85,16 @@ class HandoverLab:
         live = {n: w for n, w in self.weights.items() if n not in self.drained}
         want = {int(n[1:]): 1024 * live.get(n, 0) / sum(live.values()) for n in self.weights}
 
+        held: dict[int, int | None] = {}
+
         def by_weights():
             owned = {k: self.lab.owned(k, FARM) for k in want}
+            held.update({k: None if o is None else len(o) for k, o in owned.items()})
             return all(o is not None and abs(len(o) - want[k]) <= 3 for k, o in owned.items())
-        wait_for(by_weights, 60, f"the filters to hold shares by the weights {live}")
+        try:
+            wait_for(by_weights, 60, f"the filters to hold shares by the weights {live}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the filters hold {held}, want {want}\n{self.decision_log()}") from None
         idle = tuple(int(n[1:]) for n in self.drained)
         return self.lab.wait_converged(FARM, sorted(want), timeout=60, idle=idle)
 
