@@ -13,7 +13,7 @@ install-fast:
 
 ## Every tier: unit, BPF, lab, cluster.
 test: install
-	$(PYTEST) tests/unit tests/bpf tests/lab tests/cluster
+	$(PYTEST) --durations=25 tests/unit tests/bpf tests/lab tests/cluster
 
 ## Quick loop: unit and BPF tiers.
 test-fast: install-fast
