@@ -6,6 +6,8 @@ serve them, so the status CLI, the console and the lab tests read what a real ag
     with StatusServer(doc) as srv:          # 127.0.0.1:<free port>, GET /status
         run(["vipfarm", "status", "--agent", srv.address])
 
+In a lab namespace, as a process: `python -m tests.support.status_docs HOST PORT DOC.json`.
+
 `farm_entry` fills every field an agent writes, derived consistently: the owners map deals
 the buckets to the Serving members of the view by weight (round robin), each member's
 `buckets` counts its entries in it and `ownedBuckets` is the node's own count, so a test
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
+import sys
 import threading
 from typing import Any, Iterable, Mapping
 
@@ -69,11 +73,11 @@ def status_document(node: str, farms: Iterable[Mapping[str, Any]], *, mode: str 
 
 
 class StatusServer:
-    """A real HTTP server on 127.0.0.1 (a free port) answering GET /status with `doc` (JSON,
+    """A real HTTP server on `host` (default 127.0.0.1, a free port) answering GET /status with `doc` (JSON,
     application/json) and 404 elsewhere, as the agent's endpoint does. `doc` may be replaced
     while it runs (`srv.doc = ...`). Context manager; close() stops and frees the port."""
 
-    def __init__(self, doc: Mapping[str, Any]):
+    def __init__(self, doc: Mapping[str, Any], host: str = "127.0.0.1", port: int = 0):
         self.doc = doc
         outer = self
 
@@ -94,9 +98,12 @@ class StatusServer:
             def log_message(self, *a):
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server_class = http.server.ThreadingHTTPServer
+        if ":" in host:
+            server_class = type("V6Server", (http.server.ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        self._server = server_class((host, port), Handler)
         self.port = self._server.server_address[1]
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -119,3 +126,17 @@ def dead_address() -> str:
     port = srv.server_address[1]
     srv.server_close()
     return f"127.0.0.1:{port}"
+
+
+def main(argv: list[str]) -> None:
+    """HOST PORT DOC.json: serve that document until killed (a lab node's stand-in agent)."""
+    host, port, path = argv
+    with open(path) as f:
+        doc = json.load(f)
+    srv = StatusServer(doc, host=host, port=int(port))
+    print(f"serving /status on {srv.address}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
