@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None, prog: str = "vipfarm") -> int:
                                              "or ~/.kube/config)")
         dr.add_argument("--timeout", type=float, default=10.0, help="seconds per API request (default 10)")
     status_cli.add_parser(sub)
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
+    if extra:       # said by the sub-command's parser, so its usage line is the one shown
+        sub.choices[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.cmd == "status":
         return status_cli.run(args, prog)
     return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "keygen": cmd_keygen,

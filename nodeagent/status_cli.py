@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import re
 import sys
@@ -163,7 +164,7 @@ def _cluster_views(args, prog: str) -> tuple[list[dict] | None, int]:
                                                    _request_timeout=args.timeout)["items"] if farms else []
     except ApiException as e:
         print(api_error_text(e), file=sys.stderr)
-        if e.status == 404 and args.farm is not None and f'"{args.farm}" not found' in (e.body or ""):
+        if e.status == 404 and args.farm is not None and _not_found_name(e) == args.farm:
             print(f"error: {prog} status: there is no Farm {args.farm!r}; list them with `kubectl get farms`",
                   file=sys.stderr)
         elif e.status == 404:
@@ -179,6 +180,16 @@ def _cluster_views(args, prog: str) -> tuple[list[dict] | None, int]:
         return None, 1
     farms.sort(key=lambda f: (f.get("metadata") or {}).get("name") or "")
     return [farm_view_from_resource(f, farmnodes) for f in farms], 0
+
+
+def _not_found_name(e) -> str | None:
+    """The object a 404 names (Status details.name); None when the resource type itself is
+    missing (no CRD)."""
+    try:
+        body = json.loads(e.body or "")
+    except (TypeError, ValueError):
+        return None
+    return ((body.get("details") or {}).get("name")) if isinstance(body, dict) else None
 
 
 def parse(argv: list[str], prog: str = "vipfarm") -> argparse.Namespace:
