@@ -136,3 +136,13 @@ def test_a_farm_file_names_every_member_at_the_observe_port(tmp_path):
         == ["198.51.100.1:9000", "[2001:db8::2]:9000"]
     with pytest.raises(UsageError, match="nope.yaml"):
         agent_addresses(parse(["--farm-file", str(tmp_path / "nope.yaml")]))
+
+
+def test_agents_serving_no_farm_say_so_and_exit_0_and_another_schema_is_an_error_naming_the_agent(tmp_path):
+    with StatusServer(status_document("n1", [])) as n1, StatusServer({"schemaVersion": 2, "node": "n2", "farms": []}) as n2:
+        empty = vipfarm("--agent", n1.address, home=tmp_path)
+        as_json = vipfarm("--agent", n1.address, "-o", "json", home=tmp_path)
+        newer = vipfarm("--agent", n1.address, "--agent", n2.address, home=tmp_path)
+    assert empty.returncode == 0 and empty.stdout == "" and "No farms found" in empty.stderr
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == []
+    assert newer.returncode == 1 and f"http://{n2.address}/status: /status schemaVersion is 2" in newer.stderr
