@@ -6,6 +6,10 @@
   vipfarm keygen [--out FILE] [--force]  a new heartbeat key (printed, or written to FILE, mode 0600)
   vipfarm drain NODE [--kubeconfig F]    cluster mode: annotate Node NODE vipfarm.io/drain=true
   vipfarm undrain NODE [--kubeconfig F]  cluster mode: remove that annotation
+  vipfarm status [FARM] [-o wide|json|yaml]  each farm's members, buckets, packets, last failover
+                                     (standalone: --agent/--farm-file; cluster: --cluster; nodeagent/status_cli.py)
+
+`kubectl-vipfarm` (kubectl_main) is the same command as a kubectl plugin: `kubectl vipfarm status`.
 """
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ import os
 import sys
 
 from vipfarm.spec import FarmSpecError, load_farm_file
+
+from . import status_cli
+from .kubectl_style import api_error_text
 
 
 def cmd_validate(args) -> int:
@@ -101,17 +108,6 @@ def _write_key_file(path: str, text: str, *, replace: bool) -> None:
             raise
 
 
-def _api_error(e) -> str:
-    """An ApiException as kubectl prints it: Error from server (Reason): message."""
-    try:
-        status = json.loads(e.body or "")
-    except (TypeError, ValueError):
-        status = None
-    if isinstance(status, dict) and status.get("message"):
-        return f"Error from server ({status.get('reason') or e.reason}): {status['message']}"
-    return f"Error from server ({e.reason}): HTTP {e.status} {(e.body or '').strip()[:200]}"
-
-
 def cmd_drain(args) -> int:
     """Set (drain) or remove (undrain) the annotation vipfarm.io/drain=true on a Node. The agent
     on that Node reads it with cordon (vipfarm.membership.node_drain_requested). Needs get and
@@ -146,7 +142,7 @@ def cmd_drain(args) -> int:
             print(f"node/{args.node} {'draining' if drain else 'undrained'} "
                   f"({DRAIN_KEY}={'true' if drain else 'removed'})")
     except ApiException as e:
-        print(_api_error(e), file=sys.stderr)
+        print(api_error_text(e), file=sys.stderr)
         if e.status == 404:
             print(f"error: {prog}: there is no Node {args.node!r}; check the name with `kubectl get nodes`",
                   file=sys.stderr)
@@ -164,8 +160,8 @@ def cmd_drain(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="vipfarm", description="vipfarm command line")
+def main(argv: list[str] | None = None, prog: str = "vipfarm") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="vipfarm command line")
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="check Farm files")
     v.add_argument("files", nargs="+")
@@ -189,9 +185,20 @@ def main(argv: list[str] | None = None) -> int:
         dr.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster credentials, then $KUBECONFIG "
                                              "or ~/.kube/config)")
         dr.add_argument("--timeout", type=float, default=10.0, help="seconds per API request (default 10)")
-    args = p.parse_args(argv)
+    status_cli.add_parser(sub)
+    args, extra = p.parse_known_args(argv)
+    if extra:       # said by the sub-command's parser, so its usage line is the one shown
+        sub.choices[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.cmd == "status":
+        return status_cli.run(args, prog)
     return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "keygen": cmd_keygen,
             "drain": cmd_drain, "undrain": cmd_drain}[args.cmd](args)
+
+
+def kubectl_main() -> int:
+    """The kubectl plugin `kubectl-vipfarm`: kubectl runs it for `kubectl vipfarm ...` with the
+    words after `vipfarm`, so it is the same command under kubectl's name."""
+    return main(prog="kubectl vipfarm")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,27 @@ status command and the console ask one or more agents and merge their answers he
     that agent was not asked or did not answer;
   * events are the union of every answer's, oldest first, one per (time, kind, nodes).
 
-The cluster-mode equivalent reads the Farm status instead (the operator's merge); both give
-the same shape, FARM_VIEW_FIELDS, so the printers and the console take either.
+The cluster-mode equivalent, `farm_view_from_resource`, reads a Farm object (the operator's
+merge: status.members, status.assignment) and the FarmNodes (each agent's report) instead.
+Both give the same shape, FARM_VIEW_FIELDS, so the printers (vipfarm/status_printer.py) and
+the console take either. What only one mode knows is None (or empty) in the other's views:
+`phase` is the operator's (None from agents); packet counters, heartbeat ages
+(`lastHeardMs`), failovers and events are the agents' (None / [] from the API, whose Farm
+status keeps no history); a member's `reportedAt` (when its agent last wrote its FarmNode)
+exists only in cluster views.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from .farm_status import CorruptAssignment, stored_assignment, stored_epoch
+from .reports import membership
+
 SCHEMA_VERSION = 1
 LOCAL_FIELDS = ("ownedBuckets", "counters", "heartbeats", "checks", "handover", "ready")
-FARM_VIEW_FIELDS = ("name", "vips", "buckets", "view", "agreed", "baseEpoch", "members", "owners",
+FARM_VIEW_FIELDS = ("name", "vips", "buckets", "phase", "view", "agreed", "baseEpoch", "members", "owners",
                     "lastFailover", "events", "reportedBy")
+MEMBER_STATES = ("Serving", "Out", "Withdrawn", "Draining", "Drained")
 
 
 class StatusFormatError(ValueError):
@@ -71,6 +81,7 @@ def merge_agent_statuses(statuses: Iterable[Mapping[str, Any]], only_farm: str |
             "name": name,
             "vips": list(best.get("vips") or ()),
             "buckets": best.get("buckets"),
+            "phase": None,
             "view": list(best.get("view") or ()),
             "agreed": bool(best.get("agreed")),
             "baseEpoch": best.get("baseEpoch"),
@@ -102,3 +113,99 @@ def owner_shares(view: Mapping[str, Any]) -> dict[str | None, int]:
     for owner in view.get("owners") or ():
         shares[owner] = shares.get(owner, 0) + 1
     return shares
+
+
+def farm_view_from_resource(farm: Mapping[str, Any], farmnodes: Iterable[Mapping[str, Any]]) -> dict:
+    """The farm view (FARM_VIEW_FIELDS) of one Farm object and the FarmNode objects, as the API
+    server returns them (dicts).
+
+    Members, their buckets, weights and reasons are the operator's (status.members); the
+    bucket owners decode status.assignment (none when it is absent or unreadable: the phase
+    and conditions then say why); each member's `local` part is its agent's FarmNode report
+    for this Farm (None without one). The view is the agreed view most of the eligible
+    members' agents report (`agreed` when they are a strict majority, the operator's rule in
+    vipfarm/decisions.py); with no agent reporting one, the serving members."""
+    meta, spec, status = (farm.get(k) or {} for k in ("metadata", "spec", "status"))
+    name = meta.get("name")
+    reports: dict[str, tuple[Mapping[str, Any] | None, str | None]] = {}
+    for fn in farmnodes:
+        fn_status = fn.get("status") or {}
+        reports[(fn.get("metadata") or {}).get("name")] = ((fn_status.get("farms") or {}).get(name),
+                                                           fn_status.get("reportedAt"))
+    try:
+        assignment = stored_assignment(status)
+    except CorruptAssignment:
+        assignment = None
+    owners = assignment.owner_names() if assignment is not None else []
+
+    members, votes, eligible = [], {}, 0
+    for m in status.get("members") or ():
+        node = m.get("node")
+        report, reported_at = reports.get(node, (None, None))
+        state = _member_state(m)
+        flows_left = _count(m.get("flowsLeft")) or _count((report or {}).get("flowsLeft"))
+        entry = {"name": node, "address": m.get("address") or (report or {}).get("address") or None,
+                 "weight": m.get("weight", 1), "state": state,
+                 "reason": "" if state == "Serving" else str(m.get("reason") or ""),
+                 "buckets": int(m.get("buckets") or 0), "lastHeardMs": None, "handingOver": flows_left > 0,
+                 "reportedAt": reported_at, "local": _local_from_report(report, flows_left)}
+        for extra in ("dataplaneMode", "lastError"):
+            if m.get(extra):
+                entry[extra] = m[extra]
+        members.append(entry)
+        if m.get("ready") or m.get("eligible"):
+            eligible += 1
+            agreed_on = membership((report or {}).get("membership"))
+            if agreed_on is not None and agreed_on.agreed:
+                key = (agreed_on.view, agreed_on.base_epoch)
+                votes[key] = votes.get(key, 0) + 1
+    if votes:
+        (view, _), n = max(votes.items(), key=lambda kv: (kv[1], kv[0][1], len(kv[0][0]), sorted(kv[0][0])))
+        agreed = 2 * n > eligible
+    else:
+        view, agreed = frozenset(m["name"] for m in members if m["state"] == "Serving"), False
+    return {
+        "name": name,
+        "vips": list(spec.get("virtualIPs") or ()),
+        "buckets": spec.get("buckets", len(owners) or None),
+        "phase": status.get("phase"),
+        "view": sorted(view),
+        "agreed": agreed,
+        "baseEpoch": stored_epoch(status),
+        "members": members,
+        "owners": owners,
+        "lastFailover": None,
+        "events": [],
+        "reportedBy": None,
+    }
+
+
+def _member_state(m: Mapping[str, Any]) -> str:
+    """A status.members entry's state in the agents' words (MEMBER_STATES)."""
+    if m.get("ready"):
+        return "Serving"
+    reason = str(m.get("reason") or "")
+    if reason == "Draining":
+        return "Draining"
+    if reason in ("Drained", "Cordoned"):
+        return "Drained"
+    return "Withdrawn" if reason == "Withdrawn" else "Out"
+
+
+def _local_from_report(report: Mapping[str, Any] | None, flows_left: int) -> dict | None:
+    """What a FarmNode report says about its own node, in /status's words (LOCAL_FIELDS)."""
+    if not report:
+        return None
+    checks = []
+    for key, c in sorted((report.get("checks") or {}).items()):
+        c = c if isinstance(c, Mapping) else {}
+        if c.get("type") == "recovery":
+            continue
+        checks.append({"name": c.get("name") or key, "state": str(c.get("state") or "").capitalize() or None,
+                       "lastRun": None, "since": c.get("since")})
+    return {"ready": bool(report.get("ready")), "checks": checks,
+            "handover": {"active": flows_left > 0, "flowsLeft": flows_left}}
+
+
+def _count(raw: Any) -> int:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 0

@@ -12,12 +12,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from vipfarm.membership import DRAIN_KEY, node_drain_requested
+from tests.support.apiserver import wait_until_allowed
 
 pytestmark = pytest.mark.cluster
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,18 +28,6 @@ def vipfarm(*args: str, kubeconfig: str) -> subprocess.CompletedProcess:
     env.pop("KUBERNETES_SERVICE_HOST", None)      # never take in-cluster credentials here
     return subprocess.run([sys.executable, "-m", "nodeagent.cli", *args], capture_output=True, text=True,
                           timeout=60, env=env, cwd=REPO)
-
-
-def wait_until_allowed(apiserver, cfg: str, verb: str, what: str, timeout: float = 15.0) -> None:
-    """Until the API server's RBAC cache has the new binding (`kubectl auth can-i` says yes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = apiserver.kubectl("auth", "can-i", verb, what, kubeconfig=cfg, check=False)
-        if res.stdout.strip() == "yes":
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"RBAC still refuses {verb} {what} {timeout} s after the binding: {res.stdout}{res.stderr}")
-        time.sleep(0.1)
 
 
 def node_object(apiserver, name: str) -> dict:

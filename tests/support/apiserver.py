@@ -162,6 +162,18 @@ def _write_private(path: str, text: str) -> str:
     return path
 
 
+def wait_until_allowed(apiserver, cfg: str, verb: str, what: str, timeout: float = 15.0) -> None:
+    """Until the API server's RBAC cache has the new binding (`kubectl auth can-i` says yes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = apiserver.kubectl("auth", "can-i", verb, what, kubeconfig=cfg, check=False)
+        if res.stdout.strip() == "yes":
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"RBAC still refuses {verb} {what} {timeout} s after the binding: {res.stdout}{res.stderr}")
+        time.sleep(0.1)
+
+
 # ---------------------------------------------------------------------------------------------
 class ApiServer:
     """etcd + kube-apiserver in a temp dir. Context manager; close() is idempotent, runs at exit
