@@ -358,7 +358,7 @@ def run_demo(json_out: bool = False) -> int:
     m = dict(run.m) if run else {}
     summary = summarize(Measurements(weights=WEIGHTS, failures=(run.failures if run else []) + failures,
                                      duration_s=time.monotonic() - t0, interval_ms=INTERVAL_MS,
-                                     timeout_ms=TIMEOUT_MS, **m))
+                                     timeout_ms=TIMEOUT_MS, lab=prefix or None, **m))
     p.say()
     if summary.ok:
         p.say(f"OK: every node served ({counts_text(summary.distribution)}), failover {summary.failover_ms:.0f} ms "

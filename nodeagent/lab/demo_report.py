@@ -41,6 +41,7 @@ class Measurements:
     duration_s: float | None = None
     interval_ms: int | None = None              # the farm's heartbeat interval and timeout
     timeout_ms: int | None = None
+    lab: str | None = None                      # the lab's namespace prefix
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class DemoSummary:
     connections_reset: int | None               # held connections reset from the drain on
     heartbeat: dict[str, int | None]
     duration_s: float | None
+    lab: str | None = None
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -80,7 +82,7 @@ class DemoSummary:
                 "drained": self.drained, "held_connections": self.held_connections,
                 "held_on_drained": self.held_on_drained, "new_to_drained": self.new_to_drained,
                 "connections_reset": self.connections_reset, "heartbeat": dict(self.heartbeat),
-                "duration_s": self.duration_s}
+                "duration_s": self.duration_s, "lab": self.lab}
 
 
 def expected_shares(weights: Mapping[str, int]) -> dict[str, float]:
@@ -182,7 +184,7 @@ def summarize(m: Measurements) -> DemoSummary:
         rejoin_reset=rejoin_reset, drained=m.drained, held_connections=len(held_ids),
         held_on_drained=held_on_drained, new_to_drained=new_to_drained, connections_reset=connections_reset,
         heartbeat={"interval_ms": m.interval_ms, "timeout_ms": m.timeout_ms},
-        duration_s=None if m.duration_s is None else round(m.duration_s, 1), errors=errors)
+        duration_s=None if m.duration_s is None else round(m.duration_s, 1), lab=m.lab, errors=errors)
 
 
 def _outcomes(attempts) -> str:
