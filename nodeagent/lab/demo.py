@@ -33,7 +33,6 @@ from typing import Callable, TextIO
 from . import faults
 from .demo_report import (Measurements, counts_text, distribution, distribution_lines, holder_progress,
                           recovery_progress, summarize, traffic_progress, traffic_verdict)
-from .holder import load_records as load_held
 from .holder import spawn_holder
 from .namespaces import Lab, client_ips, farm_yaml, partitioned
 from .prober import clients_of, recovery_time, spawn_probe
