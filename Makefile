@@ -31,9 +31,10 @@ test-lab: install-fast
 test-cluster: install
 	$(PYTEST) tests/cluster
 
-## The lab demo: 3 namespace nodes, real agents, real traffic, the per-node distribution.
+## The lab demo: 3 namespace nodes, real agents, real traffic, the per-node distribution,
+## a crash and its failover time, a rejoin and a drain under long-lived connections.
 demo: install-fast
-	$(VENV)/bin/vipfarm demo
+	$(VENV)/bin/vipfarm lab demo
 
 ## Every benchmark (about 12 minutes); figures and method in bench/RESULTS.md.
 bench: install

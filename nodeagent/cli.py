@@ -2,7 +2,8 @@
 
   vipfarm validate FILE...           check Farm files, print every problem
   vipfarm stats --node N [--iface I] counters and ownership of a running node's filter
-  vipfarm demo                       the lab demo (namespaces, agents, traffic)
+  vipfarm lab demo [--json]          the lab demo: a farm in namespaces, traffic, a crash, a drain
+  vipfarm demo [--json]              the same
   vipfarm keygen [--out FILE] [--force]  a new heartbeat key (printed, or written to FILE, mode 0600)
   vipfarm drain NODE [--kubeconfig F]    cluster mode: annotate Node NODE vipfarm.io/drain=true
   vipfarm undrain NODE [--kubeconfig F]  cluster mode: remove that annotation
@@ -58,7 +59,7 @@ def cmd_stats(args) -> int:
 
 def cmd_demo(args) -> int:
     from .lab.demo import run_demo
-    return run_demo(nodes=args.nodes, connections=args.connections)
+    return run_demo(json_out=args.json)
 
 
 def cmd_keygen(args) -> int:
@@ -172,9 +173,15 @@ def main(argv: list[str] | None = None, prog: str = "vipfarm") -> int:
     s.add_argument("--pin-root")
     s.add_argument("--state-root")
     s.add_argument("--json", action="store_true", help="one line of JSON")
-    d = sub.add_parser("demo", help="run the namespace lab demo")
-    d.add_argument("--nodes", type=int, default=3)
-    d.add_argument("--connections", type=int, default=600)
+    demo_text = ("the lab demo (root): 3 nodes in network namespaces with real agents; traffic and its "
+                 "distribution, a node crash and the failover time the clients saw, a rejoin and a drain "
+                 "under long-lived connections, then everything removed")
+    lab = sub.add_parser("lab", help="the namespace lab", description="the namespace lab")
+    lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
+    for d in (lab_sub.add_parser("demo", help=demo_text, description=demo_text),
+              sub.add_parser("demo", help="the same as `vipfarm lab demo`", description=demo_text)):
+        d.add_argument("--json", action="store_true",
+                       help="print one JSON summary on stdout at the end (the progress goes to stderr)")
     k = sub.add_parser("keygen", help="make a new heartbeat key")
     k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600) instead of printing it")
     k.add_argument("--force", action="store_true", help="replace FILE if it exists")
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None, prog: str = "vipfarm") -> int:
         sub.choices[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.cmd == "status":
         return status_cli.run(args, prog)
-    return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "keygen": cmd_keygen,
+    return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "lab": cmd_demo, "keygen": cmd_keygen,
             "drain": cmd_drain, "undrain": cmd_drain}[args.cmd](args)
 
 

@@ -290,10 +290,7 @@ class Lab:
         last: dict[int, set[int] | None] = {}
         while time.monotonic() < deadline:
             last = {k: self.owned(k, farm) for k in nodes}
-            shares = [s for s in last.values() if s is not None]
-            if len(shares) == len(nodes) and sum(map(len, shares)) == buckets \
-                    and set().union(*shares) == set(range(buckets)) \
-                    and all(last[k] for k in nodes if k not in idle):
+            if partitioned(last, buckets, idle):
                 return {k: set(s) for k, s in last.items()}
             time.sleep(0.05)
         counts = {k: (None if s is None else len(s)) for k, s in last.items()}
@@ -301,10 +298,21 @@ class Lab:
                            f"{timeout}s (buckets held: {counts}); agent logs in {self.workdir}")
 
     def write_farm(self, name: str, text: str) -> str:
+        """Write (or rewrite) a Farm file whole: a new file renamed over the old one, so an
+        agent re-reading it on SIGHUP never sees half of it."""
         path = os.path.join(self.workdir, f"{name}.yaml")
-        with open(path, "w") as f:
+        with open(path + ".new", "w") as f:
             f.write(text)
+        os.replace(path + ".new", path)
         return path
+
+
+def partitioned(shares: dict[int, set[int] | None], buckets: int = 1024, idle: tuple[int, ...] = ()) -> bool:
+    """Do these filters (node -> buckets it owns, None before it has any) partition the farm's
+    buckets, every node but those in `idle` holding some? (Lab.wait_converged's condition.)"""
+    held = [s for s in shares.values() if s is not None]
+    return len(held) == len(shares) and sum(map(len, held)) == buckets \
+        and set().union(*held) == set(range(buckets)) and all(shares[k] for k in shares if k not in idle)
 
 
 def farm_yaml(name: str, vips: list[str], weights: dict[str, int], *, vmac_mode: str = "unicast-flood",

@@ -331,13 +331,15 @@ _runs = iter(range(1, 1 << 30))
 
 
 def spawn_probe(lab, vip: str, port: int, clients: list[str], seconds: float = 30, interval_ms: float = 20,
-                timeout_ms: float = 80) -> RunningProbe:
+                timeout_ms: float = 80, max_attempts: int | None = None) -> RunningProbe:
     """Start a prober in the lab's client namespace; stop it with .stop()."""
     path = os.path.join(lab.workdir, f"probe{next(_runs)}.jsonl")
     stop = path + ".stop"
     args = [sys.executable, "-m", "nodeagent.lab.prober", "--vip", vip, "--port", str(port), "--out", path,
             "--stop-file", stop, "--seconds", str(seconds), "--interval-ms", str(interval_ms),
             "--timeout-ms", str(timeout_ms)]
+    if max_attempts is not None:
+        args += ["--max-attempts", str(max_attempts)]
     for c in clients:
         args += ["--src", c]
     proc = lab.spawn(lab.client, args, log_name=os.path.basename(path) + ".log")

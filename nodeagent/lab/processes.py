@@ -19,12 +19,15 @@ from typing import Callable
 
 class CleanupOnExit:
     """Run `close` once: at interpreter exit, and on SIGTERM/SIGINT (then re-raise the signal's
-    usual outcome), but only in the process that created this object."""
+    usual outcome), but only in the process that created this object. A signal that arrives
+    while `close` runs is held until it returns, so nothing interrupts the cleanup itself."""
 
     def __init__(self, close: Callable[[], None], *, signals: bool = True):
         self._close = close
         self._owner_pid = os.getpid()
         self._done = False
+        self._closing = False
+        self._deferred: Callable[[], None] | None = None
         atexit.register(self.run)
         if signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -42,17 +45,33 @@ class CleanupOnExit:
             atexit.unregister(self.run)
         except Exception:
             pass
-        self._close()
+        self._closing = True
+        try:
+            self._close()
+        finally:
+            self._closing = False
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            deferred()
 
     def _handler(self, previous):
-        def handler(signum, frame):
-            if not self.in_owner:
-                os._exit(128 + signum)      # a forked helper inherited this handler: just go
-            self.run()
+        def outcome(signum, frame):
             if callable(previous):
                 previous(signum, frame)
             else:
                 raise SystemExit(128 + signum)
+
+        def handler(signum, frame):
+            if not self.in_owner:
+                os._exit(128 + signum)      # a forked helper inherited this handler: just go
+            if self._closing:
+                # A signal while the cleanup runs (a second Ctrl-C, or one during a normal exit)
+                # would raise in the middle of it and leave namespaces behind: it takes effect
+                # once the cleanup is done instead.
+                self._deferred = lambda: outcome(signum, frame)
+                return
+            self.run()
+            outcome(signum, frame)
         return handler
 
 

@@ -57,3 +57,23 @@ def test_terminate_escalates_to_sigkill_when_sigterm_is_ignored():
     t0 = time.monotonic()
     terminate(p, grace=0.5)
     assert p.returncode == -9 and time.monotonic() - t0 < 10
+
+
+def test_a_signal_during_the_cleanup_waits_until_the_cleanup_is_done(tmp_path):
+    """A second Ctrl-C (or one during a normal exit) must not interrupt the teardown half-way:
+    the cleanup, slowed here by SIGINTs sent to itself, still runs to its last step."""
+    marker = tmp_path / "steps"
+    code = (f"import os, signal, time\nfrom nodeagent.lab.processes import CleanupOnExit\n"
+            f"def close():\n"
+            f"    for i in range(3):\n"
+            f"        os.kill(os.getpid(), signal.SIGINT)\n"
+            f"        time.sleep(0.1)\n"
+            f"        open({str(marker)!r}, 'a').write(str(i))\n"
+            f"c = CleanupOnExit(close)\n"
+            f"try:\n"
+            f"    c.run()\n"
+            f"except KeyboardInterrupt:\n"
+            f"    print('interrupted after the cleanup', flush=True)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert marker.read_text() == "012", p.stderr
+    assert p.stdout.strip() == "interrupted after the cleanup", p.stderr
