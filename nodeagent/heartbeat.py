@@ -112,7 +112,7 @@ class HeartbeatSnapshot:
     counts: Mapping[str, int]             # every farm's, and datagrams no farm could claim
 
 
-PUBLISH_EVERY_NS = 20 * MS                # a snapshot at most this often (each loop pass, rate-limited)
+PUBLISH_EVERY_NS = 2 * MS                 # a snapshot at most this often (each loop pass, rate-limited)
 
 
 @dataclass(frozen=True)
