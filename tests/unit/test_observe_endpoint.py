@@ -157,7 +157,7 @@ def test_a_taken_port_is_a_clear_error():
 
 
 @pytest.mark.parametrize("text, expect", [("127.0.0.1:9478", ("127.0.0.1", 9478)), ("[::1]:9478", ("::1", 9478)),
-                                          ("0.0.0.0:1", ("0.0.0.0", 1)), ("off", None), ("OFF", None)])
+                                          ("0.0.0.0:1", ("0.0.0.0", 1)), ("[198.51.100.1]:9478", ("198.51.100.1", 9478)), ("off", None), ("OFF", None)])
 def test_listen_addresses(text, expect):
     assert parse_listen_address(text, "--observe-address") == expect
 
