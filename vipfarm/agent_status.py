@@ -28,8 +28,9 @@ REJECTION_REASONS = {
     "rejected_bad_version": "bad_version", "rejected_bad_kind": "bad_kind", "rejected_unknown_key": "unknown_key",
     "rejected_bad_mac": "bad_mac", "rejected_malformed": "malformed", "rejected_unknown_farm": "unknown_farm",
     "heartbeat_replayed": "replay", "heartbeat_old_boot": "old_boot", "heartbeat_not_member": "not_member",
-    "heartbeat_pending_echo": "pending_echo",
 }
+# Not a rejection: heartbeat_pending_echo, a restarted peer's first heartbeats before it echoes
+# this node's boot id (normal once per peer start; an alert on rejections must not fire on it).
 ALWAYS_SHOWN_REASONS = ("bad_mac", "replay", "malformed")
 
 
