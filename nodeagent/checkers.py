@@ -172,6 +172,26 @@ def probe(checker: Checker, started: Callable[[subprocess.Popen], None] | None =
 
 # -- the runner ----------------------------------------------------------------------------------
 
+TIMED_OUT = "timed out after"     # how every timeout above (and the scheduler's) starts its detail
+
+
+def probe_outcome(result: ProbeResult) -> str:
+    """pass, fail or timeout: the `result` label of vipfarm_checker_runs_total."""
+    if result.ok:
+        return "pass"
+    return "timeout" if TIMED_OUT in result.detail else "fail"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckerRecord:
+    """One checker as the observability endpoint shows it (CheckRunner.observed)."""
+    name: str
+    state: str                          # vipfarm.checks: unknown, passing, failing
+    last_run: str                       # RFC 3339 of the last probe result, "" before the first
+    runs: Mapping[str, int]             # probe_outcome -> count
+    recovery_runs: Mapping[str, int]    # "ok" / "failed" -> recovery runs this checker's failure caused
+
+
 @dataclasses.dataclass
 class _Slot:
     """The scheduling of one checker."""
@@ -209,6 +229,11 @@ class CheckRunner:
         self._recovery_result: ProbeResult | None = None
         self._recovery_checker = ""
         self._health = farm_health(self._states, self._recovery)
+        self._runs: dict[str, dict[str, int]] = {c.name: {} for c in farm.checkers}
+        self._recoveries: dict[str, dict[str, int]] = {c.name: {} for c in farm.checkers}
+        self._last_run: dict[str, str] = {}
+        self.observed: tuple[CheckerRecord, ...] = ()    # replaced whole, read without the lock
+        self._publish()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -279,6 +304,10 @@ class CheckRunner:
                 slot.abandoned = True   # counted now; the worker's late answer is dropped
                 result = ProbeResult(False, f"timed out after {slot.checker.timeout_ms} ms")
             if result is not None:
+                counts = self._runs[slot.checker.name]
+                outcome = probe_outcome(result)
+                counts[outcome] = counts.get(outcome, 0) + 1
+                self._last_run[slot.checker.name] = utc_now()
                 before = self._states[i]
                 self._states[i] = observe(before, result, slot.checker, now)
                 event = transition_event(self.farm.name, before, self._states[i], now)
@@ -286,6 +315,9 @@ class CheckRunner:
                     events.append(event)
         if self._recovery_result is not None:
             result, self._recovery_result = self._recovery_result, None
+            counts = self._recoveries.setdefault(self._recovery_checker, {})
+            outcome = "ok" if result.ok else "failed"
+            counts[outcome] = counts.get(outcome, 0) + 1
             self._recovery, event = recovery_finished(self._recovery, result, now, self.farm.name,
                                                       self._recovery_checker)
             events.append(event)
@@ -295,7 +327,13 @@ class CheckRunner:
         events += rec_events
         if start:
             self._start_recovery(rec_events[0].checker)
+        self._publish()
         return events
+
+    def _publish(self) -> None:
+        self.observed = tuple(CheckerRecord(c.name, st.state, self._last_run.get(c.name, ""),
+                                            dict(self._runs[c.name]), dict(self._recoveries.get(c.name, {})))
+                              for c, st in zip(self.farm.checkers, self._states))
 
     def _schedule(self, now: float) -> list[Event]:
         for slot in self._slots:

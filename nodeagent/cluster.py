@@ -84,6 +84,7 @@ from .heartbeat import Decision, FarmPeers, HeartbeatEngine, Membership
 from .leases import LeaseWriter, adopted_lease_live
 from .netconfig import InterfaceError
 from .node_dataplanes import NodeDataplanes, read_local_records
+from .observe import STARTUP_BUDGET_S, Observer, listen
 from .udp_handover import UdpHandover
 
 log = logging.getLogger("vipfarm.agent.cluster")
@@ -186,7 +187,7 @@ def checks_withdraw(health: Health | None, adopted: frozenset[int]) -> bool:
 
 class ClusterAgent:
     def __init__(self, node: str, pin_root: str, state_root: str, refresh_s: float = 60.0,
-                 leave_on_exit: bool = False):
+                 leave_on_exit: bool = False, observe: tuple[str, int] | None = None):
         from kubernetes import client
         api = kubeconfig.api_client()
         self.custom = client.CustomObjectsApi(api)
@@ -254,6 +255,8 @@ class ClusterAgent:
         self.check_events: list = []
         self.k8s_events = EventPoster(node, lambda ns, body: self.events_api.create_namespaced_event(
             ns, body, _request_timeout=10))     # an API server that does not answer costs the poster 10 s, no more
+        self.observe_address = observe
+        self.observer = Observer(node, "cluster", self.engine, self.runners, self.handover)
 
     def _publish_adopted_leases(self) -> None:
         """Before anything else: where the previous agent's leases are, so the heartbeat thread
@@ -492,6 +495,7 @@ class ClusterAgent:
         if key != self.engine_config:
             self.engine_config = key
             self.engine.configure(peers)
+            self.observer.configured(peers)
             for p in peers:
                 log.info("event=heartbeats_configured node=%s farm=%s members=%s addresses=%d base_epoch=%d key=%s",
                          self.node, p.farm, ",".join(sorted(p.weights)), len(p.addresses), p.base.epoch,
@@ -515,6 +519,7 @@ class ClusterAgent:
         with self.lock:
             decisions, memberships = dict(self.decisions), dict(self.memberships)
             checks = {f: dict(c) for f, c in self.checks.items()}
+            health_now = dict(self.health)
         owned = {}
         for name in decided:
             d = decisions.get(name)
@@ -550,6 +555,10 @@ class ClusterAgent:
         except (DataplaneError, InterfaceError, ValueError, OSError) as e:
             log.error("event=program_failed node=%s error=%s", self.node, e)
             error = str(e)
+        if self.programmed_once:
+            reasons = {f.name: (health_now[f.name].reason if f.name in health_now and not health_now[f.name].ok
+                                else "") for f in served}
+            self.observer.programmed(served, decisions, self.programmed, self.dataplanes.pins(), reasons)
         modes = {} if error else {i.farm.interface: self.dataplanes.mode_of(i.farm.interface) for i in w.serve}
         reports = pacing.settled(w, error, modes)
         addresses = {i.farm.name: self._address(i.farm.interface) for i in w.serve}
@@ -660,6 +669,14 @@ class ClusterAgent:
         return 5.0                     # the LIST wakes the loop when it arrives
 
     def run(self) -> int:
+        server = listen(self.observe_address, self.observer)   # before any change: a taken port stops here
+        try:
+            return self._run()
+        finally:
+            if server is not None:
+                server.stop()
+
+    def _run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         self._publish_adopted_leases()
@@ -673,8 +690,11 @@ class ClusterAgent:
         started = self.clock()
         said_waiting = acting = False
         while not self.stopping.is_set():
+            wake_s = self._next_wake()
+            # a first programming compiles the filter: allow it more than 3 wakes
+            self.observer.main_loop_alive(wake_s if self.programmed_once else max(wake_s, STARTUP_BUDGET_S))
             try:
-                kind, obj = self.events.get(timeout=self._next_wake())
+                kind, obj = self.events.get(timeout=wake_s)
             except queue.Empty:
                 pass                   # a timeout: retries a failed dataplane change below
             else:
@@ -778,4 +798,4 @@ def run_cluster_agent(args) -> int:
               "from spec.nodeName) or pass --node", flush=True)
         return 2
     return ClusterAgent(node, args.pin_root, args.state_root, args.refresh,
-                        args.leave_on_exit).run()
+                        args.leave_on_exit, getattr(args, "observe", None)).run()

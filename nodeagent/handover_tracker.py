@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Mapping
 
-from vipfarm.handover import Drain, Pending, bucket_runs, drain_begin, drain_step, moving_buckets, pending_step
+from vipfarm.handover import Drain, HandoverTotals, Pending, add_step, bucket_runs, drain_begin, drain_step, moving_buckets, pending_step
 from vipfarm.spec import Farm
 
 from .flow_census import count_flows, tcp_sockets
@@ -36,6 +36,8 @@ class HandoverTracker:
         self.pendings: dict[str, Pending] = {}
         self.census_due = False
         self._planned: dict[str, tuple[Drain, Pending]] = {}
+        # per farm, replaced whole at each commit (read by observe.py from another thread)
+        self.totals: dict[str, HandoverTotals] = {}
 
     def active(self) -> bool:
         return any(d.since for d in self.drains.values()) or any(p.until for p in self.pendings.values())
@@ -81,6 +83,9 @@ class HandoverTracker:
         """The planned state is now the filter's. A release gets its census at once."""
         for name, (drain, pending) in self._planned.items():
             self._log(name, self.drains.get(name, Drain()), drain)
+            totals = add_step(self.totals.get(name, HandoverTotals()), self.drains.get(name, Drain()), drain)
+            if totals != self.totals.get(name):
+                self.totals = {**self.totals, name: totals}
             self.drains[name], self.pendings[name] = drain, pending
             self.engine.handing_over(name, bool(drain.since))
         for name in set(self.drains) - set(self._planned):      # a farm no longer served

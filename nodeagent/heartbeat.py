@@ -84,6 +84,35 @@ class Decision:
     withheld: int
     peers_handing_over: bool = False      # some other member still serves flows in buckets it gave up
     draining: frozenset[str] = frozenset()
+    # For the observability endpoint (observe.py): the configured members and their weights,
+    # when each peer's last heartbeat was accepted (monotonic ns; a failover's duration starts
+    # there), and the effective assignment the buckets come from (None outside the view).
+    weights: Mapping[str, int] = field(default_factory=dict)
+    last_heard_ns: Mapping[str, int] = field(default_factory=dict)
+    target: Assignment | None = None
+
+
+@dataclass(frozen=True)
+class FarmHeartbeats:
+    """One farm's heartbeats as the thread last published them (HeartbeatEngine.snapshot())."""
+    interval_ms: int
+    timeout_ms: int
+    members: int                          # configured members, this node included
+    last_heard_ns: Mapping[str, int]      # peer -> when its last heartbeat was accepted (never: absent)
+    flags: Mapping[str, int]              # peer -> the flags of its freshest row (ROW_HANDING_OVER ...)
+    counts: Mapping[str, int]             # this farm's share of HeartbeatEngine.stats()
+
+
+@dataclass(frozen=True)
+class HeartbeatSnapshot:
+    """What the heartbeat thread publishes for readers on other threads: immutable, swapped
+    whole (a reference assignment), so a reader never takes a lock the thread waits on."""
+    at_ns: int                            # when it was taken (the thread's liveness, for /healthz)
+    farms: Mapping[str, FarmHeartbeats]
+    counts: Mapping[str, int]             # every farm's, and datagrams no farm could claim
+
+
+PUBLISH_EVERY_NS = 2 * MS                 # a snapshot at most this often (each loop pass, rate-limited)
 
 
 @dataclass(frozen=True)
@@ -116,6 +145,7 @@ class _Farm:
     said: Membership | None = None        # the last membership handed to on_membership
     peers_handing_over: bool = False      # in the last decision handed over
     sent_released: bool = False           # ROW_RELEASED in the last heartbeat sent
+    counts: dict[str, int] = field(default_factory=dict)   # this farm's counts (observe.py's metrics)
 
 
 class HeartbeatEngine:
@@ -155,6 +185,7 @@ class HeartbeatEngine:
         self._sent_handing_over: frozenset[str] = frozenset()
         self.udp = UdpListExchange(node, udp_flows, self._count)     # UDP handover's flow lists
         self._udp_wanted: dict[str, int] = {}      # farm -> hold deadline: ask the peers (want_udp_lists)
+        self._snapshot = HeartbeatSnapshot(0, {}, {})
 
     # -- called from other threads -------------------------------------------------------
     def configure(self, farms: list[FarmPeers]) -> None:
@@ -211,6 +242,13 @@ class HeartbeatEngine:
     def stats(self) -> dict[str, int]:
         return dict(self.counts, worst_send_delay_us=self.worst_send_delay_ns // 1000)
 
+    def snapshot(self) -> HeartbeatSnapshot:
+        """The latest published state (for the observability endpoint; any thread, no lock)."""
+        return self._snapshot
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _poke(self) -> None:
         try:
             os.write(self._wake_w, b"x")
@@ -218,8 +256,24 @@ class HeartbeatEngine:
             pass
 
     # -- the thread ------------------------------------------------------------------------
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, f: "_Farm | None" = None) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
+        if f is not None:
+            f.counts[what] = f.counts.get(what, 0) + 1
+
+    def _publish(self, now: int) -> None:
+        """Swap in a new snapshot (at most every PUBLISH_EVERY_NS): copies of this thread's own
+        state, so readers never touch what it mutates."""
+        if now - self._snapshot.at_ns < PUBLISH_EVERY_NS:
+            return
+        farms = {}
+        for name, f in self.farms.items():
+            heard = {f.ids[i]: p.last_heard_ns for i, p in f.table.peers.items()
+                     if p.last_heard_ns is not None and i in f.ids}
+            flags = {f.ids[i]: r.flags for i, r in f.table.rows.items() if i in f.ids}
+            farms[name] = FarmHeartbeats(f.cfg.interval_ms, f.cfg.timeout_ms, len(f.cfg.weights), heard, flags,
+                                         dict(f.counts))
+        self._snapshot = HeartbeatSnapshot(now, farms, dict(self.counts))
 
     def _run(self) -> None:
         self._raise_priority()
@@ -238,6 +292,7 @@ class HeartbeatEngine:
                 self._renew_if_reprogrammed(self.clock())
                 self._send_if_handover_changed(self.clock())
                 self.tick(self.clock())
+                self._publish(self.clock())
             if self._goodbye:
                 self.say_goodbye(self.clock())
         except Exception:          # the thread dying silently would be the worst outcome
@@ -414,7 +469,8 @@ class HeartbeatEngine:
                 break
             except WireError as e:
                 if e.reason != "unknown_key":
-                    self._count(f"rejected_{e.reason}")
+                    # past the key lookup (bad_mac, malformed) the farm whose key it named is known
+                    self._count(f"rejected_{e.reason}", f if e.reason in ("bad_mac", "malformed") else None)
                     return
         if msg is None:
             self._count("rejected_unknown_key")
@@ -425,7 +481,7 @@ class HeartbeatEngine:
             return
         if isinstance(msg, Heartbeat):
             verdict = f.table.receive(msg.sender_id, msg.boot, msg.seq, msg.echoes, msg.rows, now)
-            self._count(f"heartbeat_{verdict}")
+            self._count(f"heartbeat_{verdict}", f)
             if verdict == ACCEPTED:
                 self._maybe_request_base(f, msg, now)
                 self._evaluate(f, self.clock())
@@ -488,9 +544,11 @@ class HeartbeatEngine:
         handing_over = self._peers_handing_over(f, now)
         if s.buckets != f.current or not f.decided or handing_over != f.peers_handing_over:
             f.current, f.decided, f.peers_handing_over = s.buckets, True, handing_over
+            heard = {f.ids[i]: p.last_heard_ns for i, p in f.table.peers.items()
+                     if p.last_heard_ns is not None and i in f.ids}
             self.on_decision(Decision(cfg.farm, s.buckets, view, withdrawn, agreed,
                                       cfg.base.epoch if cfg.base else 0, digest, s.released, s.withheld,
-                                      handing_over, draining))
+                                      handing_over, draining, dict(cfg.weights), heard, target))
         if self.on_membership is not None:
             m = Membership(cfg.farm, cfg.base.epoch if cfg.base else 0, view, digest, agreed, withdrawn)
             if m != f.said:
@@ -600,9 +658,9 @@ class HeartbeatEngine:
                 continue
             try:
                 s.sendto(data, (addr, f.cfg.port))
-                self._count("sent")
+                self._count("sent", f)
             except OSError:
-                self._count("send_failed")      # no route / link down: the peer tables will tell
+                self._count("send_failed", f)      # no route / link down: the peer tables will tell
 
     # -- UDP handover's flow lists (udp_list_exchange.py) -------------------------------------
     def _send_flow_request(self, f: _Farm, who: frozenset[str]) -> int:

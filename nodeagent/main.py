@@ -14,7 +14,10 @@ from vipfarm.spec import FarmSpecError, node_name_problem
 
 from .bpf_program import DataplaneError
 from .dataplane import PIN_ROOT, STATE_ROOT
+from vipfarm.listen_address import parse_listen_address
+
 from .netconfig import InterfaceError
+from .observe import DEFAULT_OBSERVE_ADDRESS, ObserveError
 from .standalone import StandaloneAgent
 
 
@@ -46,8 +49,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="cluster mode: rewrite an unchanged status report at most this often (s, >= 30)")
     p.add_argument("--leave-on-exit", action="store_true",
                    help="cluster mode: remove VIPs and XDP on SIGTERM instead of leaving them for the next agent")
+    p.add_argument("--observe-address", default=os.environ.get("VIPFARM_OBSERVE_ADDRESS", DEFAULT_OBSERVE_ADDRESS),
+                   help="HOST:PORT of the /metrics, /status, /healthz and /readyz endpoint, or off "
+                        f"(default {DEFAULT_OBSERVE_ADDRESS}, or $VIPFARM_OBSERVE_ADDRESS)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
+    try:
+        args.observe = parse_listen_address(args.observe_address, "--observe-address")
+    except ValueError as e:
+        print(f"vipfarm-agent: {e}\nNothing was changed on this node.", file=sys.stderr)
+        return 2
     setup_logging(args.log_level)
     keep_the_heartbeat_thread_prompt()
     name = args.node or (os.environ.get("NODE_NAME") if args.cluster else None)
@@ -58,17 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.cluster:
         from .cluster import run_cluster_agent
-        return run_cluster_agent(args)
+        try:
+            return run_cluster_agent(args)
+        except ObserveError as e:
+            print(f"vipfarm-agent: {e}\nNothing was changed on this node.", file=sys.stderr)
+            return 1
     if not args.farm_file or not args.node:
         p.error("standalone mode needs --farm-file FILE and --node NAME (or use --cluster)")
     try:
-        return StandaloneAgent(args.farm_file, args.node, args.pin_root, args.state_root).run()
+        return StandaloneAgent(args.farm_file, args.node, args.pin_root, args.state_root, args.observe).run()
     except FarmSpecError as e:
         print(f"vipfarm-agent: {e}\nNothing was changed on this node.", file=sys.stderr)
         return 2
     except KeyError as e:
         print(f"vipfarm-agent: {e.args[0]}\nNothing was changed on this node.", file=sys.stderr)
         return 2
+    except ObserveError as e:
+        print(f"vipfarm-agent: {e}\nNothing was changed on this node.", file=sys.stderr)
+        return 1
     except (DataplaneError, InterfaceError) as e:
         print(f"vipfarm-agent: {e}", file=sys.stderr)
         return 1

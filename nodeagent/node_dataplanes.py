@@ -152,6 +152,11 @@ class NodeDataplanes:
                 return True, result
         return False, None
 
+    def pins(self) -> dict[str, tuple[str, int]]:
+        """farm -> (pin dir, slot) of the interface serving it (for pinned_maps' readers)."""
+        return {farm: (dp.pin_dir, slot) for dp in list(self.by_iface.values())
+                for farm, slot in dict(dp.state.slots).items()}
+
     def mode_of(self, iface: str) -> str:
         dp = self.by_iface.get(iface)
         return dp.mode if dp else ""

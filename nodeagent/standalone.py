@@ -30,6 +30,7 @@ from .handover_tracker import CENSUS_INTERVAL_S, HandoverTracker
 from .heartbeat import Decision, FarmPeers, HeartbeatEngine
 from .leases import LeaseWriter, adopted_lease_live
 from .node_dataplanes import NodeDataplanes, read_local_records
+from .observe import Observer, listen
 from .udp_handover import UdpHandover
 
 log = logging.getLogger("vipfarm.agent")
@@ -80,7 +81,8 @@ def weights_of(farm: Farm) -> dict[str, int]:
 
 
 class StandaloneAgent:
-    def __init__(self, paths: list[str], node: str, pin_root: str, state_root: str):
+    def __init__(self, paths: list[str], node: str, pin_root: str, state_root: str,
+                 observe: tuple[str, int] | None = None):
         self.paths = paths
         self.node = node
         self.pin_root = pin_root
@@ -110,6 +112,8 @@ class StandaloneAgent:
         self._logged: dict[str, tuple] = {}
         self.handover = HandoverTracker(node, self.engine, self.udp)
         self._adopted_live: set[str] = set()     # farms whose adopted filter's lease still ran at start
+        self.observe_address = observe
+        self.observer = Observer(node, "standalone", self.engine, self.runners, self.handover)
 
     # -- heartbeat thread callbacks: queue and return --------------------------------------
     def _on_decision(self, d: Decision) -> None:
@@ -185,7 +189,9 @@ class StandaloneAgent:
 
     def _tell_engine(self) -> None:
         serving = self.adopted_at_start if not self.programmed_once else self._programmed
-        self.engine.configure([self._peers(f, serving or {}) for f in self.farms])
+        peers = [self._peers(f, serving or {}) for f in self.farms]
+        self.engine.configure(peers)
+        self.observer.configured(peers)
 
     def _checker_started(self, name: str, health: Health) -> None:
         with self.lock:
@@ -198,6 +204,14 @@ class StandaloneAgent:
     def run(self) -> int:
         farms = load_farms(self.paths, self.node)   # all validation before any change
         keyrings = {f.name: farm_keyring(f) for f in farms}
+        server = listen(self.observe_address, self.observer)   # before any change: a taken port stops here
+        try:
+            return self._serve(farms, keyrings)
+        finally:
+            if server is not None:
+                server.stop()
+
+    def _serve(self, farms: list[Farm], keyrings: dict[str, Keyring | None]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -210,7 +224,9 @@ class StandaloneAgent:
         print(f"vipfarm-agent: node {self.node} serving {', '.join(f.name for f in farms)}", flush=True)
         last_counters = time.monotonic()
         while not self.stopping:
-            woken = self.wake.wait(CENSUS_INTERVAL_S if self.handover.active() else 30)
+            wake_s = CENSUS_INTERVAL_S if self.handover.active() else 30
+            self.observer.main_loop_alive(wake_s)
+            woken = self.wake.wait(wake_s)
             self.wake.clear()
             if self.stopping:
                 break
@@ -281,6 +297,7 @@ class StandaloneAgent:
         if self.programmed_once and all(i.owned == self._programmed.get(i.farm.name)
                                         and i.moving == self._moving.get(i.farm.name) for i in items):
             self.handover.commit(False)
+            self._observe(decisions)
             return                               # nothing to flip (a census that changed nothing)
         try:
             holds = self.udp.before_flip(self.farms, self._programmed if self.programmed_once else None, owned_by,
@@ -304,6 +321,7 @@ class StandaloneAgent:
         if first and any(f.name not in self._adopted_live for f in self.farms):
             self._tell_engine()                  # compiled: a node that started empty may take buckets now
         self.leases.publish({})          # every farm now has a started interface (set_lease)
+        self._observe(decisions)
         for farm in self.farms:
             d = decisions.get(farm.name)
             if d is not None and self._logged.get(farm.name) != (d.buckets, d.view, d.agreed):
@@ -311,6 +329,14 @@ class StandaloneAgent:
                 log.info("event=buckets_programmed node=%s farm=%s buckets=%d view=%s agreed=%s base_epoch=%d "
                          "released=%d withheld=%d", self.node, farm.name, len(d.buckets),
                          ",".join(sorted(d.view)) or "-", str(d.agreed).lower(), d.base_epoch, d.released, d.withheld)
+
+    def _observe(self, decisions: dict[str, Decision]) -> None:
+        """Publish this programming to the observability endpoint (observe.py)."""
+        with self.lock:
+            health = dict(self.health)
+        reasons = {f.name: (health[f.name].reason if f.name in health and not health[f.name].ok else "")
+                   for f in self.farms}
+        self.observer.programmed(self.farms, decisions, self._programmed, self.dataplanes.pins(), reasons)
 
     def _publish_adopted_leases(self) -> None:
         """Before compiling anything: where the previous agent's leases are, so the heartbeat

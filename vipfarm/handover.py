@@ -114,6 +114,22 @@ def moving_buckets(drain: Drain, pending: Pending) -> frozenset[int]:
     return drain.buckets | pending.buckets
 
 
+@dataclass(frozen=True)
+class HandoverTotals:
+    """A farm's handovers since the agent started (the observability endpoint's counters)."""
+    started: int = 0          # programmings that started a drain (none was running)
+    flows_drained: int = 0    # held flows that ended on their own (the census counted fewer)
+    flows_cut: int = 0        # held flows still open at drainTimeout
+
+
+def add_step(totals: HandoverTotals, before: Drain, after: Drain) -> HandoverTotals:
+    """The totals after one committed drain step from `before` to `after`: a flow counted in a
+    draining bucket and not any more ended on its own, unless the step cut its bucket."""
+    drained = sum(max(0, n - after.flows.get(b, 0)) for b, n in before.flows.items() if b not in after.cut)
+    return HandoverTotals(totals.started + (1 if after.since and not before.since else 0),
+                          totals.flows_drained + drained, totals.flows_cut + sum(after.cut.values()))
+
+
 def bucket_runs(buckets: frozenset[int]) -> list[tuple[int, int]]:
     """[(first, count), ...] of consecutive buckets, ascending: a compact form for logs."""
     out: list[tuple[int, int]] = []

@@ -245,9 +245,9 @@ class Lab:
             self.spawn(self.node(k), args, log_name=f"server-n{k}.log")
         time.sleep(0.5)
 
-    def start_agent(self, k: int, farm_files: list[str]) -> subprocess.Popen:
+    def start_agent(self, k: int, farm_files: list[str], extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
         args = [sys.executable, "-m", "nodeagent.main", "--node", f"n{k}",
-                "--pin-root", self.pin_root, "--state-root", self.state_root]
+                "--pin-root", self.pin_root, "--state-root", self.state_root, *extra_args]
         for f in farm_files:
             args += ["--farm-file", f]
         return self.spawn(self.node(k), args, log_name=f"agent-n{k}.log")

@@ -50,7 +50,7 @@ from vipfarm.reports import decision_view, farms_changed
 from vipfarm.timestamps import utc_now
 from vipfarm.spec import GROUP, PLURAL, REPORT_PLURAL, VERSION, FarmSpecError, parse_farm
 
-from . import kube, replica
+from . import kube, metrics, replica
 from .workqueue import WorkQueue
 
 FINALIZER = "vipfarm.io/release"
@@ -151,6 +151,11 @@ replica.on_change(on_replica_change)
 # -- watch handlers: update a cache, queue what it affects -------------------------------
 @kopf.on.event("", "v1", "nodes")
 def node_event(name, body, type, **_):
+    with metrics.reconciling("node"):
+        _node_event(name, body, type)
+
+
+def _node_event(name, body, type) -> None:
     """Queue the Farms that select a Node (before or after), when what membership reads changed."""
     with _lock:
         old = _nodes.get(name)
@@ -185,6 +190,11 @@ def _cache_node(name: str, body) -> Any:     # under _lock
 
 @kopf.on.event(GROUP, VERSION, REPORT_PLURAL)
 def farmnode_event(name, body, type, **_):
+    with metrics.reconciling("farmnode"):
+        _farmnode_event(name, body, type)
+
+
+def _farmnode_event(name, body, type) -> None:
     """Queue the Farms whose report from this node changed in substance (not appliedEpoch,
     not reportedAt: those change all the time and decide nothing)."""
     new = {} if type == "DELETED" else _view(body)
@@ -254,6 +264,15 @@ def _cache_farm(name: str, body) -> None:
         _farms[name] = entry
 
 
+def _farm_bodies() -> list[dict]:
+    """The cached Farms, for the operator's gauges (metrics.py), taken under the lock."""
+    with _lock:
+        return list(_farms.values())
+
+
+metrics.farm_source = _farm_bodies
+
+
 def _epoch(status: dict) -> int:
     return int((status or {}).get("epoch", 0) or 0)
 
@@ -298,7 +317,8 @@ def _work() -> None:
         if name is None:
             return
         try:
-            reconcile(name)
+            with metrics.reconciling("farm"):
+                reconcile(name)
             with _lock:
                 if _failures.pop(name, None) is not None:
                     _api_back_at[0] = utc_now()     # ages of reports count from now (see decide)

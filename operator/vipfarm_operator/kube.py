@@ -17,7 +17,7 @@ from kubernetes.client.rest import ApiException
 from vipfarm import kubeconfig
 from vipfarm.spec import GROUP, PLURAL, REPORT_PLURAL, VERSION
 
-from . import replica
+from . import metrics, replica
 
 log = logging.getLogger("vipfarm.operator.kube")
 COMPONENT = "vipfarm-operator"
@@ -81,15 +81,25 @@ def exists(kind: str, name: str) -> bool:
 def patch_status(name: str, status: dict) -> bool:
     """Merge-patch a Farm's status; False when the Farm is gone (404). Other errors raise,
     Standby when this replica is not the active one."""
-    _must_be_active(f"writing the status of Farm {name}")
+    try:
+        _must_be_active(f"writing the status of Farm {name}")
+    except Standby:
+        metrics.api_write("farms/status", "patch", "standby")
+        raise
     try:
         custom().patch_cluster_custom_object_status(GROUP, VERSION, PLURAL, name, {"status": status},
                                                     _content_type="application/merge-patch+json")
+        metrics.api_write("farms/status", "patch", "ok")
         return True
     except ApiException as e:
         if e.status == 404:
+            metrics.api_write("farms/status", "patch", "not_found")
             return False
+        metrics.api_write("farms/status", "patch", "error")
         raise RuntimeError(f"writing the status of Farm {name} failed: {e.status} {e.reason}") from None
+    except Exception:
+        metrics.api_write("farms/status", "patch", "error")
+        raise
 
 
 def post_event(body: dict, reason: str, message: str, type_: str = "Normal") -> None:
@@ -109,5 +119,7 @@ def post_event(body: dict, reason: str, message: str, type_: str = "Normal") -> 
         reporting_component=COMPONENT, reporting_instance=os.environ.get("POD_NAME") or COMPONENT)
     try:
         core().create_namespaced_event("default", ev)
+        metrics.api_write("events", "create", "ok")
     except Exception as e:   # events are best effort; never fail a reconcile for one
+        metrics.api_write("events", "create", "error")
         log.warning("event=event_post_failed reason=%s error=%s", reason, str(e).replace("\n", " ")[:200])

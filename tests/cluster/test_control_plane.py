@@ -80,6 +80,7 @@ class Cluster:
         self.api = api
         self.lab = lab
         self.operators: list = []
+        self.metrics_ports: dict[int, int] = {}    # operator i -> its --metrics-address port (127.0.0.1)
         self.operator_ids: list[str] = []      # each operator's token's credential id
         self.agents: dict[int, object] = {}
         self.agent_ids: set[str] = set()       # the agents' tokens' (not the kubectl probes')
@@ -119,13 +120,20 @@ class Cluster:
         return [self.lab.log(f"operator-{i}.log") for i in range(len(self.operators))]
 
     def start_operator(self, i: int, kubeconfig: str):
+        """Operator i, its metrics endpoint on a free port of 127.0.0.1 (metrics_ports[i]): two
+        operators on one host cannot share the chart's 0.0.0.0:9479."""
+        import socket
         import subprocess
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics_ports[i] = s.getsockname()[1]
         with open(os.path.join(self.lab.workdir, f"operator-{i}.log"), "ab") as out:   # the child keeps its copy
             p = subprocess.Popen([sys.executable, "-m", "vipfarm_operator.main"], stdout=out,
                                  stderr=subprocess.STDOUT,
                                  env=dict(os.environ, KUBECONFIG=kubeconfig, PYTHONUNBUFFERED="1",
                                           VIPFARM_PEERING_LIFETIME="10", VIPFARM_RECONCILE_INTERVAL="10",
-                                          VIPFARM_RETRY_MAX="2"))
+                                          VIPFARM_RETRY_MAX="2",
+                                          VIPFARM_METRICS_ADDRESS=f"127.0.0.1:{self.metrics_ports[i]}"))
         self.lab.procs.append(p)
         return p
 
@@ -283,6 +291,48 @@ def test_a_farm_gets_status_ready_3_of_3_and_a_weighted_balanced_assignment(clus
     assert conds == {"Ready": "True", "Degraded": "False", "Conflict": "False"}
     wait_for("agents apply the epoch", lambda: all(
         cluster.report(f"n{k}").get("appliedEpoch") == epoch for k in (1, 2, 3)))
+
+
+def _scrape(url: str) -> dict:
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_the_operator_exports_reconciles_api_writes_and_farms_by_phase(cluster):
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(FARM))       # as the test above (run alone with -k)
+    wait_for("READY 3/3", lambda: (cluster.get_farm().get("status") or {}).get("readyText") == "3/3", timeout=120)
+
+    def active_metrics():
+        for i, port in cluster.metrics_ports.items():
+            m = _scrape(f"http://127.0.0.1:{port}/metrics")
+            if m.get(("vipfarm_operator_api_writes_total", (("resource", "farms/status"), ("result", "ok"),
+                                                            ("verb", "patch")))):
+                if m.get(("vipfarm_operator_farm_members", (("farm", "web"), ("state", "Ready")))) == 3:
+                    return m
+        return None
+
+    m = wait_for("the active operator's metrics to show the Farm Ready with 3 members", active_metrics, timeout=60)
+    assert m[("vipfarm_operator_reconcile_seconds_count", (("kind", "farm"),))] > 0
+    assert m[("vipfarm_operator_reconcile_seconds_count", (("kind", "farmnode"),))] > 0
+    assert m[("vipfarm_operator_reconcile_seconds_count", (("kind", "node"),))] > 0
+    assert m[("vipfarm_operator_farms", (("phase", "Ready"),))] == 1
+    # a cluster-mode agent's own endpoint, from its node's namespace (the default 127.0.0.1:9478)
+    fetch = ("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9478/status', "
+             "timeout=10).read().decode())")
+
+    def agent_status():
+        doc = json.loads(cluster.lab.run(cluster.lab.node(1), [sys.executable, "-c", fetch]).stdout)
+        web = [f for f in doc["farms"] if f["name"] == "web"]
+        return (doc, web[0]) if web and web[0]["ownedBuckets"] == 256 else None
+
+    doc, farm = wait_for("n1's agent to serve its 256 buckets", agent_status, timeout=60)
+    assert doc["mode"] == "cluster" and doc["node"] == "n1"
+    assert farm["view"] == ["n1", "n2", "n3"] and farm["agreed"] is True
+    assert {m["name"]: m["buckets"] for m in farm["members"]} == {"n1": 256, "n2": 512, "n3": 256}
 
 
 def test_each_agent_reports_in_the_farmnode_of_its_node_and_the_farm_stays_slim(cluster):

@@ -127,6 +127,9 @@ class RecordingDataplanes:
     def serving_now(self):
         return {}
 
+    def pins(self):
+        return {}       # no pinned maps: the observability endpoint shows what was programmed
+
     def mode_of(self, iface):
         return "generic"
 
