@@ -333,7 +333,7 @@ class HeartbeatEngine:
                      HEARTBEAT_RT_PRIORITY)
         except (OSError, AttributeError) as e:
             log.warning("event=heartbeat_thread_priority node=%s policy=normal error=%r fix=%r", self.node, str(e),
-                        "run the agent with CAP_SYS_NICE (the chart's agent is privileged) so heartbeats "
+                        "run the agent with CAP_SYS_NICE (the chart grants it in agent.securityContext) so heartbeats "
                         "keep their pace when the CPUs are saturated")
 
     def _take_udp_wants(self) -> None:

@@ -12,6 +12,7 @@ import sys
 
 from vipfarm.spec import FarmSpecError, node_name_problem
 
+from . import capabilities
 from .bpf_program import DataplaneError
 from .dataplane import PIN_ROOT, STATE_ROOT
 from vipfarm.listen_address import parse_listen_address
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         # The name goes into pin paths and a compiler define: refuse it before anything happens.
         print(f"vipfarm-agent: node name {name!r}: {problem}\nNothing was changed on this node.", file=sys.stderr)
         return 2
+    lacking = capabilities.missing(capabilities.effective())
+    if lacking:
+        print(capabilities.refusal(lacking), file=sys.stderr)
+        return 1
     if args.cluster:
         from .cluster import run_cluster_agent
         try:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, netns
@@ -245,8 +246,12 @@ class Lab:
             self.spawn(self.node(k), args, log_name=f"server-n{k}.log")
         time.sleep(0.5)
 
-    def start_agent(self, k: int, farm_files: list[str], extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
-        args = [sys.executable, "-m", "nodeagent.main", "--node", f"n{k}",
+    def start_agent(self, k: int, farm_files: list[str], extra_args: tuple[str, ...] = (),
+                    wrap: Sequence[str] = ()) -> subprocess.Popen:
+        """Agent k in its node's namespace, with `extra_args` after its own. `wrap` goes before
+        the agent's argv, inside the namespace: e.g. a `setpriv --bounding-set=...` that runs it
+        with fewer capabilities."""
+        args = [*wrap, sys.executable, "-m", "nodeagent.main", "--node", f"n{k}",
                 "--pin-root", self.pin_root, "--state-root", self.state_root, *extra_args]
         for f in farm_files:
             args += ["--farm-file", f]

@@ -186,11 +186,15 @@ def _parse_accepts(doc) -> tuple[bool, str]:
 
 @pytest.fixture(scope="module")
 def farms_api(apiserver):
-    # The CRDs straight from crds/ (helm, later in the session, skips CRDs that already exist).
+    # The CRDs straight from crds/, removed again at the end: the chart's CRDs are templates,
+    # and helm, later in the session, refuses to take over CRDs that no release owns.
     apiserver.kubectl("apply", "-f", os.path.join(REPO, "crds"))
     apiserver.kubectl("wait", "--for=condition=Established", "crd/farms.vipfarm.io", "--timeout=60s")
     from kubernetes import client
-    return client.CustomObjectsApi(apiserver.api_client())
+    try:
+        yield client.CustomObjectsApi(apiserver.api_client())
+    finally:
+        apiserver.kubectl("delete", "--wait=true", "--ignore-not-found", "-f", os.path.join(REPO, "crds"))
 
 
 def _compare(api, docs: list[dict]) -> tuple[list[str], int, dict[str, int]]:

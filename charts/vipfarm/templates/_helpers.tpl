@@ -25,7 +25,11 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The container image. */}}
 {{- define "vipfarm.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Name of the heartbeat Secret. */}}
