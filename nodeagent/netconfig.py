@@ -1,4 +1,4 @@
-"""Host network configuration for a farm interface, through netlink (pyroute2) and /proc/sys.
+"""Host network configuration for a farm interface, through netlink (pyroute2 and rtnetlink).
 
 * VIPs live on `lo` (/32, /128): the stack accepts their traffic, and never answers ARP/ND
   for them on the farm interface, because arp_ignore=1 / arp_announce=2 are set there.
@@ -22,6 +22,7 @@ from pyroute2.netlink.rtnl.ndmsg import NTF_SELF, NUD_PERMANENT
 from vipfarm.addresses import parse_mac
 
 from . import neighbour
+from .ipv4_devconf import set_ipv4_devconf
 
 log = logging.getLogger("vipfarm.netconfig")
 
@@ -42,8 +43,13 @@ def read_sysctl(iface: str, key: str) -> str:
 
 
 def write_sysctl(iface: str, key: str, value: str) -> None:
-    with open(_sysctl_path(iface, key), "w") as f:
-        f.write(value)
+    """net.ipv4.conf.<iface>.<key> = value, over rtnetlink: /proc/sys is read-only in a
+    container that is not privileged (nodeagent/ipv4_devconf.py)."""
+    try:
+        set_ipv4_devconf(socket.if_nametoindex(iface), {key: int(value)})
+    except OSError as e:
+        raise InterfaceError(f"cannot set net.ipv4.conf.{iface}.{key}={value}: {e.strerror or e}; "
+                             f"the agent needs CAP_NET_ADMIN in the node's network namespace") from None
 
 
 def link_info(iface: str) -> tuple[int, bytes, str]:
@@ -102,7 +108,7 @@ def restore_sysctls(iface: str, saved: dict[str, str]) -> None:
     for k, v in saved.items():
         try:
             write_sysctl(iface, k, v)
-        except OSError as e:
+        except InterfaceError as e:
             log.warning("event=sysctl_restore_failed iface=%s key=%s error=%s", iface, k, e)
 
 
