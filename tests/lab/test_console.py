@@ -22,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -190,6 +191,13 @@ def chromium_in(lab: Lab, tmp_path) -> str:
     return str(path)
 
 
+def off_the_browser_loop(fn, *args):
+    """fn(*args) in a thread of its own: playwright's sync API keeps an asyncio loop running in
+    this thread, and pyroute2 (faults.crash) refuses to start its own inside a running one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
     with Lab(nodes=3, clients=2) as lab:
         farm_file = lab.write_farm(FARM, farm_yaml(FARM, ["203.0.113.10"], {n: 1 for n in NODES}, key_file=lab.key_file,
@@ -225,7 +233,7 @@ def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
             assert page.locator("table.members tbody tr").evaluate_all("rs => rs.map(r => r.dataset.node)") == list(NODES)
             assert page.locator("button").count() == 0
 
-            faults.crash(lab, 3)
+            off_the_browser_loop(faults.crash, lab, 3)
             page.wait_for_function(FAILOVER_SHOWN, arg=[FARM, "n3"], timeout=15_000)
             survivors = lab.wait_converged(FARM, [1, 2], timeout=30)
             expect_owners(page, FARM, pinned_owners(lab, (1, 2)))
