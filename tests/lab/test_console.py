@@ -10,7 +10,7 @@ Two farms behind it:
     crashed with faults.crash() leaves the grid and shows in the timeline within seconds.
 
 Each test saves a screenshot into its tmp dir; with VIPFARM_SCREENSHOT=docs/console.png (a path
-relative to the repo) the lab test (and the fake-agent test, if run alone) also writes it there:
+relative to the repo) the lab test also writes its own there, taken just after the failover:
 that is the picture in the README.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from playwright.sync_api import sync_playwright
 
 from nodeagent.console import Console, make_server, standalone_source
 from nodeagent.lab import faults
-from nodeagent.lab.namespaces import Lab, farm_yaml, node_ip
+from nodeagent.lab.namespaces import Lab, client_ips, farm_yaml, node_ip
 from tests.support.status_docs import FakeAgent, check, event, farm_doc, member, round_robin, status_doc
 
 pytestmark = pytest.mark.lab
@@ -59,9 +59,10 @@ def open_browser(pw, profile_dir: str, executable: str = CHROMIUM):
                                                  args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 700})
 
 
-def screenshot(page, tmp_path, name: str = "console.png") -> None:
-    page.screenshot(path=str(tmp_path / name), full_page=True)
-    wanted = os.environ.get("VIPFARM_SCREENSHOT")
+def screenshot(page, tmp_path, *, publish: bool) -> None:
+    """Into the test's tmp dir always; with `publish`, also where VIPFARM_SCREENSHOT says."""
+    page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+    wanted = os.environ.get("VIPFARM_SCREENSHOT") if publish else None
     if wanted:
         path = wanted if os.path.isabs(wanted) else os.path.join(REPO, wanted)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -144,7 +145,7 @@ def test_the_page_draws_the_agents_status_and_follows_a_failover(tmp_path):
             assert row.locator("td[data-state]").get_attribute("data-state") == "Out"
             assert row.locator("td[data-answered]").inner_text() == "no answer"
             assert agents["n3"].address in page.locator("#errors").inner_text()
-            screenshot(page, tmp_path)
+            screenshot(page, tmp_path, publish=False)
             ctx.close()
     finally:
         server.shutdown()
@@ -156,6 +157,7 @@ def test_the_page_draws_the_agents_status_and_follows_a_failover(tmp_path):
 # -- a real lab farm ------------------------------------------------------------------------------
 
 FARM = "web"
+VIP = "203.0.113.10"
 OBSERVE_PORT = 9478
 CONSOLE = "127.0.0.1:9480"
 STATUS_SNIPPET = textwrap.dedent("""
@@ -191,6 +193,12 @@ def chromium_in(lab: Lab, tmp_path) -> str:
     return str(path)
 
 
+RATES_ABOVE_ZERO = """nodes => nodes.every(n => {
+  const td = document.querySelector(`tr[data-node='${n}'] td[data-rate]`);
+  return td !== null && parseFloat(td.dataset.rate) > 0;
+})"""
+
+
 def off_the_browser_loop(fn, *args):
     """fn(*args) in a thread of its own: playwright's sync API keeps an asyncio loop running in
     this thread, and pyroute2 (faults.crash) refuses to start its own inside a running one."""
@@ -199,9 +207,10 @@ def off_the_browser_loop(fn, *args):
 
 
 def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
-    with Lab(nodes=3, clients=2) as lab:
-        farm_file = lab.write_farm(FARM, farm_yaml(FARM, ["203.0.113.10"], {n: 1 for n in NODES}, key_file=lab.key_file,
+    with Lab(nodes=3, clients=4) as lab:
+        farm_file = lab.write_farm(FARM, farm_yaml(FARM, [VIP], {n: 1 for n in NODES}, key_file=lab.key_file,
                                                    rules='    - {protocol: TCP, ports: "80", affinity: ClientIPPort}\n'))
+        lab.start_servers(tcp_ports=(80,), udp_ports=())
         agents = {}
         for k in (1, 2, 3):
             agents[k] = lab.spawn(lab.node(k), [sys.executable, "-m", "nodeagent.main", "--node", f"n{k}",
@@ -212,6 +221,11 @@ def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
         for k in (1, 2, 3):
             lab.wait_agent_ready(k, agents[k], timeout=180)
         lab.wait_converged(FARM, [1, 2, 3], timeout=60)
+        # 40 new connections a second for at most 60 s (each its own client port, so every node
+        # gets some): what the packet rates show.
+        lab.spawn(lab.client, [sys.executable, "-m", "nodeagent.lab.traffic", "steady", "--vip", VIP, "--port", "80",
+                               "--seconds", "60", "--rate", "40", "--timeout", "0.5"]
+                  + [a for ip in client_ips(4) for a in ("--src", ip)], log_name="steady.log")
         console = lab.spawn(lab.client, [sys.executable, "-m", "nodeagent.cli", "console", "--farm-file", farm_file,
                                          "--listen", CONSOLE], log_name="console.log")
         deadline = time.monotonic() + 30
@@ -232,6 +246,7 @@ def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
             expect_owners(page, FARM, view["owners"])
             assert page.locator("table.members tbody tr").evaluate_all("rs => rs.map(r => r.dataset.node)") == list(NODES)
             assert page.locator("button").count() == 0
+            page.wait_for_function(RATES_ABOVE_ZERO, arg=list(NODES), timeout=15_000)
 
             off_the_browser_loop(faults.crash, lab, 3)
             page.wait_for_function(FAILOVER_SHOWN, arg=[FARM, "n3"], timeout=15_000)
@@ -239,5 +254,6 @@ def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
             expect_owners(page, FARM, pinned_owners(lab, (1, 2)))
             assert sum(map(len, survivors.values())) == BUCKETS
             assert page.locator("tr[data-node='n3'] td[data-answered]").inner_text() == "no answer"
-            screenshot(page, tmp_path)
+            page.wait_for_function(RATES_ABOVE_ZERO, arg=["n1", "n2"], timeout=15_000)
+            screenshot(page, tmp_path, publish=True)
             ctx.close()
