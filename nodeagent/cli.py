@@ -6,8 +6,6 @@
   vipfarm keygen [--out FILE] [--force]  a new heartbeat key (printed, or written to FILE, mode 0600)
   vipfarm drain NODE [--kubeconfig F]    cluster mode: annotate Node NODE vipfarm.io/drain=true
   vipfarm undrain NODE [--kubeconfig F]  cluster mode: remove that annotation
-  vipfarm console [--listen H:P] [--agent H:P]... [--farm-file F]... [--allow-actions]
-                                     the web console (read-only unless --allow-actions)
 """
 from __future__ import annotations
 
@@ -49,6 +47,33 @@ def cmd_stats(args) -> int:
                               "counters": read_counters(pin_dir, slot)}
     print(json.dumps(out, indent=None if args.json else 2))
     return 0
+
+
+def cmd_console(args) -> int:
+    from .console_cli import run
+    return run(args, drain_action=console_drain_action(timeout=10.0))
+
+
+def console_drain_action(timeout: float = 10.0):
+    """The console's drain/undrain for a cluster source (ConsoleSource.set_drain): cmd_drain
+    itself, so the page's button does exactly what `vipfarm drain|undrain NODE` does, and what
+    it prints (to stdout and stderr, captured here) is the page's message. One at a time: the
+    capture swaps sys.stdout/sys.stderr, which nothing else in the console writes to meanwhile
+    (its one log line is printed after)."""
+    import contextlib
+    import io
+    import threading
+
+    from .console import ActionResult
+    lock = threading.Lock()
+
+    def set_drain(node: str, drain: bool) -> ActionResult:
+        text = io.StringIO()
+        with lock, contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            rc = cmd_drain(argparse.Namespace(cmd="drain" if drain else "undrain", node=node, kubeconfig=None,
+                                              timeout=timeout))
+        return ActionResult(rc == 0, text.getvalue().strip())
+    return set_drain
 
 
 def cmd_demo(args) -> int:
@@ -118,119 +143,51 @@ def cmd_drain(args) -> int:
     """Set (drain) or remove (undrain) the annotation vipfarm.io/drain=true on a Node. The agent
     on that Node reads it with cordon (vipfarm.membership.node_drain_requested). Needs get and
     patch on nodes (README: "Drain")."""
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
-    return set_node_drain(args.node, args.cmd == "drain", timeout=args.timeout)
-
-
-def set_node_drain(node_name: str, drain: bool, *, timeout: float = 10.0, out=None, err=None) -> int:
-    """`vipfarm drain|undrain NODE` with its credentials from the environment (KUBECONFIG or
-    in-cluster); what it says goes to `out` and `err` (stdout and stderr by default), the exit
-    code is returned. The console's cluster-mode actions run this too (console_drain_action)."""
     from vipfarm import kubeconfig
     from vipfarm.membership import DRAIN_KEY, drain_annotation_set
-    out = out or sys.stdout
-    err = err or sys.stderr
-    prog = f"vipfarm {'drain' if drain else 'undrain'}"
+    drain = args.cmd == "drain"
+    prog = f"vipfarm {args.cmd}"
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
     try:
         from kubernetes import client
         from kubernetes.client.rest import ApiException
         core = client.CoreV1Api(client.ApiClient(kubeconfig.client_configuration()))
     except kubeconfig.NoCredentials as e:
-        print(f"error: {prog} {node_name}: {e}", file=err)
+        print(f"error: {prog} {args.node}: {e}", file=sys.stderr)
         return 1
     try:
-        node = core.read_node(node_name, _request_timeout=timeout).to_dict()
+        node = core.read_node(args.node, _request_timeout=args.timeout).to_dict()
         meta, spec = node.get("metadata") or {}, node.get("spec") or {}
         was = drain_annotation_set((meta.get("annotations") or {}).get(DRAIN_KEY))
         if drain and was:
-            print(f"node/{node_name} already draining ({DRAIN_KEY}=true)", file=out)
+            print(f"node/{args.node} already draining ({DRAIN_KEY}=true)")
             return 0
         if not drain and DRAIN_KEY not in (meta.get("annotations") or {}):
-            print(f"node/{node_name} has no {DRAIN_KEY} annotation; nothing to remove", file=out)
+            print(f"node/{args.node} has no {DRAIN_KEY} annotation; nothing to remove")
         else:
             body = {"metadata": {"annotations": {DRAIN_KEY: "true" if drain else None}}}
-            node = core.patch_node(node_name, body, _content_type="application/merge-patch+json",
-                                   _request_timeout=timeout).to_dict()
+            node = core.patch_node(args.node, body, _content_type="application/merge-patch+json",
+                                   _request_timeout=args.timeout).to_dict()
             spec = node.get("spec") or {}
-            print(f"node/{node_name} {'draining' if drain else 'undrained'} "
-                  f"({DRAIN_KEY}={'true' if drain else 'removed'})", file=out)
+            print(f"node/{args.node} {'draining' if drain else 'undrained'} "
+                  f"({DRAIN_KEY}={'true' if drain else 'removed'})")
     except ApiException as e:
-        print(_api_error(e), file=err)
+        print(_api_error(e), file=sys.stderr)
         if e.status == 404:
-            print(f"error: {prog}: there is no Node {node_name!r}; check the name with `kubectl get nodes`",
-                  file=err)
+            print(f"error: {prog}: there is no Node {args.node!r}; check the name with `kubectl get nodes`",
+                  file=sys.stderr)
         elif e.status in (401, 403):
-            print(f"error: {prog}: your credentials may not change Node {node_name}; {prog} needs the verbs get "
-                  f"and patch on the resource nodes (a ClusterRole; see Drain in the README)", file=err)
+            print(f"error: {prog}: your credentials may not change Node {args.node}; {prog} needs the verbs get "
+                  f"and patch on the resource nodes (a ClusterRole; see Drain in the README)", file=sys.stderr)
         return 1
     except Exception as e:      # connection refused, TLS, timeouts: the client raises urllib3 errors
-        print(f"error: {prog} {node_name}: cannot reach the Kubernetes API ({type(e).__name__}: {e}); check "
-              f"KUBECONFIG or --kubeconfig and that the API server is up", file=err)
+        print(f"error: {prog} {args.node}: cannot reach the Kubernetes API ({type(e).__name__}: {e}); check "
+              f"KUBECONFIG or --kubeconfig and that the API server is up", file=sys.stderr)
         return 1
     if not drain and spec.get("unschedulable"):
-        print(f"warning: node/{node_name} is still cordoned, so it stays drained; "
-              f"run `kubectl uncordon {node_name}` to undrain it", file=err)
-    return 0
-
-
-def console_drain_action(timeout: float = 10.0):
-    """The console's drain/undrain in cluster mode (a ConsoleSource's set_drain): exactly
-    `vipfarm drain|undrain NODE`, its output as the page's message."""
-    import io
-
-    from .console import ActionResult
-
-    def set_drain(node_name: str, drain: bool) -> ActionResult:
-        text = io.StringIO()
-        rc = set_node_drain(node_name, drain, timeout=timeout, out=text, err=text)
-        return ActionResult(rc == 0, text.getvalue().strip())
-    return set_drain
-
-
-def cmd_console(args) -> int:
-    """Serve the web console until SIGINT/SIGTERM (README "The web console")."""
-    import signal
-
-    from vipfarm.spec import FarmSpecError
-    from .console import ActionsUnavailable, Console, is_loopback, make_server, parse_listen, standalone_source
-    from .status_client import DEFAULT_AGENT, agents_of_farm_files
-    try:
-        host, _ = parse_listen(args.listen)
-        agents = list(args.agent) + agents_of_farm_files(args.farm_file)
-    except (ValueError, FarmSpecError) as e:
-        print(f"vipfarm console: {e}", file=sys.stderr)
-        return 2
-    # The cluster source (the Farm status, with console_drain_action as set_drain) plugs in here.
-    source = standalone_source(agents or [DEFAULT_AGENT], timeout=args.timeout)
-    try:
-        console = Console(source, allow_actions=args.allow_actions)
-    except ActionsUnavailable as e:
-        print(f"vipfarm console: {e}", file=sys.stderr)
-        return 2
-    try:
-        server = make_server(console, args.listen)
-    except OSError as e:
-        print(f"vipfarm console: cannot listen on {args.listen}: {e.strerror or e}; choose another "
-              f"--listen HOST:PORT (default 127.0.0.1:9480)", file=sys.stderr)
-        return 1
-    if not is_loopback(host):
-        print(f"warning: vipfarm console listens on {args.listen}, beyond this machine, with no authentication: "
-              f"anyone who reaches it sees every farm" + (" and may drain nodes" if args.allow_actions else ""),
-              file=sys.stderr)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
-    print(f"event=console_listening url={server.url} mode={source.mode} "
-          f"actions={'on' if args.allow_actions else 'off'} " + f'source="{source.description}"',
-          file=sys.stderr, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        print(f"warning: node/{args.node} is still cordoned, so it stays drained; "
+              f"run `kubectl uncordon {args.node}` to undrain it", file=sys.stderr)
     return 0
 
 
@@ -252,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("keygen", help="make a new heartbeat key")
     k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600) instead of printing it")
     k.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    from . import console_cli
+    console_cli.add_parser(sub)
     for name, text in (("drain", "cluster mode: drain a Node (annotate it vipfarm.io/drain=true)"),
                        ("undrain", "cluster mode: undrain a Node (remove its vipfarm.io/drain annotation)")):
         dr = sub.add_parser(name, help=text, description=text)
@@ -259,19 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         dr.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster credentials, then $KUBECONFIG "
                                              "or ~/.kube/config)")
         dr.add_argument("--timeout", type=float, default=10.0, help="seconds per API request (default 10)")
-    c = sub.add_parser("console", help="serve the web console (read-only unless --allow-actions)",
-                       description="A small web page showing every Farm live: members, the bucket map, packet rates, "
-                                   "failovers, drains and rejoins. Standalone mode asks the agents' /status.")
-    c.add_argument("--listen", default="127.0.0.1:9480", metavar="HOST:PORT",
-                   help="where to serve the page (default 127.0.0.1:9480: this machine only)")
-    c.add_argument("--agent", action="append", default=[], metavar="HOST:PORT",
-                   help="an agent's --observe-address to ask for /status; repeat for each member "
-                        "(default 127.0.0.1:9478 when neither --agent nor --farm-file is given)")
-    c.add_argument("--farm-file", action="append", default=[], metavar="FILE",
-                   help="a standalone Farm file: ask every member in spec.nodes at its address, port 9478")
-    c.add_argument("--allow-actions", action="store_true",
-                   help="show drain/undrain buttons and accept them (cluster mode only; refused in standalone mode)")
-    c.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each agent (default 1)")
     args = p.parse_args(argv)
     return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "keygen": cmd_keygen,
             "drain": cmd_drain, "undrain": cmd_drain, "console": cmd_console}[args.cmd](args)

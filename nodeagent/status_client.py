@@ -2,7 +2,6 @@
 vipfarm/status_view.py: HTTP GETs with a timeout, errors that say what to check."""
 from __future__ import annotations
 
-import ipaddress
 import json
 import urllib.error
 import urllib.request
@@ -10,11 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from vipfarm.spec import load_farm_file
 from vipfarm.status_view import StatusFormatError, check_status
 
-AGENT_PORT = 9478                       # vipfarm-agent --observe-address's default port
-DEFAULT_AGENT = f"http://127.0.0.1:{AGENT_PORT}"
+DEFAULT_AGENT = "http://127.0.0.1:9478"
 
 
 class StatusUnavailable(RuntimeError):
@@ -51,29 +48,18 @@ class Answers:
 
 
 def fetch_all(agents: Iterable[str], timeout: float = 2.0) -> Answers:
-    """Every agent's /status, asked at the same time (a dead node costs one timeout, not one per
-    dead node), in the order given; the ones that fail become error lines, not exceptions."""
+    """Every agent's /status, asked at once (a farm with several unreachable members costs one
+    timeout, not one each), in the order given; the ones that fail become error lines, not
+    exceptions."""
     agents = list(agents)
-    if not agents:
-        return Answers([], [])
 
-    def one(agent: str):
+    def ask(agent: str):
         try:
             return fetch_status(agent, timeout), None
         except StatusUnavailable as e:
             return None, str(e)
-    with ThreadPoolExecutor(max_workers=min(len(agents), 16), thread_name_prefix="status-fetch") as pool:
-        results = list(pool.map(one, agents))
-    return Answers([doc for doc, _ in results if doc is not None], [err for _, err in results if err is not None])
-
-
-def agents_of_farm_files(paths: Iterable[str], port: int = AGENT_PORT) -> list[str]:
-    """HOST:PORT of every member of the standalone farm files (spec.nodes[].address), each once,
-    in file order: where the members' agents answer /status when their --observe-address is
-    their farm address at the default port. Raises vipfarm.spec.FarmSpecError naming the file."""
-    out: list[str] = []
-    for path in paths:
-        for node in load_farm_file(path, require_nodes=True).nodes:
-            host = str(node.address)
-            out.append(f"[{host}]:{port}" if ipaddress.ip_address(host).version == 6 else f"{host}:{port}")
-    return list(dict.fromkeys(out))
+    if not agents:
+        return Answers([], [])
+    with ThreadPoolExecutor(max_workers=min(16, len(agents))) as pool:
+        results = list(pool.map(ask, agents))
+    return Answers([s for s, _ in results if s is not None], [e for _, e in results if e is not None])

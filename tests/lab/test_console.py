@@ -30,7 +30,7 @@ from playwright.sync_api import sync_playwright
 from nodeagent.console import Console, make_server, standalone_source
 from nodeagent.lab import faults
 from nodeagent.lab.namespaces import Lab, client_ips, farm_yaml, node_ip
-from tests.support.status_docs import FakeAgent, check, event, farm_doc, member, round_robin, status_doc
+from tests.support.status_docs import StatusServer, farm_entry, member, status_document
 
 pytestmark = pytest.mark.lab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -87,6 +87,10 @@ def expect_owners(page, farm: str, owners: list, timeout_s: float = 10.0) -> Non
 
 # -- fake agents ------------------------------------------------------------------------------------
 
+def check(name: str, state: str = "Passing", recovery_runs: int = 0) -> dict:
+    return {"name": name, "state": state, "lastRun": "2026-12-02T10:00:00Z", "recoveryRuns": recovery_runs}
+
+
 def fake_docs(owners, *, lost: str | None = None, accepted: int = 0, events=(), last_failover=None,
               hostile: bool = False):
     """Each node's /status for farm web: every node agrees on `owners`; `lost` is Out; with
@@ -94,17 +98,18 @@ def fake_docs(owners, *, lost: str | None = None, accepted: int = 0, events=(), 
     docs = {}
     for k, n in enumerate(NODES, 1):
         members = [member(m, node_ip(i), state="Out" if m == lost else "Serving",
-                          reason="HeartbeatTimeout" if m == lost else "", last_heard_ms=None if m in (n, lost) else 40)
+                          reason="HeartbeatTimeout" if m == lost else "", last_heard_ms=None if m == lost else 40)
                    for i, m in enumerate(NODES, 1)]
         checks = [check("http")] + ([check(HOSTILE, "Failing", recovery_runs=2)] if hostile and n == "n2" else [])
-        docs[n] = status_doc(n, [farm_doc("web", n, members, owners, accepted=accepted * k, checks=checks,
-                                          events=events, last_failover=last_failover)])
+        docs[n] = status_document(n, [farm_entry("web", node=n, members=members, buckets=len(owners), owners=owners,
+                                                 counters={"accepted": accepted * k}, checks=checks,
+                                                 events=list(events), last_failover=last_failover)])
     return docs
 
 
 def test_the_page_draws_the_agents_status_and_follows_a_failover(tmp_path):
-    before = round_robin(NODES, BUCKETS)
-    agents = {n: FakeAgent(d) for n, d in fake_docs(before, accepted=1000, hostile=True).items()}
+    before = [NODES[b % len(NODES)] for b in range(BUCKETS)]
+    agents = {n: StatusServer(d) for n, d in fake_docs(before, accepted=1000, hostile=True).items()}
     server = make_server(Console(standalone_source([a.address for a in agents.values()])), "127.0.0.1:0")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -132,8 +137,8 @@ def test_the_page_draws_the_agents_status_and_follows_a_failover(tmp_path):
 
             # n3 dies: its agent stops answering; the survivors' views move its buckets, log the failover.
             after = [o if o != "n3" else ("n1" if b % 2 else "n2") for b, o in enumerate(before)]
-            fo = event("Failover", ["n3"], at="2026-12-02T10:00:05Z", duration_ms=287)
-            agents["n3"].stop()
+            fo = {"at": "2026-12-02T10:00:05Z", "kind": "Failover", "nodes": ["n3"], "durationMs": 287}
+            agents["n3"].close()
             for n, d in fake_docs(after, lost="n3", accepted=6000, events=[fo], last_failover=fo).items():
                 if n != "n3":
                     agents[n].doc = d
@@ -151,7 +156,7 @@ def test_the_page_draws_the_agents_status_and_follows_a_failover(tmp_path):
         server.shutdown()
         server.server_close()
         for a in agents.values():
-            a.stop()
+            a.close()
 
 
 # -- a real lab farm ------------------------------------------------------------------------------

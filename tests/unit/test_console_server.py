@@ -2,6 +2,7 @@
 the actions (403 unless --allow-actions; refused in standalone mode), and `vipfarm console`."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,16 +18,17 @@ import pytest
 from nodeagent.cli import console_drain_action, main
 from nodeagent.console import (ActionResult, ActionsUnavailable, Console, ConsoleSource, make_server, parse_listen,
                                standalone_source)
-from nodeagent.status_client import agents_of_farm_files
-from tests.support.status_docs import FakeAgent, farm_doc, member, round_robin, status_doc
+from nodeagent.console_cli import agent_addresses
+from tests.support.status_docs import StatusServer, dead_address, farm_entry, member, status_document
 
 NODES = ("n1", "n2", "n3")
+OWNERS = [NODES[b % 3] for b in range(16)]
 
 
 def docs(accepted=0):
-    owners = round_robin(NODES, 16)
-    return {n: status_doc(n, [farm_doc("web", n, [member(m, f"198.51.100.{i}") for i, m in enumerate(NODES, 1)],
-                                       owners, accepted=accepted + k)])
+    members = [member(m, f"198.51.100.{i}") for i, m in enumerate(NODES, 1)]
+    return {n: status_document(n, [farm_entry("web", node=n, members=members, owners=OWNERS,
+                                              counters={"accepted": accepted + k})])
             for k, n in enumerate(NODES)}
 
 
@@ -107,20 +109,19 @@ def test_the_page_is_one_self_contained_document_whose_scripts_only_run_by_hash(
 
 
 def test_api_farms_answers_the_merged_agents_with_colours_rates_and_the_dead_agent_as_an_error_line(running):
-    agents = {n: FakeAgent(d) for n, d in docs(accepted=1000).items()}
-    dead = FakeAgent(status_doc("n9", []))
-    dead.stop()
+    agents = {n: StatusServer(d) for n, d in docs(accepted=1000).items()}
+    dead = dead_address()
     clock = Clock()
     try:
-        url = running(Console(standalone_source([a.address for a in agents.values()] + [dead.address]),
+        url = running(Console(standalone_source([a.address for a in agents.values()] + [dead]),
                               min_interval=0.4, clock=clock))
         status, headers, body = get(url + "api/farms")
         assert status == 200 and headers["Content-Type"] == "application/json"
         doc = json.loads(body)
         assert (doc["mode"], doc["actions"]) == ("standalone", False)
-        assert len(doc["errors"]) == 1 and dead.address in doc["errors"][0]
+        assert len(doc["errors"]) == 1 and dead in doc["errors"][0]
         [farm] = doc["farms"]
-        assert farm["owners"] == round_robin(NODES, 16)
+        assert farm["owners"] == OWNERS
         assert [(e["owner"], e["buckets"]) for e in farm["legend"]] == [("n1", 6), ("n2", 5), ("n3", 5)]
         assert [m["packetsPerSecond"] for m in farm["members"]] == [None, None, None]   # one sample so far
         for n, d in docs(accepted=1100).items():
@@ -133,7 +134,7 @@ def test_api_farms_answers_the_merged_agents_with_colours_rates_and_the_dead_age
         assert [m["accepted"] for m in farm["members"]] == [1100, 1101, 1102]
     finally:
         for a in agents.values():
-            a.stop()
+            a.close()
 
 
 def test_other_paths_are_404(running):
@@ -190,12 +191,14 @@ def test_the_cluster_action_is_the_drain_command(tmp_path, monkeypatch):
     assert result.message.startswith("error: vipfarm drain worker-1: cannot reach the Kubernetes API")
 
 
-def test_farm_files_name_every_member_at_the_agent_port(tmp_path):
+def test_farm_files_name_every_member_at_the_observe_port(tmp_path):
     f = tmp_path / "web.yaml"
     f.write_text("apiVersion: vipfarm.io/v1alpha1\nkind: Farm\nmetadata: {name: web}\nspec:\n"
                  "  virtualIPs: [203.0.113.10]\n  nodes:\n"
                  "    - {name: n1, address: 198.51.100.1}\n    - {name: n2, address: '2001:db8:1::2'}\n")
-    assert agents_of_farm_files([str(f), str(f)]) == ["198.51.100.1:9478", "[2001:db8:1::2]:9478"]
+    args = argparse.Namespace(agent=["198.51.100.1:9478"], farm_file=[str(f), str(f)], observe_port=9478)
+    assert agent_addresses(args) == ["198.51.100.1:9478", "[2001:db8:1::2]:9478"]
+    assert agent_addresses(argparse.Namespace(agent=[], farm_file=[], observe_port=9478)) == ["http://127.0.0.1:9478"]
 
 
 def test_listen_addresses():
@@ -206,7 +209,7 @@ def test_listen_addresses():
 
 
 def test_vipfarm_console_serves_until_sigterm(tmp_path):
-    with FakeAgent(docs()["n1"]) as agent:
+    with StatusServer(docs()["n1"]) as agent:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         p = subprocess.Popen([sys.executable, "-m", "nodeagent.cli", "console", "--listen", "127.0.0.1:0",
                               "--agent", agent.address], stderr=subprocess.PIPE, text=True, env=env)
