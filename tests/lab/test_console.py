@@ -5,9 +5,11 @@ Two farms behind it:
     127.0.0.1, the console in this process: the page draws what /status says, follows a
     failover scripted into the documents, and shows hostile names as text;
   * a real lab farm (3 namespace nodes, real agents with --observe-address on their farm
-    address): `vipfarm console --farm-file` and the browser both run in the lab's client
-    namespace; the grid matches the agents' /status and the filters' pinned maps, and a node
-    crashed with faults.crash() leaves the grid and shows in the timeline within seconds.
+    address, bounded traffic): `vipfarm console --farm-file` and the browser both run in the
+    lab's client namespace; the grid matches the agents' /status and the filters' pinned maps,
+    every node shows a packet rate, a drain and an undrain (farm file + SIGHUP) move the
+    node's cells away and back, and a node crashed with faults.crash() leaves the grid and
+    shows in the timeline as a Failover within seconds.
 
 Each test saves a screenshot into its tmp dir; with VIPFARM_SCREENSHOT=docs/console.png (a path
 relative to the repo) the lab test also writes its own there, taken just after the failover:
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 import textwrap
@@ -198,6 +201,15 @@ def chromium_in(lab: Lab, tmp_path) -> str:
     return str(path)
 
 
+# A planned move shown: the node owns no cell (drain) or some again (undrain), and the timeline
+# has the event naming it.
+MOVE_SHOWN = """([farm, node, kind, owns]) => {
+  const s = document.querySelector(`section.farm[data-farm='${farm}']`);
+  if (!s) return false;
+  const owned = s.querySelectorAll(`.grid .cell[data-owner='${node}']`).length;
+  const ev = s.querySelector(`ol.timeline li[data-kind='${kind}'][data-nodes~='${node}']`);
+  return (owns ? owned > 0 : owned === 0) && ev !== null;
+}"""
 RATES_ABOVE_ZERO = """nodes => nodes.every(n => {
   const td = document.querySelector(`tr[data-node='${n}'] td[data-rate]`);
   return td !== null && parseFloat(td.dataset.rate) > 0;
@@ -211,10 +223,24 @@ def off_the_browser_loop(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
+def farm_text(lab: Lab, drained: tuple[str, ...] = ()) -> str:
+    return farm_yaml(FARM, [VIP], {n: 1 for n in NODES}, key_file=lab.key_file, drained=drained,
+                     rules='    - {protocol: TCP, ports: "80", affinity: ClientIPPort}\n')
+
+
+def reconfigure(lab: Lab, path: str, text: str, agents: dict) -> None:
+    """A standalone drain: the farm file replaced whole, then SIGHUP to every agent."""
+    with open(path + ".new", "w") as f:
+        f.write(text)
+    os.replace(path + ".new", path)
+    for p in agents.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGHUP)
+
+
+def test_the_console_shows_a_lab_farm_its_drain_and_its_failover(tmp_path):
     with Lab(nodes=3, clients=4) as lab:
-        farm_file = lab.write_farm(FARM, farm_yaml(FARM, [VIP], {n: 1 for n in NODES}, key_file=lab.key_file,
-                                                   rules='    - {protocol: TCP, ports: "80", affinity: ClientIPPort}\n'))
+        farm_file = lab.write_farm(FARM, farm_text(lab))
         lab.start_servers(tcp_ports=(80,), udp_ports=())
         agents = {}
         for k in (1, 2, 3):
@@ -252,6 +278,17 @@ def test_the_console_shows_a_lab_farm_and_its_failover(tmp_path):
             assert page.locator("table.members tbody tr").evaluate_all("rs => rs.map(r => r.dataset.node)") == list(NODES)
             assert page.locator("button").count() == 0
             page.wait_for_function(RATES_ABOVE_ZERO, arg=list(NODES), timeout=15_000)
+
+            # A drain of n2 and its undrain, live: its cells go to the others and come back.
+            reconfigure(lab, farm_file, farm_text(lab, drained=("n2",)), agents)
+            page.wait_for_function(MOVE_SHOWN, arg=[FARM, "n2", "Drain", False], timeout=15_000)
+            lab.wait_converged(FARM, [1, 2, 3], idle=(2,), timeout=30)
+            expect_owners(page, FARM, pinned_owners(lab))
+            assert page.locator("tr[data-node='n2'] td[data-state]").get_attribute("data-state") in ("Draining", "Drained")
+            reconfigure(lab, farm_file, farm_text(lab), agents)
+            page.wait_for_function(MOVE_SHOWN, arg=[FARM, "n2", "Undrain", True], timeout=15_000)
+            lab.wait_converged(FARM, [1, 2, 3], timeout=30)
+            expect_owners(page, FARM, pinned_owners(lab))
 
             off_the_browser_loop(faults.crash, lab, 3)
             page.wait_for_function(FAILOVER_SHOWN, arg=[FARM, "n3"], timeout=15_000)
