@@ -200,9 +200,12 @@ def _handler(console: Console) -> type[http.server.BaseHTTPRequestHandler]:
             if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
                 self._json(415, {"ok": False, "message": "send the action as Content-Type: application/json"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_ACTION_BODY:
-                self._json(413, {"ok": False, "message": f"the body is over {MAX_ACTION_BODY} bytes"})
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_ACTION_BODY:
+                self._json(413, {"ok": False, "message": f"send a Content-Length of at most {MAX_ACTION_BODY} bytes"})
                 return
             try:
                 body = json.loads(self.rfile.read(length) or b"null")
