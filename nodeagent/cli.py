@@ -57,6 +57,33 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_console(args) -> int:
+    from .console_cli import run
+    return run(args, drain_action=console_drain_action(timeout=10.0))
+
+
+def console_drain_action(timeout: float = 10.0):
+    """The console's drain/undrain for a cluster source (ConsoleSource.set_drain): cmd_drain
+    itself, so the page's button does exactly what `vipfarm drain|undrain NODE` does, and what
+    it prints (to stdout and stderr, captured here) is the page's message. One at a time: the
+    capture swaps sys.stdout/sys.stderr, which nothing else in the console writes to meanwhile
+    (its one log line is printed after)."""
+    import contextlib
+    import io
+    import threading
+
+    from .console import ActionResult
+    lock = threading.Lock()
+
+    def set_drain(node: str, drain: bool) -> ActionResult:
+        text = io.StringIO()
+        with lock, contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            rc = cmd_drain(argparse.Namespace(cmd="drain" if drain else "undrain", node=node, kubeconfig=None,
+                                              timeout=timeout))
+        return ActionResult(rc == 0, text.getvalue().strip())
+    return set_drain
+
+
 def cmd_demo(args) -> int:
     from .lab.demo import run_demo
     return run_demo(json_out=args.json)
@@ -185,6 +212,8 @@ def main(argv: list[str] | None = None, prog: str = "vipfarm") -> int:
     k = sub.add_parser("keygen", help="make a new heartbeat key")
     k.add_argument("--out", metavar="FILE", help="write the key to FILE (mode 0600) instead of printing it")
     k.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    from . import console_cli
+    console_cli.add_parser(sub)
     for name, text in (("drain", "cluster mode: drain a Node (annotate it vipfarm.io/drain=true)"),
                        ("undrain", "cluster mode: undrain a Node (remove its vipfarm.io/drain annotation)")):
         dr = sub.add_parser(name, help=text, description=text)
@@ -199,7 +228,7 @@ def main(argv: list[str] | None = None, prog: str = "vipfarm") -> int:
     if args.cmd == "status":
         return status_cli.run(args, prog)
     return {"validate": cmd_validate, "stats": cmd_stats, "demo": cmd_demo, "lab": cmd_demo, "keygen": cmd_keygen,
-            "drain": cmd_drain, "undrain": cmd_drain}[args.cmd](args)
+            "drain": cmd_drain, "undrain": cmd_drain, "console": cmd_console}[args.cmd](args)
 
 
 def kubectl_main() -> int:

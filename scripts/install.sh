@@ -36,8 +36,8 @@ say() { echo "[install] $*"; }
 # namespace lab (`vipfarm demo`) calls: nsenter (util-linux) and ping.
 RUNTIME_PKGS=(python3-bpfcc linux-headers-amd64 python3-venv python3-pip iputils-ping
               util-linux ca-certificates)
-# What only the tests and benchmarks use.
-TEST_PKGS=(iproute2 iptables nftables netsniff-ng tcpdump openssl curl)
+# What only the tests and benchmarks use (chromium: the web console's browser test, driven by playwright).
+TEST_PKGS=(iproute2 iptables nftables netsniff-ng tcpdump openssl curl chromium)
 if [ "$RUNTIME" = 1 ]; then
   PKGS=("${RUNTIME_PKGS[@]}")
   PIP_ARGS=("$REPO")

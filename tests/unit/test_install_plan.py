@@ -7,7 +7,7 @@ import subprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "scripts", "install.sh")
-TEST_ONLY = {"tcpdump", "netsniff-ng", "nftables", "iptables", "openssl", "curl"}
+TEST_ONLY = {"tcpdump", "netsniff-ng", "nftables", "iptables", "openssl", "curl", "chromium"}
 
 
 def plan(*args: str) -> dict[str, str]:
