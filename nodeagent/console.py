@@ -32,6 +32,7 @@ from importlib import resources
 from typing import Callable, Sequence
 
 from vipfarm.console_view import CounterSample, console_document, counter_sample, packet_rates
+from vipfarm.listen_address import parse_listen_address
 from vipfarm.status_view import merge_agent_statuses
 from vipfarm.timestamps import utc_now
 
@@ -74,6 +75,19 @@ def standalone_source(agents: Sequence[str], timeout: float = 1.0) -> ConsoleSou
         return merge_agent_statuses(answers.statuses), answers.errors
     return ConsoleSource("standalone", fetch, f"{len(agents)} agent(s): {', '.join(agents)}",
                          no_actions_reason=STANDALONE_NO_ACTIONS)
+
+
+def cluster_source(kubeconfig_file: str | None, timeout: float = 2.0,
+                   set_drain: Callable[[str, bool], ActionResult] | None = None) -> ConsoleSource:
+    """The Farms and FarmNodes from the API server (what `vipfarm status --cluster` reads);
+    drain and undrain act on the Node as `vipfarm drain|undrain` do."""
+    from .status_cli import cluster_views
+
+    def fetch() -> tuple[list[dict], list[str]]:
+        views, errors = cluster_views(kubeconfig_file, None, timeout, "vipfarm console")
+        return views or [], errors
+    return ConsoleSource("cluster", fetch, f"the API server ({kubeconfig_file or 'default credentials'})",
+                         set_drain=set_drain, no_actions_reason="" if set_drain else "no drain action given")
 
 
 class ActionsUnavailable(ValueError):
@@ -219,17 +233,6 @@ def _handler(console: Console) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """(host, port) from HOST:PORT or [IPv6]:PORT; ValueError naming the value and the form."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]+):(\d+)", text or "")
-    if not m:
-        raise ValueError(f"--listen {text!r}: give HOST:PORT, e.g. {DEFAULT_LISTEN} or [::1]:9480")
-    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen {text!r}: port {port} is not 0-65535")
-    return host, int(port)
-
-
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -255,4 +258,4 @@ class ConsoleServer(http.server.ThreadingHTTPServer):
 
 
 def make_server(console: Console, listen: str = DEFAULT_LISTEN) -> ConsoleServer:
-    return ConsoleServer(parse_listen(listen), console)
+    return ConsoleServer(parse_listen_address(listen, "--listen", lowest_port=0), console)

@@ -12,15 +12,18 @@ that does not parse, --allow-actions where the source cannot act).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Callable
 
 from vipfarm.spec import FarmSpecError, load_farm_file
 
-from .console import (DEFAULT_LISTEN, ActionResult, ActionsUnavailable, Console, is_loopback, make_server,
-                      parse_listen, standalone_source)
-from .status_client import DEFAULT_AGENT
+from vipfarm.listen_address import parse_listen_address
+
+from .console import (DEFAULT_LISTEN, ActionResult, ActionsUnavailable, Console, cluster_source, is_loopback,
+                      make_server, standalone_source)
+from .status_cli import CLUSTER, STANDALONE, agent_addresses, choose_mode
 
 DEFAULT_OBSERVE_PORT = 9478
 
@@ -38,35 +41,33 @@ def add_parser(sub) -> None:
                    help="a standalone Farm file: ask every member in spec.nodes at its address (repeatable)")
     c.add_argument("--observe-port", type=int, default=DEFAULT_OBSERVE_PORT, metavar="PORT",
                    help=f"the agents' observe port for --farm-file members (default {DEFAULT_OBSERVE_PORT})")
+    c.add_argument("--cluster", action="store_true",
+                   help="read the Farms and FarmNodes from the API server (as `vipfarm status --cluster`)")
+    c.add_argument("--kubeconfig", metavar="FILE", help="cluster: kubeconfig file (implies --cluster; default: "
+                                                        "in-cluster credentials, then $KUBECONFIG or ~/.kube/config)")
     c.add_argument("--allow-actions", action="store_true",
                    help="show drain/undrain buttons and accept them (cluster mode only; refused in standalone mode)")
     c.add_argument("--timeout", type=float, default=1.0,
                    help="seconds to wait for each agent (default 1; they are asked at once)")
 
 
-def agent_addresses(args) -> list[str]:
-    """Whom to ask, in order, each once: --agent, then every --farm-file member at --observe-port."""
-    if not 1 <= args.observe_port <= 65535:
-        raise ValueError(f"--observe-port {args.observe_port}: a port is 1-65535")
-    out = list(args.agent)
-    for path in args.farm_file:
-        for n in load_farm_file(path, require_nodes=True).nodes:
-            host = str(n.address)
-            out.append(f"[{host}]:{args.observe_port}" if ":" in host else f"{host}:{args.observe_port}")
-    return list(dict.fromkeys(out)) or [DEFAULT_AGENT]
-
-
 def run(args, drain_action: Callable[[str, bool], ActionResult] | None = None) -> int:
     """Serve until SIGINT/SIGTERM. `drain_action` is what a cluster source acts with (the
     standalone source takes none)."""
     try:
-        host, _ = parse_listen(args.listen)
-        agents = agent_addresses(args)
+        listen = parse_listen_address(args.listen, "--listen", lowest_port=0)
+        if listen is None:
+            raise ValueError(f"--listen {args.listen!r}: the console needs an address to serve on, e.g. {DEFAULT_LISTEN}")
+        host = listen[0]
+        mode = choose_mode(args, os.environ)
+        agents = agent_addresses(args) if mode == STANDALONE else []
     except (ValueError, FarmSpecError) as e:
         print(f"vipfarm console: {e}", file=sys.stderr)
         return 2
-    # The cluster source (the Farm status, acting with drain_action) plugs in here.
-    source = standalone_source(agents, timeout=args.timeout)
+    if mode == CLUSTER:
+        source = cluster_source(args.kubeconfig, timeout=args.timeout, set_drain=drain_action)
+    else:
+        source = standalone_source(agents, timeout=args.timeout)
     try:
         console = Console(source, allow_actions=args.allow_actions)
     except ActionsUnavailable as e:

@@ -143,43 +143,50 @@ def _standalone_views(args, agents: list[str]) -> tuple[list[dict], int]:
     return views, rc
 
 
-def _cluster_views(args, prog: str) -> tuple[list[dict] | None, int]:
-    """The views from the API server; (None, 1) after printing the error."""
+def cluster_views(kubeconfig_file: str | None, farm: str | None, timeout: float,
+                  prog: str = "vipfarm status") -> tuple[list[dict] | None, list[str]]:
+    """The farm views from the API server: (views, []) or (None, the error lines to print).
+    The status command and the console's cluster source both read them this way."""
     from vipfarm import kubeconfig
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
+    if kubeconfig_file:
+        os.environ["KUBECONFIG"] = kubeconfig_file
     try:
         from kubernetes import client
         from kubernetes.client.rest import ApiException
         api = client.CustomObjectsApi(client.ApiClient(kubeconfig.client_configuration()))
     except kubeconfig.NoCredentials as e:
-        print(f"error: {prog} status: {e}", file=sys.stderr)
-        return None, 1
+        return None, [f"error: {prog}: {e}"]
     try:
-        if args.farm is not None:
-            farms = [api.get_cluster_custom_object(GROUP, VERSION, "farms", args.farm, _request_timeout=args.timeout)]
+        if farm is not None:
+            farms = [api.get_cluster_custom_object(GROUP, VERSION, "farms", farm, _request_timeout=timeout)]
         else:
-            farms = api.list_cluster_custom_object(GROUP, VERSION, "farms", _request_timeout=args.timeout)["items"]
+            farms = api.list_cluster_custom_object(GROUP, VERSION, "farms", _request_timeout=timeout)["items"]
         farmnodes = api.list_cluster_custom_object(GROUP, VERSION, "farmnodes",
-                                                   _request_timeout=args.timeout)["items"] if farms else []
+                                                   _request_timeout=timeout)["items"] if farms else []
     except ApiException as e:
-        print(api_error_text(e), file=sys.stderr)
-        if e.status == 404 and args.farm is not None and _not_found_name(e) == args.farm:
-            print(f"error: {prog} status: there is no Farm {args.farm!r}; list them with `kubectl get farms`",
-                  file=sys.stderr)
+        lines = [api_error_text(e)]
+        if e.status == 404 and farm is not None and _not_found_name(e) == farm:
+            lines.append(f"error: {prog}: there is no Farm {farm!r}; list them with `kubectl get farms`")
         elif e.status == 404:
-            print(f"error: {prog} status: the API server has no {GROUP} resources; are vipfarm's CRDs installed "
-                  f"(helm install vipfarm charts/vipfarm)?", file=sys.stderr)
+            lines.append(f"error: {prog}: the API server has no {GROUP} resources; are vipfarm's CRDs installed "
+                         f"(helm install vipfarm charts/vipfarm)?")
         elif e.status in (401, 403):
-            print(f"error: {prog} status: your credentials may not read Farms or FarmNodes; it needs get and list "
-                  f"on farms.{GROUP} and farmnodes.{GROUP} (README: Status)", file=sys.stderr)
-        return None, 1
+            lines.append(f"error: {prog}: your credentials may not read Farms or FarmNodes; it needs get and list "
+                         f"on farms.{GROUP} and farmnodes.{GROUP} (README: Status)")
+        return None, lines
     except Exception as e:      # connection refused, TLS, timeouts: the client raises urllib3 errors
-        print(f"error: {prog} status: cannot reach the Kubernetes API ({type(e).__name__}: {e}); check KUBECONFIG "
-              f"or --kubeconfig and that the API server is up, or ask the agents with --agent", file=sys.stderr)
-        return None, 1
+        return None, [f"error: {prog}: cannot reach the Kubernetes API ({type(e).__name__}: {e}); check KUBECONFIG "
+                      f"or --kubeconfig and that the API server is up, or ask the agents with --agent"]
     farms.sort(key=lambda f: (f.get("metadata") or {}).get("name") or "")
-    return [farm_view_from_resource(f, farmnodes) for f in farms], 0
+    return [farm_view_from_resource(f, farmnodes) for f in farms], []
+
+
+def _cluster_views(args, prog: str) -> tuple[list[dict] | None, int]:
+    """The views from the API server; (None, 1) after printing the error."""
+    views, errors = cluster_views(args.kubeconfig, args.farm, args.timeout, f"{prog} status")
+    for line in errors:
+        print(line, file=sys.stderr)
+    return (views, 0) if views is not None else (None, 1)
 
 
 def _not_found_name(e) -> str | None:

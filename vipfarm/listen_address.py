@@ -8,9 +8,10 @@ import ipaddress
 OFF = "off"
 
 
-def parse_listen_address(text: str, flag: str) -> tuple[str, int] | None:
+def parse_listen_address(text: str, flag: str, lowest_port: int = 1) -> tuple[str, int] | None:
     """(host, port) for `text` ("127.0.0.1:9478", "[::1]:9478", "0.0.0.0:9479"), None for off.
-    The host must be an IP address (the endpoint binds exactly there); port 1-65535."""
+    The host must be an IP address (the endpoint binds exactly there); port lowest_port-65535
+    (0 lets the kernel pick one: tests)."""
     value = (text or "").strip()
     if value.lower() == OFF:
         return None
@@ -26,6 +27,7 @@ def parse_listen_address(text: str, flag: str) -> tuple[str, int] | None:
         ip = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{flag} {text!r}: {host!r} is not an IP address; {fix}") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"{flag} {text!r}: port {port_text!r} is not a number from 1 to 65535; {fix}") from None
+    if not port_text.isdigit() or not lowest_port <= int(port_text) <= 65535:
+        raise ValueError(f"{flag} {text!r}: port {port_text!r} is not a number from {lowest_port} to 65535; "
+                         f"{fix}") from None
     return str(ip), int(port_text)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.support.apiserver import REPO, binary
+from tests.support.strict_yaml import load_all_strict
 
 pytestmark = pytest.mark.cluster
 NS = "vipfarm-system"
@@ -45,7 +46,7 @@ def _render(helm, *sets: str) -> dict[str, list[dict]]:
     res = helm(*args)
     assert res.returncode == 0, res.stderr
     by_kind: dict[str, list[dict]] = {}
-    for doc in yaml.safe_load_all(res.stdout):
+    for doc in load_all_strict(res.stdout):
         if doc:
             by_kind.setdefault(doc["kind"], []).append(doc)
     return by_kind

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.support.apiserver import binary
+from tests.support.strict_yaml import load_all_strict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(REPO, "charts", "vipfarm")
@@ -34,7 +35,7 @@ def render(values: str | None = None, *sets: str) -> list[dict]:
         args += ["--set", s]
     res = helm(*args)
     assert res.returncode == 0, res.stderr
-    return [d for d in yaml.safe_load_all(res.stdout) if d]
+    return load_all_strict(res.stdout)
 
 
 def values_of(path: str | None) -> dict:
@@ -200,3 +201,34 @@ def test_the_schema_allows_the_monitoring_switches():
     docs = render(None, "metrics.podMonitor.enabled=false", "metrics.serviceMonitor.enabled=false",
                   "metrics.prometheusRule.enabled=false", "metrics.podMonitor.labels.release=kps")
     assert one(docs, "DaemonSet", "vipfarm-agent")
+
+
+def test_the_console_is_an_operator_sidecar_behind_the_service_only_when_enabled():
+    default = render()
+    op = one(default, "Deployment", "vipfarm-operator")
+    assert [c["name"] for c in op["spec"]["template"]["spec"]["containers"]] == ["operator"]
+    assert "console" not in [p["name"] for p in one(default, "Service", "vipfarm-operator")["spec"]["ports"]]
+
+    docs = render(None, "console.enabled=true")
+    pod = one(docs, "Deployment", "vipfarm-operator")["spec"]["template"]["spec"]
+    [console] = [c for c in pod["containers"] if c["name"] == "console"]
+    assert console["command"] == ["vipfarm", "console", "--cluster", "--listen", "0.0.0.0:9480"]
+    assert {"name": "console", "containerPort": 9480, "protocol": "TCP"} in console["ports"]
+    assert console["readinessProbe"]["httpGet"]["port"] == "console"
+    assert console["securityContext"]["readOnlyRootFilesystem"] is True
+    svc = one(docs, "Service", "vipfarm-operator")
+    assert {"name": "console", "port": 9480, "targetPort": "console", "protocol": "TCP"} in svc["spec"]["ports"]
+    role = one(docs, "ClusterRole", "vipfarm-operator")
+    assert not any("patch" in r["verbs"] and "nodes" in r["resources"] for r in role["rules"])   # read-only
+
+    acting = render(None, "console.enabled=true", "console.allowActions=true")
+    pod = one(acting, "Deployment", "vipfarm-operator")["spec"]["template"]["spec"]
+    [console] = [c for c in pod["containers"] if c["name"] == "console"]
+    assert console["command"][-1] == "--allow-actions"
+    role = one(acting, "ClusterRole", "vipfarm-operator")
+    assert any(r["resources"] == ["nodes"] and r["verbs"] == ["patch"] for r in role["rules"])
+
+
+def test_the_schema_refuses_a_mistyped_console_value():
+    res = helm("template", "vipfarm", CHART, "--set", "console.enabeld=true")
+    assert res.returncode != 0 and "enabeld" in res.stderr

@@ -192,3 +192,54 @@ def test_kubectl_vipfarm_status_runs_the_same_command_as_a_kubectl_plugin(apiser
     assert missing.returncode == 1 and 'farms.vipfarm.io "nosuch" not found' in missing.stderr
     usage = kubectl_vipfarm("status", "--no-such-flag", kubeconfig=cfg, path=plugin_path)
     assert usage.returncode == 2 and "usage: kubectl vipfarm status" in usage.stderr
+
+
+def test_the_console_reads_the_cluster_and_drains_a_member_only_with_allow_actions(apiserver, farm, tmp_path):
+    """`vipfarm console --kubeconfig`: the same farm view as `vipfarm status --cluster`, and with
+    --allow-actions its drain button annotates the Node exactly as `vipfarm drain` does."""
+    import socket
+    import time
+    import urllib.request
+    n1 = farm["nodes"][0]
+    apiserver.kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node",
+                                                             "metadata": {"name": n1}}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "console.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "nodeagent.cli", "console", "--kubeconfig", apiserver.admin_kubeconfig,
+                             "--listen", f"127.0.0.1:{port}", "--allow-actions"], stdout=log, stderr=subprocess.STDOUT,
+                            env=user_env(None), cwd=REPO)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "api/farms", timeout=5) as r:
+                    doc = json.loads(r.read())
+                if any(f["name"] == farm["name"] for f in doc["farms"]):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, open(tmp_path / "console.log").read()
+            time.sleep(0.2)
+        assert doc["mode"] == "cluster" and doc["actions"] is True
+        [f] = [f for f in doc["farms"] if f["name"] == farm["name"]]
+        assert f["owners"] == farm["assignment"].owner_names()
+        assert [m["name"] for m in f["members"]] == farm["nodes"]
+        req = urllib.request.Request(url + "api/drain", data=json.dumps({"node": n1}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["ok"] is True
+        node = json.loads(apiserver.kubectl("get", "node", n1, "-o", "json").stdout)
+        assert node["metadata"]["annotations"]["vipfarm.io/drain"] == "true"
+        req = urllib.request.Request(url + "api/undrain", data=json.dumps({"node": n1}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["ok"] is True
+        node = json.loads(apiserver.kubectl("get", "node", n1, "-o", "json").stdout)
+        assert "vipfarm.io/drain" not in (node["metadata"].get("annotations") or {})
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        apiserver.kubectl("delete", "node", n1, "--wait=false", check=False)

@@ -16,9 +16,10 @@ import urllib.request
 import pytest
 
 from nodeagent.cli import console_drain_action, main
-from nodeagent.console import (ActionResult, ActionsUnavailable, Console, ConsoleSource, make_server, parse_listen,
+from nodeagent.console import (ActionResult, ActionsUnavailable, Console, ConsoleSource, make_server,
                                standalone_source)
-from nodeagent.console_cli import agent_addresses
+from nodeagent.status_cli import agent_addresses
+from vipfarm.listen_address import parse_listen_address
 from tests.support.status_docs import StatusServer, dead_address, farm_entry, member, status_document
 
 NODES = ("n1", "n2", "n3")
@@ -202,10 +203,10 @@ def test_farm_files_name_every_member_at_the_observe_port(tmp_path):
 
 
 def test_listen_addresses():
-    assert parse_listen("127.0.0.1:9480") == ("127.0.0.1", 9480)
-    assert parse_listen("[::1]:0") == ("::1", 0)
-    with pytest.raises(ValueError, match="give HOST:PORT"):
-        parse_listen("9480")
+    assert parse_listen_address("127.0.0.1:9480", "--listen", lowest_port=0) == ("127.0.0.1", 9480)
+    assert parse_listen_address("[::1]:0", "--listen", lowest_port=0) == ("::1", 0)
+    with pytest.raises(ValueError, match="give --listen HOST:PORT"):
+        parse_listen_address("9480", "--listen", lowest_port=0)
 
 
 def test_vipfarm_console_serves_until_sigterm(tmp_path):
