@@ -9,6 +9,7 @@
   vipfarm undrain NODE [--kubeconfig F]  cluster mode: remove that annotation
   vipfarm status [FARM] [-o wide|json|yaml]  each farm's members, buckets, packets, last failover
                                      (standalone: --agent/--farm-file; cluster: --cluster; nodeagent/status_cli.py)
+  vipfarm console [--listen H:P] [--allow-actions]  the live web console, same modes (nodeagent/console_cli.py)
 
 `kubectl-vipfarm` (kubectl_main) is the same command as a kubectl plugin: `kubectl vipfarm status`.
 """
