@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from vipfarm.checks import RECOVERY_BUDGET_EXHAUSTED
 from vipfarm.agent_status import AgentInput, farm_not_ready, rejected_by_reason
 from vipfarm.farm_timeline import cumulative_buckets
 
@@ -50,6 +51,8 @@ def metric_families(a: AgentInput) -> list:
                                        labels=["farm", "checker", "result"])
     recovery_runs = CounterMetricFamily("vipfarm_recovery_runs", "Recovery command runs by result",
                                         labels=["farm", "checker", "result"])
+    budget = GaugeMetricFamily("vipfarm_recovery_budget_exhausted", "1 while this node stays out of the farm "
+                               "because its recovery budget is used up (RecoveryBudgetExhausted)", labels=["farm"])
     durations = HistogramMetricFamily("vipfarm_failover_duration_seconds", "From the lost member's last accepted "
                                       "heartbeat to the programming of the view without it", labels=["farm"])
     for f in a.farms:
@@ -75,6 +78,7 @@ def metric_families(a: AgentInput) -> list:
         drained.add_metric([f.name], f.handover.flows_drained)
         cut.add_metric([f.name], f.handover.flows_cut)
         left.add_metric([f.name], f.flows_left)
+        budget.add_metric([f.name], 1 if f.self_reason == RECOVERY_BUDGET_EXHAUSTED else 0)
         for c in f.checks:
             for result in ("pass", "fail", "timeout"):
                 checker_runs.add_metric([f.name, c.name, result], c.runs.get(result, 0))
@@ -86,4 +90,4 @@ def metric_families(a: AgentInput) -> list:
         if n:
             rejected.add_metric(["", reason], n)
     return [packets, neighbour, malformed, owned, buckets, in_view, ready, sent, received, rejected, gap,
-            failovers, durations, handovers, drained, cut, left, checker_runs, recovery_runs]
+            failovers, durations, handovers, drained, cut, left, checker_runs, recovery_runs, budget]

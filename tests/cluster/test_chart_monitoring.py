@@ -25,6 +25,7 @@ MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 KNOWN_METRICS = {
     "vipfarm_operator_farm_members", "vipfarm_agent_ready", "vipfarm_failovers_total",
     "vipfarm_handover_flows_cut_total", "vipfarm_heartbeats_rejected_total", "vipfarm_members_in_view",
+    "vipfarm_recovery_budget_exhausted",
 }
 
 
@@ -116,7 +117,7 @@ def test_the_prometheus_rule_alerts_on_exported_metrics_with_the_configured_thre
     [group] = rule["spec"]["groups"]
     alerts = {r["alert"]: r for r in group["rules"]}
     assert set(alerts) == {"VipfarmFarmMemberOut", "VipfarmAgentNotReady", "VipfarmFailoversRepeated",
-                           "VipfarmHandoverFlowsCut", "VipfarmHeartbeatsRejected"}
+                           "VipfarmHandoverFlowsCut", "VipfarmHeartbeatsRejected", "VipfarmRecoveryBudgetExhausted"}
     for name, r in alerts.items():
         used = set(re.findall(r"\bvipfarm_[a-z_]+", r["expr"]))
         assert used and used <= KNOWN_METRICS, f"{name} uses {used - KNOWN_METRICS or 'no vipfarm metric'}"
@@ -130,6 +131,7 @@ def test_the_prometheus_rule_alerts_on_exported_metrics_with_the_configured_thre
     assert alerts["VipfarmHandoverFlowsCut"]["expr"] == "increase(vipfarm_handover_flows_cut_total[10m]) > 0"
     assert "rate(vipfarm_heartbeats_rejected_total[5m])" in alerts["VipfarmHeartbeatsRejected"]["expr"]
     assert "bad_mac" in alerts["VipfarmHeartbeatsRejected"]["annotations"]["description"]
+    assert alerts["VipfarmRecoveryBudgetExhausted"]["expr"] == "max by (farm, node) (vipfarm_recovery_budget_exhausted) > 0"
 
 
 @pytest.mark.parametrize("sets", [[s] for s in ALL_ON] + [ALL_ON], ids=lambda s: "+".join(x.split(".")[1] for x in s))

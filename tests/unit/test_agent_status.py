@@ -149,6 +149,12 @@ def test_metric_families_carry_the_snapshot_values():
     assert v("vipfarm_checker_runs_total", farm="web", checker="http", result="fail") == 0
     assert v("vipfarm_recovery_runs_total", farm="web", checker="http", result="ok") == 1
     assert v("vipfarm_recovery_runs_total", farm="web", checker="http", result="failed") == 0
+    assert v("vipfarm_recovery_budget_exhausted", farm="web") == 0
+
+
+def test_a_node_out_for_its_used_up_recovery_budget_says_so():
+    m = scrape(agent(farm(self_reason="RecoveryBudgetExhausted")))
+    assert m[("vipfarm_recovery_budget_exhausted", (("farm", "web"),))] == 1
 
 
 def test_a_farm_not_ready_exports_agent_ready_zero():
