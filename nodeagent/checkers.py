@@ -26,6 +26,8 @@ from vipfarm.checks import (CHECKER_TRANSITION, Event, Health, ProbeResult, Reco
 from vipfarm.spec import Checker, Farm
 from vipfarm.timestamps import utc_now
 
+from .rtnl import link_state
+
 log = logging.getLogger("vipfarm.checkers")
 _DEADLINE_GRACE = 0.1   # the scheduler's own deadline, past the probe's: the probe times itself out first
 
@@ -118,18 +120,10 @@ def run_command(command: Sequence[str], timeout: float, what: str,
 
 def read_link(name: str) -> dict | None:
     """The interface's operstate and carrier, from netlink in the agent's own network namespace
-    (not /sys/class/net, which shows the namespace sysfs was mounted in); None if it is missing."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-    with IPRoute() as ipr:
-        try:
-            links = ipr.get_links(ifname=name)
-        except NetlinkError:
-            return None
-    if not links:
-        return None
-    link = links[0]
-    return {"operstate": str(link.get("IFLA_OPERSTATE") or "unknown").lower(), "carrier": link.get("IFLA_CARRIER")}
+    (not /sys/class/net, which shows the namespace sysfs was mounted in); None if it is missing.
+    A plain rtnetlink request (nodeagent/rtnl.py): well under a millisecond, so a short
+    timeoutMs holds on a busy node."""
+    return link_state(name)
 
 
 def interface_verdict(name: str, link: dict | None) -> ProbeResult:

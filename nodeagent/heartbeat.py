@@ -101,6 +101,10 @@ class FarmHeartbeats:
     last_heard_ns: Mapping[str, int]      # peer -> when its last heartbeat was accepted (never: absent)
     flags: Mapping[str, int]              # peer -> the flags of its freshest row (ROW_HANDING_OVER ...)
     counts: Mapping[str, int]             # this farm's share of HeartbeatEngine.stats()
+    # Agreement now (every member of the view advertises this node's digest), not as of the last
+    # Decision: a Decision is handed over only when the buckets change, so one taken before the
+    # agreement with the same buckets would say `agreed: false` for good.
+    agreed: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class _Farm:
     last_request_ns: int = 0
     said: Membership | None = None        # the last membership handed to on_membership
     peers_handing_over: bool = False      # in the last decision handed over
+    agreed: bool = False                  # at the last evaluation
     sent_released: bool = False           # ROW_RELEASED in the last heartbeat sent
     counts: dict[str, int] = field(default_factory=dict)   # this farm's counts (observe.py's metrics)
 
@@ -272,7 +277,7 @@ class HeartbeatEngine:
                      if p.last_heard_ns is not None and i in f.ids}
             flags = {f.ids[i]: r.flags for i, r in f.table.rows.items() if i in f.ids}
             farms[name] = FarmHeartbeats(f.cfg.interval_ms, f.cfg.timeout_ms, len(f.cfg.weights), heard, flags,
-                                         dict(f.counts))
+                                         dict(f.counts), f.agreed)
         self._snapshot = HeartbeatSnapshot(now, farms, dict(self.counts))
 
     def _run(self) -> None:
@@ -532,6 +537,7 @@ class HeartbeatEngine:
             return                              # starting: keep what the filter does until we know
         in_view = cfg.node in view
         agreed = in_view and self._agreed(f, now)
+        f.agreed = agreed
         # Acquire late: not only once every member decided the same (agreed), but once every
         # other member's filter has given up what this assignment takes from it (its row's
         # ROW_RELEASED under this digest). Agreement alone left a few ms in which the old

@@ -27,6 +27,15 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
 
 
+def dump_threads_on_sigusr1() -> None:
+    """`kill -USR1 <agent>` writes every thread's Python stack to stderr (the agent's log) and
+    the agent goes on: what a stuck main loop or heartbeat thread is doing, even inside a
+    blocking call (faulthandler's handler runs in C, not between bytecodes)."""
+    import faulthandler
+    import signal
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+
+
 def keep_the_heartbeat_thread_prompt() -> None:
     """The heartbeat thread shares the interpreter with API calls and compiles: hand the GIL
     over every 1 ms instead of 5, and keep the start-up objects out of the collector's scans
@@ -61,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vipfarm-agent: {e}\nNothing was changed on this node.", file=sys.stderr)
         return 2
     setup_logging(args.log_level)
+    dump_threads_on_sigusr1()
     keep_the_heartbeat_thread_prompt()
     name = args.node or (os.environ.get("NODE_NAME") if args.cluster else None)
     problem = node_name_problem(name) if name else None

@@ -160,7 +160,7 @@ class Observer:
             farms.append(FarmInput(
                 name=name, vips=tuple(str(v) for v in p.farm.virtual_ips), interface=p.farm.interface,
                 buckets=p.farm.buckets, members=members, programmed=p.programmed,
-                view=d.view if d else frozenset(), agreed=d.agreed if d else False,
+                view=d.view if d else frozenset(), agreed=fh.agreed if fh else (d.agreed if d else False),
                 base_epoch=d.base_epoch if d else 0, withdrawn=d.withdrawn if d else frozenset(),
                 draining=d.draining if d else frozenset(), handing_over=frozenset(handing_over),
                 owners=tuple(d.target.owner_names()) if d is not None and d.target is not None else (),

@@ -124,8 +124,8 @@ def withdraw_recover_rejoin(ck_lab, farm: str, break_app) -> None:
     log_before = len(lab.agent_log(2))
     break_app()
     # Withdrawn: n1 and n3 hold every bucket, n2 none (or it already came back: recovery is quick).
-    withdrawn = wait_for(lambda: ("recovery_started" in lab.agent_log(2)[log_before:]) and lab.agent_log(2), 15,
-                         f"n2's checker of {farm} to fail and its recovery to start")
+    withdrawn = wait_for(lambda: (f"event=recovery_started farm={farm} " in lab.agent_log(2)[log_before:])
+                         and lab.agent_log(2), 15, f"n2's checker of {farm} to fail and its recovery to start")
     assert re.search(rf"event=checker_transition farm={farm} checker=app .*to=failing", withdrawn[log_before:]), \
         withdrawn[log_before:]
     # Rejoined: the recovery repaired the application, the checks pass, n2 has its share back.

@@ -67,13 +67,20 @@ class HandoverLab:
         return t
 
     def decision_log(self, lines: int = 12) -> str:
-        """Each agent's last configuration, base, view and programming events: what a stuck
-        move needs to be diagnosed from a CI log."""
+        """Each agent's last configuration, base, view and programming events, and every
+        thread's stack (SIGUSR1, nodeagent/main.py): what a stuck move needs to be diagnosed
+        from a CI log."""
         keys = ("event=reload", "event=base_", "event=view_changed", "event=buckets_programmed", "event=program_failed")
+        before = {k: len(self.lab.agent_log(k)) for k in self.agents}
+        for p in self.agents.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)
+        time.sleep(1)
         out = []
         for k in sorted(self.agents):
-            picked = [ln for ln in self.lab.agent_log(k).splitlines() if any(key in ln for key in keys)]
-            out.append(f"--- n{k}:\n" + "\n".join(picked[-lines:]))
+            text = self.lab.agent_log(k)
+            picked = [ln for ln in text[:before[k]].splitlines() if any(key in ln for key in keys)]
+            out.append(f"--- n{k}:\n" + "\n".join(picked[-lines:]) + f"\n--- n{k} threads:\n" + text[before[k]:][-6000:])
         return "\n".join(out)
 
     def start_agent(self, k: int) -> None:

@@ -117,7 +117,14 @@ def test_accepted_packet_counters_add_up_to_the_datagrams_sent_and_buckets_match
 
 
 def test_status_owners_are_what_each_filter_holds(ob_lab):
-    docs = ob_lab.status((1, 2, 3))
+    # The filters partition the buckets (the fixture waited for that) a little before every
+    # agent has heard every other advertise the same digest: wait for the agreement itself.
+    deadline = time.monotonic() + 15
+    while True:
+        docs = ob_lab.status((1, 2, 3))
+        if all(d["farms"] and d["farms"][0]["agreed"] for d in docs.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     for k, doc in docs.items():
         assert doc["schemaVersion"] == 1 and doc["node"] == f"n{k}" and doc["mode"] == "standalone"
         assert doc["ready"] is True

@@ -1,6 +1,7 @@
-"""Lab tier: the agent's ARP settings are written over rtnetlink, so they work where /proc/sys
-is read-only (an unprivileged container). A namespace of our own with a veth pair; a
-child process with its own mount namespace whose /proc/sys is remounted read-only sets them."""
+"""Lab tier: the agent's own rtnetlink calls (nodeagent/rtnl.py), in a namespace of our own
+with a veth pair. The ARP settings are written over rtnetlink, so they work where /proc/sys is
+read-only (an unprivileged container): a child with its own mount namespace whose /proc/sys is
+remounted read-only sets them. An interface checker's link read sees down, up and missing."""
 from __future__ import annotations
 
 import os
@@ -57,3 +58,28 @@ def test_arp_settings_are_set_and_restored_with_proc_sys_read_only(ns):
     assert lines[0] == "proc-refused 30", lines          # EROFS: what an unprivileged container sees
     assert lines[1:4] == ["before 0 0", "after 1 2", "restored 0 0"], lines
     assert lines[4].startswith("error cannot set net.ipv4.conf.nosuch0.arp_ignore=1") and "CAP_NET_ADMIN" in lines[4]
+
+
+def test_link_state_reads_operstate_and_carrier_over_rtnetlink(ns):
+    code = ("import json; from nodeagent.rtnl import link_state; "
+            "print(json.dumps([link_state('vfd0'), link_state('lo'), link_state('nosuch0')]))")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+
+    def states():
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        import json
+        return json.loads(out.stdout)
+    down, lo, missing = states()
+    assert down == {"operstate": "down", "carrier": 0} and lo is not None and missing is None
+    with IPRoute(netns=ns) as ipr:
+        for name in ("lo", "vfd1", "vfd0"):
+            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+    import time
+    deadline = time.monotonic() + 10
+    while states()[0] != {"operstate": "up", "carrier": 1}:
+        assert time.monotonic() < deadline, states()
+        time.sleep(0.1)
+    assert states()[1] == {"operstate": "unknown", "carrier": 1}
