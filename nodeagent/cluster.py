@@ -86,6 +86,7 @@ from .netconfig import InterfaceError
 from .node_dataplanes import NodeDataplanes, read_local_records
 from .observe import STARTUP_BUDGET_S, Observer, listen
 from .udp_handover import UdpHandover
+from .waker import Waker
 
 log = logging.getLogger("vipfarm.agent.cluster")
 
@@ -219,7 +220,7 @@ class ClusterAgent:
         self.retries = Backoff()
         self.watch_retries = Backoff()
         self.events: queue.Queue = queue.Queue()
-        self.stopping = threading.Event()
+        self.stopping = Waker()              # set by the SIGTERM handler: no lock (waker.py)
         # Failover: the heartbeat thread decides the buckets; it hands decisions and
         # memberships over through these (under self.lock) and wakes the loop (events).
         self.lock = threading.Lock()

@@ -32,6 +32,7 @@ from .leases import LeaseWriter, adopted_lease_live
 from .node_dataplanes import NodeDataplanes, read_local_records
 from .observe import Observer, listen
 from .udp_handover import UdpHandover
+from .waker import Waker
 
 log = logging.getLogger("vipfarm.agent")
 
@@ -99,7 +100,7 @@ class StandaloneAgent:
         self.decisions: dict[str, Decision] = {}
         self.new_bases: dict[str, Base] = {}
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        self.wake = Waker()                  # set by signal handlers too: no lock (waker.py)
         self.stopping = False
         self.reload_requested = False
         self.reconfigure_requested = False
