@@ -33,7 +33,10 @@ def dump_threads_on_sigusr1() -> None:
     blocking call (faulthandler's handler runs in C, not between bytecodes)."""
     import faulthandler
     import signal
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    except (AttributeError, ValueError, OSError):   # io.UnsupportedOperation: stderr without a file descriptor
+        pass                                         # (an embedding, a test's capture): no dump, nothing else lost
 
 
 def keep_the_heartbeat_thread_prompt() -> None:

@@ -220,8 +220,14 @@ class DemoRun:
             time.sleep(1.0)     # a tail of attempts: "served for good" must mean something
         records = probe.stop()
         self.m["crash_probe"] = records
+        # Its clients from the whole record, as the summary counts them (demo_report): the
+        # records read at the crash could still lack the last attempts before it.
+        mine = clients_of(records, name, until=t_crash)
         ns = recovery_time(records, mine, t_crash) if mine else None
-        if ns is not None:
+        if mine and ns is None:
+            self.p.say(f"   {name}'s clients: {recovery_progress(records, mine, t_crash)}; not all served again "
+                       f"for good (see the summary)")
+        elif ns is not None:
             self.p.say(f"   {name}'s clients: {recovery_progress(records, mine, t_crash)}, "
                        f"{ns / 1e6:.0f} ms after the crash as they saw it (heartbeat timeout {TIMEOUT_MS} ms)")
         survivors = {n: c for n, c in self.buckets().items() if n != name}

@@ -84,8 +84,13 @@ class RunningDemo:
         self.proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []
+        self.stdout: list[str] = []
+        # One reader per pipe, and nothing else reads them (communicate() would take part of
+        # stderr away from the progress reader).
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        self.out_reader = threading.Thread(target=lambda: self.stdout.append(self.proc.stdout.read()), daemon=True)
+        self.out_reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stderr:
@@ -100,9 +105,10 @@ class RunningDemo:
         return m.group(1) if m else None
 
     def finish(self, timeout: float) -> tuple[int, dict]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout=timeout)
         self.reader.join(10)
-        return self.proc.returncode, json.loads(out)
+        self.out_reader.join(10)
+        return self.proc.returncode, json.loads("".join(self.stdout))
 
 
 def test_the_demo_shows_every_node_serving_a_measured_failover_and_a_drain_that_resets_nothing():
